@@ -1,0 +1,45 @@
+# Autopack Fleet. `make help` lists the targets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint bench env-example clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+demo: $(STAMP) ## Run a sample campaign on the embedded fleet (SQLite, in-process broker and workers)
+	$(BIN)/autopack demo
+
+test: $(STAMP) ## Lint, type-check, then the whole suite (needs local Postgres and Redis)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## The suite without the tests that start worker processes
+	$(BIN)/pytest -m 'not fleet'
+
+lint: $(STAMP) ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Benchmarks against a same-run baseline (needs Postgres and Redis; never fails on timing)
+	$(PY) -m tests.bench.run
+
+env-example: $(STAMP) ## Rewrite .env.example from the Settings model
+	$(PY) -c "from shared.settings import render_env_example as r; open('.env.example','w').write(r())"
+
+clean: ## Remove the venv and local state
+	rm -rf $(VENV) .autopack

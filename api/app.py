@@ -1,0 +1,51 @@
+"""The FastAPI application: thin routes over `shared/`, errors mapped to HTTP in one place."""
+
+from __future__ import annotations
+
+from celery import Celery
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.routes import health, runs
+from api.version import VERSION
+from shared.db import require_migrated
+from shared.errors import InvalidSpec, NotFound, ServiceUnavailable
+from shared.settings import Settings
+from workers.celery_app import CeleryDispatcher
+
+
+def create_app(settings: Settings, celery: Celery) -> FastAPI:
+    """Build the API. Refuses to start on a database that is not migrated (it says which command to run)."""
+    require_migrated(settings.database_url)
+    app = FastAPI(title="Autopack Fleet", version=VERSION, docs_url="/docs")
+    app.state.settings = settings
+    app.state.celery = celery
+    app.state.dispatcher = CeleryDispatcher(celery)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    _errors(app)
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(InvalidSpec)
+    async def invalid_spec(_: Request, exc: InvalidSpec) -> JSONResponse:
+        detail = [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_spec"}]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc), "service": exc.service})
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_down(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # Only the driver's first line: the statement and its parameters stay out of responses.
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        return JSONResponse(
+            status_code=503, content={"detail": f"database error: {first}", "service": "database"}
+        )

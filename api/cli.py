@@ -1,0 +1,184 @@
+"""`autopack`: serve the API, run workers, migrate, manage keys, and talk to the API over HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from api.client import ApiClient, ClientError
+from api.table import render_runs
+from shared.settings import Settings, get_settings
+
+TERMINAL = {"DONE_SUCCESS", "DONE_FAILED", "CANCELLED"}
+
+
+def _client(settings: Settings) -> ApiClient:
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return ApiClient(settings.api_url, key)
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group(help=__doc__)
+@click.version_option(package_name="autopack-fleet")
+def cli() -> None:
+    pass
+
+
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind (default: AUTOPACK_API_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default: AUTOPACK_API_PORT).")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API (embedded mode also runs in-process workers)."""
+    from api.serve import serve
+
+    serve(get_settings(), host, port)
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=int, default=None, help="Phases at once (default from settings).")
+@click.option("--hostname", "-n", default=None, help="Celery node name (default celery@<host>).")
+def worker(concurrency: int | None, hostname: str | None) -> None:
+    """Start a Celery worker on the phase queue (fleet mode: needs Redis and Postgres)."""
+    from workers.main import run_worker
+
+    settings = get_settings()
+    if settings.is_embedded:
+        _fail(ValueError("the in-process broker cannot serve a separate worker: set AUTOPACK_BROKER_URL"))
+    run_worker(settings, concurrency, hostname)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Migrate the database to the newest schema."""
+    from shared.db import upgrade as do_upgrade
+
+    do_upgrade(get_settings().database_url)
+    click.echo("database is at the newest schema")
+
+
+@cli.group()
+def keys() -> None:
+    """API keys (stored hashed; shown once)."""
+
+
+@keys.command("create")
+@click.argument("name")
+def keys_create(name: str) -> None:
+    """Create a key and print it once."""
+    from shared.db import require_migrated, transaction
+    from shared.keys import create_key
+
+    url = get_settings().database_url
+    require_migrated(url)
+    with transaction(url) as session:
+        row, plain = create_key(session, name)
+    click.echo(plain)
+    click.echo(f"key {row.id} ({name}) created; it is not stored and cannot be shown again", err=True)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def submit(spec: Path) -> None:
+    """Submit a run described by a YAML (or JSON) file; print its id."""
+    body = yaml.safe_load(spec.read_text())
+    try:
+        run = _client(get_settings()).submit(body)
+    except ClientError as exc:
+        _fail(exc)
+    click.echo(f"run {run['id']} {run['state']} at {run['base_sha'][:12]} -> branch {run['result_branch']}")
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option("--watch", is_flag=True, help="Refresh until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(run_id: int, watch: bool, as_json: bool) -> None:
+    """Show a run and its phases."""
+    client = _client(get_settings())
+    try:
+        while True:
+            run = client.run(run_id)
+            click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
+            if not watch or run["state"] in TERMINAL:
+                break
+            time.sleep(1)
+    except ClientError as exc:
+        _fail(exc)
+
+
+@cli.command("list")
+@click.option("--state", default=None)
+@click.option("--limit", type=int, default=20)
+def list_(state: str | None, limit: int) -> None:
+    """List recent runs."""
+    try:
+        page = _client(get_settings()).runs(state=state, limit=limit)
+    except ClientError as exc:
+        _fail(exc)
+    click.echo(render_runs(page["items"]))
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+def cancel(run_id: int) -> None:
+    """Cancel a run (a phase in flight stops at its next step)."""
+    try:
+        run = _client(get_settings()).cancel(run_id)
+    except ClientError as exc:
+        _fail(exc)
+    click.echo(f"run {run_id}: {run['state']}" + (" (cancel requested)" if run["cancel_requested"] else ""))
+
+
+@cli.command()
+@click.option("--runs", "n_runs", type=int, default=4, help="Runs to submit.")
+@click.option("--dir", "root", type=click.Path(path_type=Path), default=Path(".autopack/demo"))
+def demo(n_runs: int, root: Path) -> None:
+    """Run a sample campaign on the embedded fleet: sample repo, scripted phases, live progress, a table."""
+    from api.demo import run_demo
+
+    sys.exit(run_demo(root, n_runs))
+
+
+@cli.command()
+def reconcile() -> None:
+    """One reconciler pass now: re-dispatch runs whose next phase has no live task."""
+    from workers.celery_app import CeleryDispatcher, create_app
+    from workers.outbox import reconcile as do_reconcile
+
+    settings = get_settings()
+    n = do_reconcile(settings.database_url, CeleryDispatcher(create_app(settings)), 0)
+    click.echo(f"re-dispatched {n} phase(s)")
+
+
+def _describe(run: dict[str, Any]) -> str:
+    lines = [
+        f"run {run['id']} {run['name'] or ''}  {run['state']}  base {run['base_sha'][:12]}"
+        f"  head {run['head_sha'][:12]}  branch {run['result_branch']}"
+    ]
+    if run.get("failure_reason"):
+        lines.append(f"  reason: {run['failure_reason']}")
+    for p in run["phases"]:
+        sha = (p["commit_sha"] or "")[:12]
+        lines.append(f"  [{p['index']}] {p['name']:<24} {p['state']:<10} attempts {p['attempts']}  {sha}")
+        if p.get("failure_reason"):
+            lines.append(f"      reason: {p['failure_reason'][:300]}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,63 @@
+"""The HTTP client the CLI (and the demo) use: the API is the only way in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from shared.errors import AutopackError
+
+
+class ClientError(AutopackError):
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class ApiClient:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float = 30) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise ClientError(0, f"cannot reach the API at {self._http.base_url}: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text
+            raise ClientError(resp.status_code, detail)
+        return resp.json()
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("POST", "/runs", json=spec)
+        return out
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", f"/runs/{run_id}")
+        return out
+
+    def runs(self, state: str | None = None, limit: int = 50, cursor: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if state:
+            params["state"] = state
+        if cursor is not None:
+            params["cursor"] = cursor
+        out: dict[str, Any] = self._call("GET", "/runs", params=params)
+        return out
+
+    def cancel(self, run_id: int) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("POST", f"/runs/{run_id}/cancel")
+        return out
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", "/health")
+        return out
+
+    def close(self) -> None:
+        self._http.close()

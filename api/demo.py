@@ -1,0 +1,65 @@
+"""`autopack demo`: a real sample campaign on the embedded fleet, through the real HTTP API."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from api.client import ApiClient
+from api.sample_repo import git, make_sample_repo, sample_spec
+from api.serve import api_in_thread
+from api.table import render_runs
+from shared.db import upgrade
+from shared.settings import Settings
+from workers.embedded import embedded_fleet
+
+TERMINAL = {"DONE_SUCCESS", "DONE_FAILED", "CANCELLED"}
+
+
+def run_demo(root: Path, n_runs: int, concurrency: int = 4) -> int:
+    """Returns the process exit code: 0 when every run ended DONE_SUCCESS."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    settings = Settings(
+        database_url=f"sqlite:///{root.resolve()}/autopack.db",
+        broker_url="memory://",
+        workspace_dir=root.resolve() / "workspace",
+        worker_concurrency=concurrency,
+        log_level="WARNING",
+    )
+    upgrade(settings.database_url)
+    repo = make_sample_repo(root.resolve() / "sample-repo")
+    click.echo(f"sample repository: {repo}  ({concurrency} in-process workers, SQLite at {root}/autopack.db)")
+    with embedded_fleet(settings, concurrency) as celery, api_in_thread(settings, celery) as url:
+        client = ApiClient(url, None)
+        ids = [client.submit(sample_spec(repo, i, sys.executable))["id"] for i in range(n_runs)]
+        click.echo(f"submitted runs {ids} over HTTP at {url}")
+        runs = _watch(client, ids)
+    click.echo("\n" + render_runs(runs))
+    for r in runs:
+        log = git(repo, "log", "--format=%h %s", f"{r['base_sha']}..{r['result_branch']}")
+        click.echo(f"\n{r['result_branch']} in {repo}:\n  " + "\n  ".join(reversed(log.splitlines())))
+    return 0 if all(r["state"] == "DONE_SUCCESS" for r in runs) else 1
+
+
+def _watch(client: ApiClient, ids: list[int], timeout: float = 600) -> list[dict[str, object]]:
+    seen: dict[tuple[int, int], str] = {}
+    start = time.monotonic()
+    while True:
+        runs = [client.run(i) for i in ids]
+        for r in runs:
+            for p in r["phases"]:
+                key = (r["id"], p["index"])
+                if seen.get(key) != p["state"]:
+                    seen[key] = p["state"]
+                    click.echo(
+                        f"{time.monotonic() - start:6.2f}s  run {r['id']} phase {p['index']} "
+                        f"{p['name']:<16} {p['state']}"
+                    )
+        if all(r["state"] in TERMINAL for r in runs) or time.monotonic() - start > timeout:
+            return runs
+        time.sleep(0.1)

@@ -1,0 +1,44 @@
+"""Runs: submit, read, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api.deps import Authed, DispatcherDep, SessionDep
+from api.schemas import RunOut, RunPage
+from shared import runs
+from shared.specs import RunSpec
+from shared.states import RunState
+
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authed])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def submit_run(spec: RunSpec, session: SessionDep, dispatcher: DispatcherDep) -> RunOut:
+    run = runs.create_run(session, spec)
+    session.commit()
+    runs.dispatch_first_phase(session, run, dispatcher)
+    return RunOut.of(runs.get_run(session, run.id))
+
+
+@router.get("/{run_id}")
+def read_run(run_id: int, session: SessionDep) -> RunOut:
+    return RunOut.of(runs.get_run(session, run_id), with_attempts=True)
+
+
+@router.get("")
+def list_runs(
+    session: SessionDep,
+    state: RunState | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: int | None = None,
+) -> RunPage:
+    page, next_cursor = runs.list_runs(session, state=state, limit=limit, cursor=cursor)
+    return RunPage(items=[RunOut.of(r) for r in page], next_cursor=next_cursor)
+
+
+@router.post("/{run_id}/cancel")
+def cancel_run(run_id: int, session: SessionDep) -> RunOut:
+    return RunOut.of(runs.cancel_run(session, run_id), with_attempts=True)

@@ -1,0 +1,105 @@
+"""Response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.models import Phase, Run
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    number: int
+    outcome: str
+    worker: str
+    started_at: datetime
+    finished_at: datetime
+    failure_reason: str | None
+    changed_paths: list[Any]
+    commit_sha: str | None
+
+
+class PhaseOut(BaseModel):
+    id: int
+    index: int
+    name: str
+    state: str
+    attempts: int
+    deliveries: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    commit_sha: str | None
+    failure_reason: str | None
+    attempt_log: list[AttemptOut] | None = None
+
+    @classmethod
+    def of(cls, phase: Phase, with_attempts: bool) -> PhaseOut:
+        log = [AttemptOut.model_validate(a) for a in phase.attempts] if with_attempts else None
+        return cls(
+            id=phase.id,
+            index=phase.index,
+            name=phase.name,
+            state=phase.state,
+            attempts=phase.attempts_used,
+            deliveries=phase.deliveries,
+            started_at=phase.started_at,
+            finished_at=phase.finished_at,
+            commit_sha=phase.commit_sha,
+            failure_reason=phase.failure_reason,
+            attempt_log=log,
+        )
+
+
+class RunOut(BaseModel):
+    id: int
+    name: str | None
+    repo: str
+    base_ref: str
+    base_sha: str
+    head_sha: str
+    state: str
+    config: dict[str, Any]
+    failure_reason: str | None
+    cancel_requested: bool
+    result_branch: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    phases: list[PhaseOut]
+
+    @classmethod
+    def of(cls, run: Run, with_attempts: bool = False) -> RunOut:
+        return cls(
+            id=run.id,
+            name=run.name,
+            repo=run.repo,
+            base_ref=run.base_ref,
+            base_sha=run.base_sha,
+            head_sha=run.head_sha,
+            state=run.state,
+            config=run.config,
+            failure_reason=run.failure_reason,
+            cancel_requested=run.cancel_requested,
+            result_branch=run.result_branch,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            phases=[PhaseOut.of(p, with_attempts) for p in run.phases],
+        )
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: int | None
+
+
+class Health(BaseModel):
+    service: str
+    version: str
+    mode: str
+    database: str
+    broker: str

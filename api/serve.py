@@ -1,0 +1,62 @@
+"""Running the API: in the foreground (`autopack api`) or in a thread (the demo, tests)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import uvicorn
+from celery import Celery
+
+from api.app import create_app
+from shared.db import upgrade
+from shared.errors import DatabaseNotMigrated, ServiceUnavailable
+from shared.settings import Settings
+from workers.celery_app import create_app as create_celery
+from workers.embedded import embedded_fleet
+
+
+def serve(settings: Settings, host: str | None, port: int | None) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.is_embedded:
+        upgrade(settings.database_url)  # a laptop's SQLite file: nothing to coordinate, migrate in place
+    fleet = embedded_fleet(settings) if settings.is_embedded else nullcontext(create_celery(settings))
+    with fleet as celery:
+        try:
+            app = create_app(settings, celery)
+        except (DatabaseNotMigrated, ServiceUnavailable) as exc:
+            print(f"autopack api: {exc}", file=sys.stderr)
+            sys.exit(2)
+        uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def api_in_thread(settings: Settings, celery: Celery, port: int | None = None) -> Iterator[str]:
+    """Serve the API on loopback from a thread; yield its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(create_app(settings, celery), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="autopack-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the API did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

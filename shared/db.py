@@ -1,0 +1,124 @@
+"""Engine, sessions and migrations. One engine per process, built from `Settings`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import DatabaseNotMigrated, ServiceUnavailable
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(url)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    _seen_urls.add(url)
+    return make_engine(url)
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+@contextmanager
+def transaction(url: str) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any error."""
+    with session_factory(url)() as session, session.begin():
+        yield session
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    _ensure_sqlite_dir(url)
+    command.upgrade(alembic_config(url), revision)
+
+
+def schema_status(url: str) -> tuple[str | None, str]:
+    """(revision the database is at, revision the code expects)."""
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert head is not None
+    try:
+        with engine_for(url).connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable("database", _describe(exc)) from exc
+    return current, head
+
+
+def require_migrated(url: str) -> None:
+    current, head = schema_status(url)
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"database schema is at {current or 'nothing'}, code expects {head}: "
+            "run `autopack db upgrade` first"
+        )
+
+
+def ping(url: str) -> None:
+    try:
+        with engine_for(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable("database", _describe(exc)) from exc
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The driver's first line, without the SQL or parameters (which may hold secrets)."""
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0][:300]
+
+
+def after_fork() -> None:
+    """In a forked child: drop the parent's pooled connections without closing them under the parent."""
+    for engine in _engines():
+        engine.dispose(close=False)
+
+
+def _engines() -> list[Engine]:
+    # lru_cache keeps no public view of its values; re-derive them from the URLs it saw.
+    return [engine_for(url) for url in _seen_urls]
+
+
+_seen_urls: set[str] = set()

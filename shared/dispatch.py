@@ -1,0 +1,11 @@
+"""How a stored phase reaches a worker. `shared/` only knows the interface; `workers/` implements it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Dispatcher(Protocol):
+    def enqueue(self, run_id: int, phase_id: int) -> None:
+        """Queue one execution of the phase. May be called more than once: tasks are safe to run twice."""
+        ...

@@ -1,0 +1,217 @@
+"""SQLAlchemy 2.0 models: the record of runs, phases, attempts, keys and telemetry.
+
+Schema changes go through Alembic (`shared/migrations`); nothing here calls `create_all` in a product path.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from shared.states import AttemptOutcome, PhaseState, RunState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out, on Postgres and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    repo: Mapped[str] = mapped_column(String(2000))
+    base_ref: Mapped[str] = mapped_column(String(255))
+    base_sha: Mapped[str] = mapped_column(String(64))
+    head_sha: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]]
+    state: Mapped[RunState] = mapped_column(String(20), default=RunState.QUEUED, index=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    campaign_id: Mapped[int | None] = mapped_column(index=True)
+    parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    # The per-run lease: owner + expiry + an epoch bumped on every grant (the fencing token).
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    phases: Mapped[list[Phase]] = relationship(
+        back_populates="run", order_by="Phase.index", cascade="all, delete-orphan"
+    )
+
+    @property
+    def result_branch(self) -> str:
+        return f"autopack/run-{self.id}"
+
+
+class Phase(Base):
+    __tablename__ = "phases"
+    __table_args__ = (UniqueConstraint("run_id", "index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict[str, Any]]
+    state: Mapped[PhaseState] = mapped_column(String(20), default=PhaseState.QUEUED, index=True)
+    attempts_used: Mapped[int] = mapped_column(default=0)
+    deliveries: Mapped[int] = mapped_column(default=0)
+    dispatched_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+
+    run: Mapped[Run] = relationship(back_populates="phases")
+    attempts: Mapped[list[Attempt]] = relationship(order_by="Attempt.number", cascade="all, delete-orphan")
+
+
+class Attempt(Base):
+    """One try of a phase. Unique per (phase, number) so a redelivered task cannot record it twice."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("phase_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    lease_epoch: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    outcome: Mapped[AttemptOutcome] = mapped_column(String(30))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    builder_output: Mapped[str | None] = mapped_column(Text)
+    patch: Mapped[str | None] = mapped_column(Text)
+    changed_paths: Mapped[list[Any]] = mapped_column(default=list)
+    validation_output: Mapped[str | None] = mapped_column(Text)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+
+
+class LlmUsageEvent(Base):
+    """One row per LLM call. A figure the provider did not return stays NULL, never estimated."""
+
+    __tablename__ = "llm_usage_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_key: Mapped[str] = mapped_column(String(200), unique=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase_id: Mapped[int | None] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))
+    attempt_number: Mapped[int | None]
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(30))
+    input_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    cache_read_tokens: Mapped[int | None]
+    cache_write_tokens: Mapped[int | None]
+    latency_ms: Mapped[int | None]
+    request_id: Mapped[str | None] = mapped_column(String(200))
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EfficiencyMetric(Base):
+    """Per (run, phase, outcome) totals; the unique key makes a racing second insert find the first."""
+
+    __tablename__ = "efficiency_metrics"
+    __table_args__ = (UniqueConstraint("run_id", "phase_id", "outcome"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))
+    outcome: Mapped[str] = mapped_column(String(30))
+    tokens_spent: Mapped[int | None]
+    tokens_avoided_context: Mapped[int | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    wall_ms: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PhaseMetric(Base):
+    """Failure-hardening and Doctor-avoidance figures of a phase (a counterfactual, kept with its basis)."""
+
+    __tablename__ = "phase_metrics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"), unique=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    failure_hardening_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    doctor_skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+    doctor_tokens_avoided: Mapped[int | None]
+    estimate_source: Mapped[str | None] = mapped_column(String(30))
+    estimate_sample_size: Mapped[int | None]
+
+
+Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)

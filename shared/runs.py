@@ -1,0 +1,120 @@
+"""Runs as a user sees them: submit, read, list, cancel. Used by the API and the embedded demo."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, selectinload
+
+from shared.dispatch import Dispatcher
+from shared.errors import GitError, InvalidSpec, NotFound
+from shared.git import resolve_ref
+from shared.models import Phase, Run, utcnow
+from shared.specs import RunSpec
+from shared.states import PHASE_TERMINAL, PhaseState, RunState
+
+log = logging.getLogger(__name__)
+
+
+def create_run(
+    session: Session, spec: RunSpec, *, campaign_id: int | None = None, parent_run_id: int | None = None
+) -> Run:
+    """Resolve the base ref and store the run with its phases (not yet committed, not yet dispatched)."""
+    try:
+        base_sha = resolve_ref(spec.repo, spec.base_ref)
+    except GitError as exc:
+        field = "repo" if "does not exist" in str(exc) or "repository" in str(exc) else "base_ref"
+        raise InvalidSpec(field, f"cannot resolve {spec.base_ref!r} in {spec.repo}: {exc}") from exc
+    run = Run(
+        name=spec.name,
+        repo=spec.repo,
+        base_ref=spec.base_ref,
+        base_sha=base_sha,
+        head_sha=base_sha,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec.spec_hash(),
+        config=spec.config.model_dump(mode="json"),
+        state=RunState.QUEUED,
+        campaign_id=campaign_id,
+        parent_run_id=parent_run_id,
+        lease_epoch=0,
+        cancel_requested=False,
+    )
+    run.phases = [
+        Phase(index=i, name=p.name, spec=p.model_dump(mode="json"), state=PhaseState.QUEUED)
+        for i, p in enumerate(spec.phases)
+    ]
+    session.add(run)
+    session.flush()
+    return run
+
+
+def dispatch_first_phase(session: Session, run: Run, dispatcher: Dispatcher) -> None:
+    """Enqueue after the run is committed; a broker outage leaves it for the reconciler."""
+    first = run.phases[0]
+    try:
+        dispatcher.enqueue(run.id, first.id)
+    except Exception as exc:  # a dead broker must not lose a stored run
+        log.warning("broker unavailable, run %s waits for the reconciler: %s", run.id, exc)
+        return
+    session.execute(update(Phase).where(Phase.id == first.id).values(dispatched_at=utcnow()))
+    session.commit()
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.scalars(
+        select(Run).where(Run.id == run_id).options(selectinload(Run.phases).selectinload(Phase.attempts))
+    ).first()
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def list_runs(
+    session: Session, *, state: RunState | None, limit: int, cursor: int | None
+) -> tuple[Sequence[Run], int | None]:
+    """Newest first; `cursor` is the id to continue below. Returns the page and the next cursor."""
+    query = select(Run).options(selectinload(Run.phases)).order_by(Run.id.desc()).limit(limit + 1)
+    if state is not None:
+        query = query.where(Run.state == state)
+    if cursor is not None:
+        query = query.where(Run.id < cursor)
+    rows = list(session.scalars(query))
+    page = rows[:limit]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
+def cancel_run(session: Session, run_id: int) -> Run:
+    """Ask a run to stop. With no live lease it stops now; otherwise its worker stops it between steps.
+
+    Bumping the epoch fences any stale holder: it can no longer record a result for this run.
+    """
+    run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()).first()
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    if RunState(run.state).terminal:
+        return get_run(session, run_id)
+    run.cancel_requested = True
+    now = utcnow()
+    lease_live = (
+        run.lease_owner is not None and run.lease_expires_at is not None and run.lease_expires_at > now
+    )
+    if not lease_live:
+        finish_cancelled(session, run)
+        run.lease_epoch += 1
+    session.commit()
+    return get_run(session, run_id)
+
+
+def finish_cancelled(session: Session, run: Run) -> None:
+    now = utcnow()
+    run.state = RunState.CANCELLED
+    run.finished_at = now
+    run.lease_owner = None
+    for phase in run.phases:
+        if PhaseState(phase.state) not in PHASE_TERMINAL:
+            phase.state = PhaseState.CANCELLED
+            phase.finished_at = now
+    session.flush()

@@ -1,0 +1,135 @@
+"""The one place that reads the environment: every setting, with its default and why it exists."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Autopack Fleet settings, read from `AUTOPACK_*` environment variables (and `.env` if present).
+
+    The defaults are the *embedded* mode: a SQLite file, an in-process broker and in-process workers.
+    Point `database_url` at Postgres and `broker_url` at Redis for the *fleet* mode.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOPACK_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+    )
+
+    database_url: str = "sqlite:///.autopack/autopack.db"
+    """SQLAlchemy URL of the record store. `sqlite:///…` = embedded; `postgresql+psycopg://…` = fleet."""
+
+    broker_url: str = "memory://"
+    """Celery broker. `memory://` = embedded (in-process workers only); `redis://host:6379/0` = fleet."""
+
+    workspace_dir: Path = Path(".autopack/workspace")
+    """Per-host directory for cached bare mirrors and the pooled worktrees. Local disk, never shared."""
+
+    api_url: str = "http://127.0.0.1:8000"
+    """Where the CLI finds the API."""
+
+    api_key: SecretStr | None = None
+    """Key the CLI sends as `X-API-Key`. Never logged."""
+
+    auth_required: bool | None = None
+    """Require `X-API-Key` on every route but /health. Unset = required unless embedded."""
+
+    api_host: str = "127.0.0.1"
+    """Interface `autopack api` binds to."""
+
+    api_port: int = 8000
+    """Port `autopack api` binds to."""
+
+    worker_concurrency: int = 2
+    """Phases one worker process executes at once (prefork children; threads when embedded)."""
+
+    phase_soft_time_limit: int = 1800
+    """Seconds before a phase task is asked to stop (SoftTimeLimitExceeded, prefork pool only)."""
+
+    phase_hard_time_limit: int = 2100
+    """Seconds before a phase task's process is killed (prefork pool only)."""
+
+    visibility_timeout: int = 7200
+    """Redis redelivery timeout for unacked phase tasks; must exceed `phase_hard_time_limit` (celery#5935)."""
+
+    lease_ttl_seconds: float = 30.0
+    """How long a per-run lease lives without a heartbeat; a dead holder's run is free after this."""
+
+    lease_heartbeat_seconds: float = 5.0
+    """How often the holder renews its lease. Keep well under `lease_ttl_seconds`."""
+
+    reconcile_interval_seconds: float = 15.0
+    """How often each worker re-dispatches runs whose next phase is QUEUED with no live lease."""
+
+    redispatch_after_seconds: float = 60.0
+    """A QUEUED phase dispatched longer ago than this, with no live lease, is dispatched again."""
+
+    max_deliveries: int = 5
+    """A phase delivered this many times without finishing (its worker kept dying) ends FAILED."""
+
+    command_timeout_seconds: int = 600
+    """Time limit for one builder `command` or one validation command."""
+
+    max_log_bytes: int = 65536
+    """Captured output kept per command; the rest is cut, and the cut is said."""
+
+    worktrees_per_repo: int = 8
+    """Pooled worktrees per repository per host; a phase reuses a free one instead of creating one."""
+
+    push_results: bool = True
+    """Push each run's result branch `autopack/run-<id>` back to the repository the run came from."""
+
+    git_author: str = "Autopack Fleet <autopack@localhost>"
+    """Author and committer of phase commits."""
+
+    embedded_poll_interval: float = 0.01
+    """Polling interval of the in-process broker (kombu's memory transport polls once a second by default)."""
+
+    log_level: str = "INFO"
+    """Log level of the API and workers."""
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the broker lives in this process, so workers must too."""
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def needs_api_key(self) -> bool:
+        return self.is_embedded is False if self.auth_required is None else self.auth_required
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+COMPOSE_SECRETS = ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")
+
+
+def render_env_example() -> str:
+    """The text of `.env.example`: every setting, its meaning and its default (a test keeps it true)."""
+    lines = [
+        "# Every Autopack setting with its default (the embedded mode). Copy to .env and edit.",
+        "# Fleet mode, for example:",
+        "#   AUTOPACK_DATABASE_URL=postgresql+psycopg://autopack:secret@127.0.0.1:5432/autopack",
+        "#   AUTOPACK_BROKER_URL=redis://127.0.0.1:6379/0",
+    ]
+    for name, default in env_defaults().items():
+        doc = Settings.model_fields[name.removeprefix("AUTOPACK_").lower()].description or ""
+        lines += ["", f"# {doc}", f"{name}={default}"]
+    lines += ["", "# Required by compose.yaml (no defaults on purpose; FLOWER_BASIC_AUTH is user:password)."]
+    lines += [f"{name}=" for name in COMPOSE_SECRETS]
+    return "\n".join(lines) + "\n"
+
+
+def env_defaults() -> dict[str, str]:
+    """Every setting as `AUTOPACK_NAME` → default, for `.env.example` and its drift test."""
+    out: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        out[f"AUTOPACK_{name.upper()}"] = "" if default is None else str(default)
+    return out

@@ -1,0 +1,85 @@
+"""The run spec users submit (HTTP JSON or CLI YAML), validated before anything is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _repo_relative(path: str) -> str:
+    """Scope-like paths are repo-relative, POSIX, without `..`, and never inside `.git`."""
+    if not path or path.strip() != path:
+        raise ValueError("must be a non-empty path without surrounding spaces")
+    if "\\" in path or "\x00" in path:
+        raise ValueError("must use '/' separators and no NUL bytes")
+    pure = PurePosixPath(path)
+    if pure.is_absolute():
+        raise ValueError("must be relative to the repository root")
+    if ".." in pure.parts:
+        raise ValueError("must not contain '..'")
+    if pure.parts and pure.parts[0].lower() == ".git":
+        raise ValueError("must not point into .git")
+    return path
+
+
+RepoPath = Annotated[str, AfterValidator(_repo_relative)]
+Command = Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+class RunConfig(BaseModel):
+    """How a run executes. Unknown keys are rejected so a typo never silently changes behaviour."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    builder: Literal["script"] = "script"
+    """Which Builder produces each phase's change."""
+
+    max_attempts: int = Field(default=2, ge=1, le=10)
+    """Tries per phase before the phase (and the run) fails."""
+
+
+class PhaseSpec(BaseModel):
+    """One coding goal with the files it may change and how to tell it worked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    goal: str = Field(default="", max_length=20000)
+    scope: list[RepoPath] = Field(min_length=1)
+    read_only_context: list[RepoPath] = Field(default_factory=list)
+    deliverables: list[RepoPath] = Field(default_factory=list)
+    command: Command | None = None
+    validation: list[Command] = Field(default_factory=list)
+    protected_paths: list[RepoPath] = Field(default_factory=list)
+
+
+class RunSpec(BaseModel):
+    """A run as submitted: repository, base ref, config, and ordered phases."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, max_length=2000)
+    base_ref: str = Field(default="main", min_length=1, max_length=255)
+    name: str | None = Field(default=None, max_length=200)
+    config: RunConfig = Field(default_factory=RunConfig)
+    phases: list[PhaseSpec] = Field(min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _phases_fit_builder(self) -> RunSpec:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError("phases: names must be unique within a run")
+        if self.config.builder == "script":
+            for i, phase in enumerate(self.phases):
+                if phase.command is None:
+                    raise ValueError(f"phases.{i}.command: the script builder needs a command")
+        return self
+
+    def spec_hash(self) -> str:
+        """Identity of what the run asks for (not how), for pairing replayed runs."""
+        body = self.model_dump(mode="json", exclude={"config", "name"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

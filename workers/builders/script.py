@@ -1,0 +1,28 @@
+"""The `script` builder: the phase's own command (a codemod, a formatter) makes the change. No LLM."""
+
+from __future__ import annotations
+
+from workers.builders.base import BuildRequest, BuildResult
+from workers.commands import run_command
+
+
+class ScriptBuilder:
+    name = "script"
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        command = request.phase.command
+        if command is None:
+            return BuildResult(ok=False, output="", failure_reason="script builder: phase has no command")
+        env = {
+            "AUTOPACK_PHASE_NAME": request.phase.name,
+            "AUTOPACK_ATTEMPT": str(request.attempt),
+            "AUTOPACK_RUN": str(request.run_id),
+        }
+        result = run_command(
+            command, request.worktree, timeout=request.timeout, max_bytes=request.max_log_bytes, env=env
+        )
+        if result.ok:
+            return BuildResult(ok=True, output=result.summary())
+        return BuildResult(
+            ok=False, output=result.summary(), failure_reason=f"command failed: {result.summary()[:2000]}"
+        )

@@ -1,0 +1,73 @@
+"""The Celery app, configured for long, late-acknowledged phase tasks (FIELD-NOTES: "Celery for long tasks").
+
+`celery --app workers.celery_app:app …` (Flower, inspect) uses the module-level `app`; code that needs
+other settings (tests, the embedded fleet) calls `create_app(settings)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared.settings import Settings, get_settings
+
+PHASE_TASK = "autopack.execute_phase"
+app: Celery  # built on first access by __getattr__ below
+QUEUE = "autopack"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.is_embedded:
+        transport = {"polling_interval": settings.embedded_poll_interval}
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "task_soft_time_limit": settings.phase_soft_time_limit,
+        "task_time_limit": settings.phase_hard_time_limit,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "result_backend": None,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("autopack")
+    app.config_from_object(celery_config(settings))
+    app.autopack_settings = settings
+    from workers import tasks  # registers the tasks on this app
+
+    tasks.register(app)
+    return app
+
+
+class CeleryDispatcher:
+    """`shared.dispatch.Dispatcher` over a Celery app."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def enqueue(self, run_id: int, phase_id: int) -> None:
+        self.app.send_task(PHASE_TASK, args=[run_id, phase_id], queue=QUEUE, retry=False)
+
+
+def __getattr__(name: str) -> Celery:
+    """`celery --app workers.celery_app:app` (Flower, inspect) gets an app built from the environment,
+    created on first use so that importing this module never builds a stray app."""
+    if name == "app":
+        global app
+        app = create_app(get_settings())
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,87 @@
+"""Getting QUEUED phases onto the broker exactly when they need it.
+
+`phases.dispatched_at` is the outbox: NULL means "the broker does not have this yet". A claim is an
+UPDATE that only one caller can win, so two reconcilers never both enqueue the same phase; a phase
+whose message was lost (broker restart, worker killed with the message unacked) is claimed again once
+`redispatch_after_seconds` have passed with no live lease on its run.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import ColumnElement, or_, select, update
+
+from shared.db import transaction
+from shared.dispatch import Dispatcher
+from shared.models import Phase, Run, utcnow
+from shared.runs import finish_cancelled
+from shared.states import PHASE_TERMINAL, PhaseState, RunState
+
+log = logging.getLogger(__name__)
+
+
+def claim_and_enqueue(
+    db_url: str, dispatcher: Dispatcher, run_id: int, phase_id: int, stale_after: float | None
+) -> bool:
+    """Enqueue the phase if its outbox entry is pending (or stale); True when this call enqueued it."""
+    now = utcnow()
+    pending: ColumnElement[bool] = Phase.dispatched_at.is_(None)
+    if stale_after is not None:
+        pending = or_(pending, Phase.dispatched_at < now - timedelta(seconds=stale_after))
+    with transaction(db_url) as session:
+        won = session.execute(
+            update(Phase).where(Phase.id == phase_id, pending).values(dispatched_at=now)
+        ).rowcount  # type: ignore[attr-defined]
+    if not won:
+        return False
+    try:
+        dispatcher.enqueue(run_id, phase_id)
+    except Exception as exc:
+        log.warning("broker unavailable, phase %s stays pending: %s", phase_id, exc)
+        with transaction(db_url) as session:
+            session.execute(update(Phase).where(Phase.id == phase_id).values(dispatched_at=None))
+        return False
+    return True
+
+
+def reconcile(db_url: str, dispatcher: Dispatcher, redispatch_after: float) -> int:
+    """One pass: re-dispatch every run's next phase that has no live task; finish cancelled runs.
+
+    Returns how many phases were enqueued.
+    """
+    now = utcnow()
+    with transaction(db_url) as session:
+        candidates = (
+            session.execute(
+                select(Run.id).where(
+                    Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
+                    or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+                )
+            )
+            .scalars()
+            .all()
+        )
+    enqueued = 0
+    for run_id in candidates:
+        phase_id = _next_phase_or_finish(db_url, run_id)
+        if phase_id is not None:
+            enqueued += claim_and_enqueue(db_url, dispatcher, run_id, phase_id, stale_after=redispatch_after)
+    return enqueued
+
+
+def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
+    now = utcnow()
+    with transaction(db_url) as session:
+        run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()).first()
+        if run is None or RunState(run.state).terminal:
+            return None
+        if run.lease_owner is not None and run.lease_expires_at is not None and run.lease_expires_at > now:
+            return None  # taken since we listed it
+        if run.cancel_requested:
+            finish_cancelled(session, run)
+            run.lease_epoch += 1
+            return None
+        pending = [p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL]
+        return pending[0].id if pending else None

@@ -1,0 +1,26 @@
+"""Where results land: refs in this host's mirror and, when `push_results`, in the run's own repository.
+
+A phase's commit is first pushed under a ref keyed by (run, phase, lease epoch) — harmless to repeat,
+and it makes the commit reachable from other hosts before the database names it as the run's head.
+Only after the database recorded it does the run branch `autopack/run-<id>` move there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.git import git
+
+
+def phase_ref(run_id: int, phase_index: int, epoch: int) -> str:
+    return f"refs/autopack/run-{run_id}/phase-{phase_index}-e{epoch}"
+
+
+def branch_ref(run_id: int) -> str:
+    return f"refs/heads/autopack/run-{run_id}"
+
+
+def publish(mirror: Path, ref: str, sha: str, push: bool) -> None:
+    git("update-ref", ref, sha, git_dir=mirror)
+    if push:
+        git("push", "--quiet", "--force", "--no-verify", "origin", f"{sha}:{ref}", git_dir=mirror)

@@ -1,0 +1,68 @@
+"""What runs beside the tasks in a worker: the reconciler loop, fork hygiene, pruning leftovers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from shared.db import after_fork
+from shared.dispatch import Dispatcher
+from shared.settings import Settings
+from workers.outbox import reconcile
+from workers.workspace import WorkspaceManager
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Every `reconcile_interval_seconds`, re-dispatch runs whose next phase has no live task."""
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="autopack-reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def run_once(self) -> int:
+        return reconcile(self.settings.database_url, self.dispatcher, self.settings.redispatch_after_seconds)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reconcile_interval_seconds):
+            try:
+                n = self.run_once()
+                if n:
+                    log.info("reconciler re-dispatched %d phase(s)", n)
+            except Exception as exc:  # a DB or broker outage: say so and try again next period
+                log.warning("reconciler pass failed: %s", exc)
+
+
+def install(app: Celery, settings: Settings, dispatcher: Dispatcher) -> None:
+    """Hook the reconciler and pruning into a prefork worker's lifecycle (main process only)."""
+    state: dict[str, Reconciler] = {}
+
+    def _ready(sender: Any = None, **_: Any) -> None:
+        WorkspaceManager(settings.workspace_dir, settings.worktrees_per_repo).prune()
+        state["r"] = Reconciler(settings, dispatcher)
+        state["r"].start()
+
+    def _shutdown(sender: Any = None, **_: Any) -> None:
+        if "r" in state:
+            state["r"].stop()
+
+    def _child(**_: Any) -> None:
+        after_fork()
+
+    worker_ready.connect(_ready, weak=False)
+    worker_shutdown.connect(_shutdown, weak=False)
+    worker_process_init.connect(_child, weak=False)

@@ -1,0 +1,81 @@
+"""Pipeline steps after the builder: what changed, is it allowed, does it validate, commit it.
+
+Each step is a plain function on a worktree path so it can be tested on a real repo on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from shared.git import git
+from shared.specs import PhaseSpec
+from workers.commands import CommandResult, run_command
+
+
+def changed_paths(worktree: Path) -> list[str]:
+    """Every path the builder added, modified or deleted (untracked included, ignored files not)."""
+    out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=worktree)
+    return sorted({entry[3:] for entry in out.split("\0") if len(entry) > 3})
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def scope_violations(paths: list[str], phase: PhaseSpec) -> list[str]:
+    """Reasons, one per offending path; empty when every path is in scope and unprotected."""
+    reasons = []
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        if path.startswith("/") or ".." in parts:
+            reasons.append(f"{path}: outside the worktree")
+        elif parts and parts[0].lower() == ".git":
+            reasons.append(f"{path}: inside .git")
+        elif any(_under(path, p) for p in phase.protected_paths):
+            reasons.append(f"{path}: protected path")
+        elif not any(_under(path, s) for s in phase.scope):
+            reasons.append(f"{path}: outside scope {phase.scope}")
+    return reasons
+
+
+def stage(worktree: Path, paths: list[str]) -> None:
+    """Stage exactly the builder's paths, so files validation leaves behind are never committed."""
+    if paths:
+        git("add", "--all", "--", *paths, cwd=worktree)
+
+
+@dataclass(frozen=True)
+class Validation:
+    ok: bool
+    results: list[CommandResult]
+
+    def report(self) -> str:
+        return "\n\n".join(r.summary() for r in self.results)
+
+    def failure(self) -> str | None:
+        bad = next((r for r in self.results if not r.ok), None)
+        return None if bad is None else f"validation failed: {bad.summary()[-3000:]}"
+
+
+def validate(phase: PhaseSpec, worktree: Path, *, timeout: float, max_bytes: int) -> Validation:
+    results = []
+    for command in phase.validation:
+        result = run_command(command, worktree, timeout=timeout, max_bytes=max_bytes)
+        results.append(result)
+        if not result.ok:
+            return Validation(False, results)
+    return Validation(True, results)
+
+
+def missing_deliverables(phase: PhaseSpec, worktree: Path) -> list[str]:
+    return [d for d in phase.deliverables if not (worktree / d).exists()]
+
+
+def commit(worktree: Path, message: str, author: str) -> str:
+    name, _, email = author.partition(" <")
+    identity = ["-c", f"user.name={name}", "-c", f"user.email={email.rstrip('>')}"]
+    # --allow-empty keeps "one commit per phase" true for phases that legitimately change nothing.
+    git(*identity, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=worktree)
+    return git("rev-parse", "HEAD", cwd=worktree).strip()

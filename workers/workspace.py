@@ -1,0 +1,166 @@
+"""Git workspaces: one cached bare mirror per repo per host, and a pool of reusable worktrees.
+
+Provisioning a pooled worktree is `reset --hard` + `clean` on an existing checkout, far cheaper than
+`git worktree add` (let alone a clone). Slots are guarded by `flock`, which the kernel releases when a
+process dies, so a crashed worker's slot is reusable at once and nothing needs a janitor to unlock it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from shared.errors import GitError, WorkspaceError
+from shared.git import git, is_local
+
+FETCH_REFSPECS = (
+    "+refs/heads/*:refs/heads/*",
+    "+refs/tags/*:refs/tags/*",
+    "+refs/autopack/*:refs/autopack/*",
+)
+
+
+def repo_key(repo: str) -> str:
+    source = str(Path(repo).resolve()) if is_local(repo) else repo
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+")
+    try:
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fh, flags)
+        except BlockingIOError:
+            yield None
+            return
+        yield fh
+    finally:
+        fh.close()
+
+
+def _workspace_error(what: str, exc: Exception) -> WorkspaceError:
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc):
+        return WorkspaceError(f"{what}: workspace disk is full (ENOSPC): {exc}")
+    return WorkspaceError(f"{what}: {exc}")
+
+
+@dataclass
+class Mirror:
+    """A bare mirror of one repository on this host, refreshed with fetch when a commit is missing."""
+
+    repo: str
+    path: Path
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")
+
+    def ensure(self, sha: str) -> None:
+        """Make sure the mirror exists and holds `sha`."""
+        if self.has(sha):
+            return
+        with _flock(self.lock_path):
+            try:
+                if not (self.path / "HEAD").exists():
+                    self._clone()
+                if not self.has(sha):
+                    git("fetch", "--quiet", "--prune", "origin", *FETCH_REFSPECS, git_dir=self.path)
+            except (GitError, OSError) as exc:
+                raise _workspace_error(f"refreshing mirror of {self.repo}", exc) from exc
+        if not self.has(sha):
+            raise WorkspaceError(f"commit {sha} is not in {self.repo} (was the result branch pushed?)")
+
+    def _clone(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        git("clone", "--quiet", "--bare", "--", self.repo, str(tmp))
+        git("config", "remote.origin.fetch", FETCH_REFSPECS[0], git_dir=tmp)
+        for spec in FETCH_REFSPECS[1:]:
+            git("config", "--add", "remote.origin.fetch", spec, git_dir=tmp)
+        # Phase commits are only reachable from worktrees until pushed; never let gc prune them.
+        git("config", "gc.auto", "0", git_dir=tmp)
+        tmp.rename(self.path)
+
+    def has(self, sha: str) -> bool:
+        if not (self.path / "HEAD").exists():
+            return False
+        try:
+            git("cat-file", "-e", f"{sha}^{{commit}}", git_dir=self.path, timeout=30)
+            return True
+        except GitError:
+            return False
+
+
+@dataclass
+class Worktree:
+    path: Path
+    mirror: Mirror
+
+
+class WorkspaceManager:
+    """Hands out worktrees checked out at a commit, from a per-repo pool on this host."""
+
+    def __init__(self, root: Path, slots: int) -> None:
+        self.root = root
+        self.slots = slots
+
+    def mirror(self, repo: str) -> Mirror:
+        return Mirror(repo, self.root / "mirrors" / f"{repo_key(repo)}.git")
+
+    @contextmanager
+    def worktree(self, repo: str, sha: str) -> Iterator[Worktree]:
+        """A worktree at `sha` (detached), clean, owned by this process until the block ends."""
+        mirror = self.mirror(repo)
+        mirror.ensure(sha)
+        pool = self.root / "worktrees" / repo_key(repo)
+        with self._slot(pool) as slot:
+            try:
+                self._provision(mirror, slot, sha)
+            except (GitError, OSError) as exc:
+                raise _workspace_error(f"provisioning worktree {slot.name}", exc) from exc
+            yield Worktree(slot, mirror)
+
+    @contextmanager
+    def _slot(self, pool: Path) -> Iterator[Path]:
+        for n in range(self.slots):
+            with _flock(pool / f"slot-{n}.lock", blocking=False) as held:
+                if held is not None:
+                    yield pool / f"slot-{n}"
+                    return
+        # Every slot is busy (more concurrent phases than slots): wait for one, by pid to spread waiters.
+        n = os.getpid() % self.slots
+        with _flock(pool / f"slot-{n}.lock"):
+            yield pool / f"slot-{n}"
+
+    def _provision(self, mirror: Mirror, slot: Path, sha: str) -> None:
+        if (slot / ".git").is_file():
+            try:
+                git("reset", "--quiet", "--hard", sha, cwd=slot)
+                git("clean", "-ffdxq", cwd=slot)
+                return
+            except GitError:
+                shutil.rmtree(slot, ignore_errors=True)  # a broken leftover: rebuild it below
+        shutil.rmtree(slot, ignore_errors=True)
+        with _flock(mirror.lock_path):
+            git("worktree", "prune", git_dir=mirror.path)
+            git("worktree", "add", "--quiet", "--detach", "--force", str(slot), sha, git_dir=mirror.path)
+
+    def prune(self) -> None:
+        """Drop worktree records whose directories are gone (a crashed worker's leftovers)."""
+        mirrors = self.root / "mirrors"
+        if not mirrors.is_dir():
+            return
+        for mirror_dir in mirrors.glob("*.git"):
+            with _flock(mirror_dir.with_suffix(".lock")):
+                git("worktree", "prune", git_dir=mirror_dir)
