@@ -1,0 +1,104 @@
+"""Fixtures on real services: a fresh Postgres database per test session, Redis db 15, real git repos."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from api.sample_repo import make_sample_repo
+from shared.db import upgrade
+from shared.models import Base
+from shared.settings import Settings
+
+PG_ADMIN = os.environ.get("AUTOPACK_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("AUTOPACK_TEST_REDIS", "redis://127.0.0.1:6379/15")
+PYTHON = sys.executable
+
+
+def _admin() -> sa.Engine:
+    return sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+def create_database(name: str) -> str:
+    with _admin().connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(name: str) -> None:
+    with _admin().connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A migrated Postgres database of this test session's own."""
+    name = f"autopack_test_{os.getpid()}"
+    url = create_database(name)
+    upgrade(url)
+    yield url
+    from shared.db import engine_for
+
+    engine_for(url).dispose()
+    drop_database(name)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> str:
+    """The session database, emptied before the test."""
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with sa.create_engine(pg_url, poolclass=sa.pool.NullPool).begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    return pg_url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Redis database 15, flushed before the test."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return REDIS_URL
+
+
+@pytest.fixture
+def sample_repo(tmp_path: Path) -> Path:
+    return make_sample_repo(tmp_path / "origin")
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path) -> Settings:
+    url = f"sqlite:///{tmp_path}/autopack.db"
+    upgrade(url)
+    return Settings(
+        database_url=url,
+        broker_url="memory://",
+        workspace_dir=tmp_path / "workspace",
+        worker_concurrency=4,
+        lease_heartbeat_seconds=1,
+        reconcile_interval_seconds=1,
+        log_level="WARNING",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=pg,
+        broker_url=redis_url,
+        workspace_dir=tmp_path / "workspace",
+        worker_concurrency=2,
+        lease_ttl_seconds=10,
+        lease_heartbeat_seconds=1,
+        reconcile_interval_seconds=1,
+        redispatch_after_seconds=5,
+        auth_required=True,
+        log_level="WARNING",
+        _env_file=None,  # type: ignore[call-arg]
+    )
