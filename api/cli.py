@@ -13,6 +13,7 @@ import yaml
 
 from api.client import ApiClient, ClientError
 from api.table import render_runs
+from shared.git import is_local
 from shared.settings import Settings, get_settings
 
 TERMINAL = {"DONE_SUCCESS", "DONE_FAILED", "CANCELLED"}
@@ -96,6 +97,9 @@ def keys_create(name: str) -> None:
 def submit(spec: Path) -> None:
     """Submit a run described by a YAML (or JSON) file; print its id."""
     body = yaml.safe_load(spec.read_text())
+    repo = body.get("repo") if isinstance(body, dict) else None
+    if isinstance(repo, str) and is_local(repo) and not Path(repo).is_absolute():
+        body["repo"] = str((spec.parent / repo).resolve())  # the API may run elsewhere: send a full path
     try:
         run = _client(get_settings()).submit(body)
     except ClientError as exc:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from shared.dispatch import Dispatcher
 from shared.errors import GitError, InvalidSpec, NotFound
-from shared.git import resolve_ref
+from shared.git import is_local, resolve_ref
 from shared.models import Phase, Run, utcnow
 from shared.specs import RunSpec
 from shared.states import PHASE_TERMINAL, PhaseState, RunState
@@ -27,9 +28,10 @@ def create_run(
     except GitError as exc:
         field = "repo" if "does not exist" in str(exc) or "repository" in str(exc) else "base_ref"
         raise InvalidSpec(field, f"cannot resolve {spec.base_ref!r} in {spec.repo}: {exc}") from exc
+    repo = str(Path(spec.repo).resolve()) if is_local(spec.repo) else spec.repo
     run = Run(
         name=spec.name,
-        repo=spec.repo,
+        repo=repo,
         base_ref=spec.base_ref,
         base_sha=base_sha,
         head_sha=base_sha,
