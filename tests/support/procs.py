@@ -57,7 +57,9 @@ class Proc:
 
 def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Proc:
     fh = log.open("wb")
-    popen = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+    popen = subprocess.Popen(
+        args, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+    )
     return Proc(popen, log)
 
 
