@@ -89,6 +89,9 @@ class Run(Base):
     base_ref: Mapped[str] = mapped_column(String(255))
     base_sha: Mapped[str] = mapped_column(String(64))
     head_sha: Mapped[str] = mapped_column(String(64))
+    # Where the result branch was last seen to point; differs from head_sha only after a crash
+    # between recording a phase and moving the branch, which the reconciler then repairs.
+    branch_sha: Mapped[str | None] = mapped_column(String(64))
     spec: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64))
     config: Mapped[dict[str, Any]]

@@ -18,7 +18,7 @@ from workers import record, steps
 from workers.builders import BuildRequest, get_builder
 from workers.lease import Lease, acquire, heartbeat
 from workers.outbox import claim_and_enqueue
-from workers.publish import branch_ref, phase_ref, publish
+from workers.publish import move_branch, phase_ref, publish
 from workers.record import AttemptRecord, PhaseJob
 from workers.workspace import WorkspaceManager
 
@@ -87,8 +87,8 @@ def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, sha: str) -
     next_phase = record.complete(lease, job, sha)
     mirror = ctx.workspace.mirror(job.repo).path
     try:
-        publish(mirror, branch_ref(job.run_id), sha, s.push_results)
-    except Exception as exc:  # recorded already; the next phase or a re-sync moves the branch
+        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results)
+    except Exception as exc:  # recorded already; the reconciler moves the branch later
         log.warning("run %s: moving result branch failed: %s", job.run_id, exc)
     if next_phase is not None:
         claim_and_enqueue(s.database_url, ctx.dispatcher, job.run_id, next_phase, stale_after=None)

@@ -85,3 +85,17 @@ def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
             return None
         pending = [p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL]
         return pending[0].id if pending else None
+
+
+def lagging_branches(db_url: str) -> list[tuple[int, str, str]]:
+    """(run id, repo, head) of runs whose result branch is behind the recorded head and no one holds."""
+    now = utcnow()
+    with transaction(db_url) as session:
+        rows = session.execute(
+            select(Run.id, Run.repo, Run.head_sha).where(
+                Run.head_sha != Run.base_sha,
+                or_(Run.branch_sha.is_(None), Run.branch_sha != Run.head_sha),
+                or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+            )
+        ).all()
+    return [(r.id, r.repo, r.head_sha) for r in rows]

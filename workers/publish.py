@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import update
+
+from shared.db import transaction
 from shared.git import git
+from shared.models import Run
 
 
 def phase_ref(run_id: int, phase_index: int, epoch: int) -> str:
@@ -24,3 +28,10 @@ def publish(mirror: Path, ref: str, sha: str, push: bool) -> None:
     git("update-ref", ref, sha, git_dir=mirror)
     if push:
         git("push", "--quiet", "--force", "--no-verify", "origin", f"{sha}:{ref}", git_dir=mirror)
+
+
+def move_branch(db_url: str, mirror: Path, run_id: int, sha: str, push: bool) -> None:
+    """Point the run branch at the recorded head, then note that it does (idempotent)."""
+    publish(mirror, branch_ref(run_id), sha, push)
+    with transaction(db_url) as session:
+        session.execute(update(Run).where(Run.id == run_id, Run.head_sha == sha).values(branch_sha=sha))

@@ -12,7 +12,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from shared.db import after_fork
 from shared.dispatch import Dispatcher
 from shared.settings import Settings
-from workers.outbox import reconcile
+from workers.outbox import lagging_branches, reconcile
+from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class Reconciler:
     def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
+        self.workspace = WorkspaceManager(settings.workspace_dir, settings.worktrees_per_repo)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="autopack-reconciler", daemon=True)
 
@@ -35,7 +37,15 @@ class Reconciler:
         self._thread.join(timeout=10)
 
     def run_once(self) -> int:
-        return reconcile(self.settings.database_url, self.dispatcher, self.settings.redispatch_after_seconds)
+        s = self.settings
+        for run_id, repo, head in lagging_branches(s.database_url):
+            try:
+                mirror = self.workspace.mirror(repo)
+                mirror.ensure(head)
+                move_branch(s.database_url, mirror.path, run_id, head, s.push_results)
+            except Exception as exc:  # an unreachable repo must not stop the re-dispatching below
+                log.warning("run %s: result branch still behind: %s", run_id, exc)
+        return reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.reconcile_interval_seconds):

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("base_ref", sa.String(length=255), nullable=False),
         sa.Column("base_sha", sa.String(length=64), nullable=False),
         sa.Column("head_sha", sa.String(length=64), nullable=False),
+        sa.Column("branch_sha", sa.String(length=64), nullable=True),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("spec_hash", sa.String(length=64), nullable=False),
         sa.Column("config", sa.JSON(), nullable=False),
