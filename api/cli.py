@@ -161,8 +161,8 @@ def demo(n_runs: int, root: Path) -> None:
 @cli.command()
 def reconcile() -> None:
     """One reconciler pass now: re-dispatch runs whose next phase has no live task."""
+    from shared.outbox import reconcile as do_reconcile
     from workers.celery_app import CeleryDispatcher, create_app
-    from workers.outbox import reconcile as do_reconcile
 
     settings = get_settings()
     n = do_reconcile(settings.database_url, CeleryDispatcher(create_app(settings)), 0)

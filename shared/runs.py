@@ -6,10 +6,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.dispatch import Dispatcher
 from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
 from shared.models import Phase, Run, utcnow
@@ -51,18 +50,6 @@ def create_run(
     session.add(run)
     session.flush()
     return run
-
-
-def dispatch_first_phase(session: Session, run: Run, dispatcher: Dispatcher) -> None:
-    """Enqueue after the run is committed; a broker outage leaves it for the reconciler."""
-    first = run.phases[0]
-    try:
-        dispatcher.enqueue(run.id, first.id)
-    except Exception as exc:  # a dead broker must not lose a stored run
-        log.warning("broker unavailable, run %s waits for the reconciler: %s", run.id, exc)
-        return
-    session.execute(update(Phase).where(Phase.id == first.id).values(dispatched_at=utcnow()))
-    session.commit()
 
 
 def get_run(session: Session, run_id: int) -> Run:

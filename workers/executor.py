@@ -12,12 +12,12 @@ from pathlib import Path
 from shared.dispatch import Dispatcher
 from shared.errors import GitError, LeaseLost, WorkspaceError
 from shared.models import utcnow
+from shared.outbox import claim_and_enqueue
 from shared.settings import Settings
 from shared.states import AttemptOutcome
 from workers import record, steps
 from workers.builders import BuildRequest, get_builder
 from workers.lease import Lease, acquire, heartbeat
-from workers.outbox import claim_and_enqueue
 from workers.publish import move_branch, phase_ref, publish
 from workers.record import AttemptRecord, PhaseJob
 from workers.workspace import WorkspaceManager

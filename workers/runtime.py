@@ -11,8 +11,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from shared.db import after_fork
 from shared.dispatch import Dispatcher
+from shared.outbox import lagging_branches, reconcile
 from shared.settings import Settings
-from workers.outbox import lagging_branches, reconcile
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
 

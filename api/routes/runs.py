@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, BackgroundTasks, Query, status
 
-from api.deps import Authed, DispatcherDep, SessionDep
+from api.deps import Authed, DispatcherDep, SessionDep, SettingsDep
 from api.schemas import RunOut, RunPage
 from shared import runs
+from shared.outbox import claim_and_enqueue
 from shared.specs import RunSpec
 from shared.states import RunState
 
@@ -16,10 +17,17 @@ router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authed])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def submit_run(spec: RunSpec, session: SessionDep, dispatcher: DispatcherDep) -> RunOut:
+def submit_run(
+    spec: RunSpec,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    later: BackgroundTasks,
+) -> RunOut:
     run = runs.create_run(session, spec)
     session.commit()
-    runs.dispatch_first_phase(session, run, dispatcher)
+    # After the response: a slow or dead broker must not hold the client; the outbox row is the promise.
+    later.add_task(claim_and_enqueue, settings.database_url, dispatcher, run.id, run.phases[0].id, None)
     return RunOut.of(runs.get_run(session, run.id))
 
 
