@@ -11,20 +11,29 @@ from shared.errors import GitError
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
-# Never prompt for credentials, never read the user's global hooks or config surprises.
+# Never prompt for credentials, never read the system config.
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_CONFIG_NOSYSTEM": "1",
     "LC_ALL": "C",
 }
+# A builder's command can write into the mirror a worktree points at; code it plants there (hooks,
+# core.fsmonitor) must never run from the worker's own git calls, and never with the worker's secrets.
+_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+SECRET_PREFIXES = ("AUTOPACK_", "ANTHROPIC_", "FLOWER_", "POSTGRES_", "AWS_", "PG")
+
+
+def scrubbed_env() -> dict[str, str]:
+    """The worker's environment without its secrets, for anything that may run repository code."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIXES)}
 
 
 def git(*args: str, cwd: Path | None = None, git_dir: Path | None = None, timeout: float = 300) -> str:
-    cmd = ["git"]
+    cmd = ["git", *_SAFE]
     if git_dir is not None:
         cmd += ["--git-dir", str(git_dir)]
     cmd += list(args)
-    env = {**os.environ, **_ENV}
+    env = {**scrubbed_env(), **_ENV}
     try:
         done = subprocess.run(
             cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# Secrets the worker holds must never reach code it runs on a user's behalf.
-_SECRET_PREFIXES = ("AUTOPACK_", "ANTHROPIC_", "FLOWER_", "POSTGRES_", "AWS_", "PG")
+from shared.git import scrubbed_env
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class CommandResult:
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SECRET_PREFIXES)}
+    env = scrubbed_env()  # secrets the worker holds never reach code it runs on a user's behalf
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
     return env
@@ -42,6 +43,8 @@ def cap(text: str, max_bytes: int) -> str:
     data = text.encode(errors="replace")
     if len(data) <= max_bytes:
         return text
+    if max_bytes <= 0:
+        return f"… [{len(data)} bytes cut] …"
     head = data[: max_bytes // 4].decode(errors="replace")
     tail = data[-(max_bytes - max_bytes // 4) :].decode(errors="replace")
     return f"{head}\n… [{len(data) - max_bytes} bytes cut] …\n{tail}"
@@ -50,8 +53,9 @@ def cap(text: str, max_bytes: int) -> str:
 def run_command(
     command: str, cwd: Path, *, timeout: float, max_bytes: int, env: Mapping[str, str] | None = None
 ) -> CommandResult:
+    """Run `command` with bash; when the shell ends (or times out) its whole process group is killed,
+    so a backgrounded child can neither outlive the phase nor hold the output pipe open."""
     start = time.monotonic()
-    # A new session so a timeout kills the whole process group, not just the shell.
     proc = subprocess.Popen(
         ["bash", "-c", command],
         cwd=cwd,
@@ -61,12 +65,25 @@ def run_command(
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(proc, chunks), daemon=True)
+    reader.start()
     timed_out = False
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    text = out.decode(errors="replace")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=5)
+    text = b"".join(chunks).decode(errors="replace")
     return CommandResult(command, proc.returncode, cap(text, max_bytes), time.monotonic() - start, timed_out)
+
+
+def _drain(proc: subprocess.Popen[bytes], chunks: list[bytes]) -> None:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)

@@ -134,6 +134,7 @@ def _attempt_in(
     built = builder.build(request)
     if not built.ok:
         return _rec(number, AttemptOutcome.BUILD_FAILED, started, built.failure_reason, built.output)
+    steps.undo_builder_commits(wt, job.head_sha)
     paths = steps.changed_paths(wt)
     violations = steps.scope_violations(paths, phase)
     if violations:

@@ -13,6 +13,13 @@ from shared.specs import PhaseSpec
 from workers.commands import CommandResult, run_command
 
 
+def undo_builder_commits(worktree: Path, base: str) -> None:
+    """A builder that committed its own change must still pass the scope check: fold its commits
+    back into the index so `changed_paths` sees them, and the phase still ends as one commit."""
+    if git("rev-parse", "HEAD", cwd=worktree).strip() != base:
+        git("reset", "--quiet", "--soft", base, cwd=worktree)
+
+
 def changed_paths(worktree: Path) -> list[str]:
     """Every path the builder added, modified or deleted (untracked included, ignored files not)."""
     out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=worktree)

@@ -75,7 +75,8 @@ class Mirror:
                 if not (self.path / "HEAD").exists():
                     self._clone()
                 if not self.has(sha):
-                    git("fetch", "--quiet", "--prune", "origin", *FETCH_REFSPECS, git_dir=self.path)
+                    # No --prune: result refs may live only here (push_results off).
+                    git("fetch", "--quiet", "origin", *FETCH_REFSPECS, git_dir=self.path)
             except (GitError, OSError) as exc:
                 raise _workspace_error(f"refreshing mirror of {self.repo}", exc) from exc
         if not self.has(sha):

@@ -1,0 +1,252 @@
+"""The dispatch outbox (shared/outbox.py) and the reconciler, on real Postgres and on SQLite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from api.sample_repo import sample_spec
+from shared.db import session_factory, transaction
+from shared.errors import LeaseLost
+from shared.models import Phase, Run, utcnow
+from shared.outbox import claim_and_enqueue, reconcile
+from shared.runs import cancel_run, create_run
+from shared.settings import Settings
+from shared.specs import RunSpec
+from shared.states import PhaseState, RunState
+from workers import record
+from workers.lease import acquire
+from workers.record import PhaseJob
+
+
+class RecordingDispatcher:
+    """Remembers what it was asked to enqueue (thread-safe, for racing callers)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def enqueue(self, run_id: int, phase_id: int) -> None:
+        with self._lock:
+            self.calls.append((run_id, phase_id))
+
+
+class BrokenDispatcher:
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def enqueue(self, run_id: int, phase_id: int) -> None:
+        self.attempts += 1
+        raise ConnectionError("broker is down")
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg")
+        return url
+    settings: Settings = request.getfixturevalue("embedded_settings")
+    return settings.database_url
+
+
+def make_run(url: str, repo: Path, i: int = 0) -> tuple[int, list[int]]:
+    with transaction(url) as session:
+        run = create_run(session, RunSpec.model_validate(sample_spec(repo, i)))
+        return run.id, [p.id for p in run.phases]
+
+
+def dispatched_at(url: str, phase_id: int) -> datetime | None:
+    with transaction(url) as session:
+        phase = session.get(Phase, phase_id)
+        assert phase is not None
+        return phase.dispatched_at
+
+
+def set_dispatched_at(url: str, phase_id: int, when: datetime | None) -> None:
+    with transaction(url) as session:
+        session.execute(update(Phase).where(Phase.id == phase_id).values(dispatched_at=when))
+
+
+def load_run(url: str, run_id: int) -> tuple[RunState, list[PhaseState], int, str | None]:
+    with transaction(url) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        return (
+            RunState(run.state),
+            [PhaseState(p.state) for p in run.phases],
+            run.lease_epoch,
+            run.lease_owner,
+        )
+
+
+# --- claim_and_enqueue --------------------------------------------------------------------------
+
+
+def test_claim_enqueues_a_pending_phase_and_marks_it_dispatched(db_url: str, sample_repo: Path) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    dispatcher = RecordingDispatcher()
+    before = utcnow()
+
+    assert claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=None)
+
+    assert dispatcher.calls == [(run_id, phase_ids[0])]
+    stamp = dispatched_at(db_url, phase_ids[0])
+    assert stamp is not None and stamp >= before - timedelta(seconds=1)
+
+
+def test_claim_does_not_enqueue_an_already_dispatched_phase_until_it_is_stale(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    dispatcher = RecordingDispatcher()
+    assert claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=None)
+
+    assert not claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=None)
+    assert not claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=60)
+    set_dispatched_at(db_url, phase_ids[0], utcnow() - timedelta(seconds=120))
+    assert claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=60)
+
+    assert dispatcher.calls == [(run_id, phase_ids[0])] * 2
+
+
+def test_racing_claims_enqueue_the_phase_exactly_once(db_url: str, sample_repo: Path) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    dispatcher = RecordingDispatcher()
+    n = 6
+    start = threading.Barrier(n, timeout=30)
+    won: list[bool] = []
+    errors: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            start.wait()
+            won.append(claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=None))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert errors == []
+    assert sorted(won) == [False] * (n - 1) + [True]
+    assert dispatcher.calls == [(run_id, phase_ids[0])]
+
+
+def test_a_dispatcher_that_raises_leaves_the_phase_pending(db_url: str, sample_repo: Path) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    broken = BrokenDispatcher()
+
+    assert not claim_and_enqueue(db_url, broken, run_id, phase_ids[0], stale_after=None)
+
+    assert broken.attempts == 1
+    assert dispatched_at(db_url, phase_ids[0]) is None
+    # once the broker is back, the next claim gets it there
+    dispatcher = RecordingDispatcher()
+    assert claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=None)
+    assert dispatcher.calls == [(run_id, phase_ids[0])]
+
+
+# --- reconcile ----------------------------------------------------------------------------------
+
+
+def test_reconcile_dispatches_the_first_phase_of_a_queued_run(db_url: str, sample_repo: Path) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    dispatcher = RecordingDispatcher()
+
+    assert reconcile(db_url, dispatcher, redispatch_after=60) == 1
+
+    assert dispatcher.calls == [(run_id, phase_ids[0])]
+    assert dispatched_at(db_url, phase_ids[0]) is not None
+    # a second pass inside redispatch_after leaves it alone
+    assert reconcile(db_url, dispatcher, redispatch_after=60) == 0
+    assert dispatcher.calls == [(run_id, phase_ids[0])]
+
+
+def test_reconcile_skips_a_run_whose_lease_is_live(db_url: str, sample_repo: Path) -> None:
+    leased_id, _ = make_run(db_url, sample_repo, 0)
+    free_id, free_phases = make_run(db_url, sample_repo, 1)
+    assert acquire(db_url, leased_id, "worker-a", ttl=30) is not None
+    dispatcher = RecordingDispatcher()
+
+    assert reconcile(db_url, dispatcher, redispatch_after=0) == 1
+
+    assert dispatcher.calls == [(free_id, free_phases[0])]
+
+
+def test_reconcile_redispatches_an_executing_phase_whose_lease_expired(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    lease = acquire(db_url, run_id, "worker-a", ttl=0.1)
+    assert lease is not None
+    assert isinstance(record.start(lease, phase_ids[0], max_deliveries=3), PhaseJob)
+    set_dispatched_at(db_url, phase_ids[0], utcnow() - timedelta(seconds=30))
+    time.sleep(0.2)  # the worker died: nothing renews its lease
+    dispatcher = RecordingDispatcher()
+
+    assert reconcile(db_url, dispatcher, redispatch_after=10) == 1
+
+    assert dispatcher.calls == [(run_id, phase_ids[0])]
+    assert load_run(db_url, run_id)[1][0] == PhaseState.EXECUTING
+
+
+def test_reconcile_waits_redispatch_after_before_redispatching_an_expired_phase(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    lease = acquire(db_url, run_id, "worker-a", ttl=0.1)
+    assert lease is not None
+    assert isinstance(record.start(lease, phase_ids[0], max_deliveries=3), PhaseJob)
+    set_dispatched_at(db_url, phase_ids[0], utcnow())
+    time.sleep(0.2)
+    dispatcher = RecordingDispatcher()
+
+    assert reconcile(db_url, dispatcher, redispatch_after=60) == 0
+
+    assert dispatcher.calls == []
+
+
+def test_reconcile_finishes_a_cancel_requested_run_without_a_live_lease_as_cancelled(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    lease = acquire(db_url, run_id, "worker-a", ttl=0.5)
+    assert lease is not None
+    assert isinstance(record.start(lease, phase_ids[0], max_deliveries=3), PhaseJob)
+    with session_factory(db_url)() as session:  # as the API calls it: cancel_run commits itself
+        cancel_run(session, run_id)  # the lease is live: only flags the run
+    state, _, epoch_before, _ = load_run(db_url, run_id)
+    assert state == RunState.RUNNING
+    time.sleep(0.6)  # the worker died: nothing renews its lease
+    dispatcher = RecordingDispatcher()
+
+    assert reconcile(db_url, dispatcher, redispatch_after=0) == 0
+
+    state, phases, epoch, owner = load_run(db_url, run_id)
+    assert state == RunState.CANCELLED
+    assert phases == [PhaseState.CANCELLED] * 3
+    assert epoch == epoch_before + 1
+    assert owner is None
+    assert dispatcher.calls == []
+    with pytest.raises(LeaseLost), transaction(db_url) as session:
+        lease.fence(session)
+
+
+def test_reconcile_leaves_terminal_runs_alone(db_url: str, sample_repo: Path) -> None:
+    run_id, _ = make_run(db_url, sample_repo)
+    with session_factory(db_url)() as session:
+        cancel_run(session, run_id)  # no lease: cancelled at once
+    dispatcher = RecordingDispatcher()
+
+    assert reconcile(db_url, dispatcher, redispatch_after=0) == 0
+
+    assert dispatcher.calls == []
+    assert load_run(db_url, run_id)[0] == RunState.CANCELLED
