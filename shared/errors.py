@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
 
 class AutopackError(Exception):
     """Base of every error the project raises on purpose."""
@@ -51,3 +55,56 @@ class WorkspaceError(AutopackError):
 
 class AuthError(AutopackError):
     """Missing or wrong API key."""
+
+
+# LLM providers
+
+InfraKind = Literal["rate_limited", "overloaded", "server_error", "timeout", "connection"]
+
+
+@dataclass(frozen=True)
+class InfraFailure:
+    """One failed try. `waited_seconds` is the sleep that followed it (0 for the last, unretried one)."""
+
+    kind: InfraKind
+    status: int | None
+    waited_seconds: float
+    message: str
+    request_id: str | None = None
+    retry_after: float | None = None
+    """The provider's `retry-after` in seconds, as sent (before capping), if it sent one."""
+
+
+class LlmError(AutopackError):
+    """An LLM call failed in a way none of the subclasses describe (e.g. an unreadable answer)."""
+
+
+class LlmAuthError(LlmError):
+    """The provider refused our credentials (401/403). Never retried: another try cannot succeed."""
+
+    def __init__(self, status: int, message: str, request_id: str | None) -> None:
+        super().__init__(f"LLM provider refused the credentials ({status}): {message}")
+        self.status = status
+        self.request_id = request_id
+
+
+class LlmRequestError(LlmError):
+    """The provider rejected the request itself (a 4xx other than 401/403/429). Never retried."""
+
+    def __init__(self, status: int, error_type: str | None, message: str, request_id: str | None) -> None:
+        super().__init__(f"LLM provider rejected the request ({status} {error_type or 'error'}): {message}")
+        self.status = status
+        self.error_type = error_type
+        self.request_id = request_id
+
+
+class LlmInfraError(LlmError):
+    """Every try failed for infrastructure reasons; `failures` lists each one, in order."""
+
+    def __init__(self, failures: Sequence[InfraFailure]) -> None:
+        self.failures = tuple(failures)
+        last = self.failures[-1]
+        super().__init__(
+            f"LLM call failed after {len(self.failures)} tries; last: {last.kind} "
+            f"(status {last.status}): {last.message}"
+        )

@@ -89,6 +89,30 @@ class Settings(BaseSettings):
     embedded_poll_interval: float = 0.01
     """Polling interval of the in-process broker (kombu's memory transport polls once a second by default)."""
 
+    anthropic_api_key: SecretStr | None = None
+    """Key for the Anthropic Messages API (the `anthropic` builder and the Doctor). Never logged."""
+
+    anthropic_base_url: str | None = None
+    """Messages API base URL; unset = the SDK default. Tests and benchmarks point it at a local simulator."""
+
+    llm_timeout_seconds: float = 600.0
+    """Time limit for one Messages API request (each retry gets its own)."""
+
+    llm_max_retries: int = 4
+    """Retries after the first try for infra failures (429, 529, 5xx, connection errors, timeouts)."""
+
+    llm_backoff_base_seconds: float = 1.0
+    """The first retry waits up to this; each further retry doubles the ceiling (full jitter)."""
+
+    llm_backoff_cap_seconds: float = 30.0
+    """Largest backoff ceiling between retries."""
+
+    llm_retry_after_cap_seconds: float = 60.0
+    """Longest provider `retry-after` the client honours; a longer one is cut to this."""
+
+    max_deletions: int = 5
+    """Files one LLM patch may delete unless the phase sets `allow_deletions`."""
+
     log_level: str = "INFO"
     """Log level of the API and workers."""
 

@@ -1,0 +1,301 @@
+"""A thin client over the `anthropic` SDK: one Messages call, our own visible retries, exact usage, cost.
+
+The SDK client is built with `max_retries=0`; this module retries infra failures itself (429, 529, 5xx,
+connection errors and resets, timeouts) with exponential backoff and full jitter, honouring `retry-after`,
+and records each failure on the response (`infra_retries`) or on the `LlmInfraError` that ends the call.
+Auth errors (401/403) and other 4xx are never retried.
+
+Usage figures are copied from the provider's answer; a figure it did not return is None, never estimated.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, cast
+
+import anthropic
+from anthropic.types import Message, MessageParam, TextBlock
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import InfraFailure, InfraKind, LlmAuthError, LlmError, LlmInfraError, LlmRequestError
+
+TRUNCATING_STOP_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
+"""Stop reasons that mean the answer was cut off rather than finished."""
+
+AUTH_STATUSES = frozenset({401, 403})
+OVERLOADED_STATUS = 529
+
+
+# ---------------------------------------------------------------------------------------- value types
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How infra failures are retried: at most `max_retries` retries after the first try.
+
+    Wait before retry n (0-based) = uniform(0, min(cap, base * 2**n)) ("full jitter"), unless the
+    provider sent `retry-after`, which is honoured up to `retry_after_cap_seconds`.
+    """
+
+    max_retries: int = 4
+    base_seconds: float = 1.0
+    cap_seconds: float = 30.0
+    retry_after_cap_seconds: float = 60.0
+
+    def backoff(self, retry_number: int, unit_random: float) -> float:
+        return unit_random * min(self.cap_seconds, self.base_seconds * 2.0**retry_number)
+
+
+@dataclass(frozen=True)
+class LlmUsage:
+    """Token figures exactly as the provider returned them; None where it returned nothing."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+
+
+@dataclass(frozen=True)
+class LlmResponse:
+    """One successful call. `latency_ms` is the successful try's round trip; retries' waits are excluded."""
+
+    text: str
+    stop_reason: str | None
+    truncated: bool
+    usage: LlmUsage
+    request_id: str | None
+    latency_ms: int
+    model: str
+    infra_retries: tuple[InfraFailure, ...]
+
+
+# ------------------------------------------------------------------------------------------- client
+
+
+class LlmClient:
+    """Messages API calls through the real `anthropic` SDK, with this module's retry policy."""
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None,
+        timeout: float,
+        retry: RetryPolicy,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        unit_random: Callable[[], float] = random.random,
+    ) -> None:
+        self._sdk = anthropic.Anthropic(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        self._retry = retry
+        self._sleep = sleep
+        self._unit_random = unit_random
+
+    def close(self) -> None:
+        self._sdk.close()
+
+    def call(self, model: str, system: str, messages: list[dict[str, Any]], max_tokens: int) -> LlmResponse:
+        """One answer from `model`, retrying infra failures; raises `LlmError` subclasses otherwise."""
+        failures: list[InfraFailure] = []
+        while True:
+            started = time.monotonic()
+            try:
+                message = self._create(model, system, messages, max_tokens)
+            except anthropic.AnthropicError as exc:
+                failure = classify(exc)
+                if len(failures) >= self._retry.max_retries:
+                    raise LlmInfraError([*failures, failure]) from exc
+                failure = replace(failure, waited_seconds=self._wait_for(failure, retry_number=len(failures)))
+                failures.append(failure)
+                self._sleep(failure.waited_seconds)
+                continue
+            latency_ms = round((time.monotonic() - started) * 1000)
+            return to_response(message, latency_ms, failures)
+
+    def _create(self, model: str, system: str, messages: list[dict[str, Any]], max_tokens: int) -> Message:
+        return self._sdk.messages.create(
+            model=model,
+            system=system if system else anthropic.omit,
+            messages=cast(list[MessageParam], messages),
+            max_tokens=max_tokens,
+        )
+
+    def _wait_for(self, failure: InfraFailure, retry_number: int) -> float:
+        """Seconds to sleep before retry `retry_number` (0-based): `retry-after` if sent, else backoff."""
+        if failure.retry_after is not None:
+            return min(failure.retry_after, self._retry.retry_after_cap_seconds)
+        return self._retry.backoff(retry_number, self._unit_random())
+
+
+def classify(exc: anthropic.AnthropicError) -> InfraFailure:
+    """The infra failure `exc` is, or raise the non-retryable `LlmError` it maps to."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return InfraFailure("timeout", None, 0.0, str(exc))
+    if isinstance(exc, anthropic.APIConnectionError):
+        return InfraFailure("connection", None, 0.0, describe_connection_error(exc))
+    if isinstance(exc, anthropic.APIStatusError):
+        return classify_status(exc)
+    raise LlmError(f"LLM call failed: {exc}") from exc
+
+
+def classify_status(exc: anthropic.APIStatusError) -> InfraFailure:
+    status, message = exc.status_code, exc.api_message or exc.message
+    kind = infra_kind(status)
+    if kind is not None:
+        retry_after = retry_after_seconds(exc.response.headers)
+        return InfraFailure(kind, status, 0.0, message, request_id=exc.request_id, retry_after=retry_after)
+    if status in AUTH_STATUSES:
+        raise LlmAuthError(status, message, exc.request_id) from exc
+    raise LlmRequestError(status, exc.type, message, exc.request_id) from exc
+
+
+def infra_kind(status: int) -> InfraKind | None:
+    if status == 429:
+        return "rate_limited"
+    if status == OVERLOADED_STATUS:
+        return "overloaded"
+    if status == 408:
+        return "timeout"
+    return "server_error" if status >= 500 else None
+
+
+def describe_connection_error(exc: anthropic.APIConnectionError) -> str:
+    cause = exc.__cause__
+    return f"{exc.message} ({type(cause).__name__}: {cause})" if cause else exc.message
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms` or `retry-after` in seconds; None if absent or not a number (e.g. an HTTP date)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            seconds = float(raw) * scale
+        except ValueError:
+            continue
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def to_response(message: Message, latency_ms: int, failures: Sequence[InfraFailure]) -> LlmResponse:
+    stop_reason = message.stop_reason
+    return LlmResponse(
+        text="".join(block.text for block in message.content if isinstance(block, TextBlock)),
+        stop_reason=stop_reason,
+        truncated=stop_reason in TRUNCATING_STOP_REASONS,
+        usage=usage_of(message),
+        request_id=message._request_id,
+        latency_ms=latency_ms,
+        model=message.model,
+        infra_retries=tuple(failures),
+    )
+
+
+def usage_of(message: Message) -> LlmUsage:
+    usage = getattr(message, "usage", None)
+    return LlmUsage(
+        input_tokens=token_count(usage, "input_tokens"),
+        output_tokens=token_count(usage, "output_tokens"),
+        cache_read_tokens=token_count(usage, "cache_read_input_tokens"),
+        cache_write_tokens=token_count(usage, "cache_creation_input_tokens"),
+    )
+
+
+def token_count(usage: object, name: str) -> int | None:
+    """The figure if the provider sent an integer; None if it sent nothing, null or something else."""
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# --------------------------------------------------------------------------------------------- prices
+
+PER_MILLION = Decimal(1_000_000)
+COST_QUANTUM = Decimal("0.000001")  # llm_usage_events.cost_usd is Numeric(14, 6)
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens. `cache_write` is the 5-minute-TTL write price (1.25 x input)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input: Decimal
+    output: Decimal
+    cache_write: Decimal
+    cache_read: Decimal
+
+
+def _price(input_usd: str, output_usd: str, cache_write_usd: str, cache_read_usd: str) -> ModelPrice:
+    return ModelPrice(
+        input=Decimal(input_usd),
+        output=Decimal(output_usd),
+        cache_write=Decimal(cache_write_usd),
+        cache_read=Decimal(cache_read_usd),
+    )
+
+
+def default_prices() -> dict[str, ModelPrice]:
+    """Anthropic list prices by model-name prefix (standard tier, prompts up to 200k tokens).
+
+    Only models whose price is known are listed; any other model costs None until it is added.
+    """
+    opus_4_5, opus_4 = _price("5", "25", "6.25", "0.50"), _price("15", "75", "18.75", "1.50")
+    sonnet, haiku_4_5 = _price("3", "15", "3.75", "0.30"), _price("1", "5", "1.25", "0.10")
+    return {
+        "claude-opus-4-5": opus_4_5,
+        "claude-opus-4-1": opus_4,
+        "claude-opus-4-0": opus_4,
+        "claude-opus-4-20250514": opus_4,
+        "claude-3-opus": opus_4,
+        "claude-sonnet-4-5": sonnet,
+        "claude-sonnet-4-0": sonnet,
+        "claude-sonnet-4-20250514": sonnet,
+        "claude-3-7-sonnet": sonnet,
+        "claude-3-5-sonnet": sonnet,
+        "claude-haiku-4-5": haiku_4_5,
+        "claude-3-5-haiku": _price("0.80", "4", "1", "0.08"),
+        "claude-3-haiku": _price("0.25", "1.25", "0.30", "0.03"),
+    }
+
+
+class PriceTable(BaseModel):
+    """Per-model prices, matched by the longest model-name prefix."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prices: dict[str, ModelPrice] = Field(default_factory=default_prices)
+
+    def price_for(self, model: str) -> ModelPrice | None:
+        matches = [prefix for prefix in self.prices if model.startswith(prefix)]
+        return self.prices[max(matches, key=len)] if matches else None
+
+    def cost_usd(self, model: str, usage: LlmUsage) -> Decimal | None:
+        """USD for one call, to 6 places. See the module function `cost_usd` for the None rules."""
+        price = self.price_for(model)
+        if price is None or usage.input_tokens is None or usage.output_tokens is None:
+            return None
+        total = (
+            usage.input_tokens * price.input
+            + usage.output_tokens * price.output
+            + (usage.cache_write_tokens or 0) * price.cache_write
+            + (usage.cache_read_tokens or 0) * price.cache_read
+        )
+        return (total / PER_MILLION).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+DEFAULT_PRICE_TABLE = PriceTable()
+
+
+def cost_usd(model: str, usage: LlmUsage, table: PriceTable = DEFAULT_PRICE_TABLE) -> Decimal | None:
+    """The call's cost in USD, or None when it cannot be known.
+
+    None if the model has no price, or if input or output tokens are missing (no meaningful cost without
+    them). Missing cache figures count as 0 here, *for the cost only*: a provider that omits them did not
+    bill cache tokens. The usage row still stores those figures as NULL.
+    """
+    return table.cost_usd(model, usage)
