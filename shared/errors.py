@@ -53,6 +53,14 @@ class WorkspaceError(AutopackError):
     """A worktree or mirror could not be provisioned (disk full, repo gone)."""
 
 
+class PatchParseError(AutopackError):
+    """A builder's answer is not a change that applies; `reason` says why, for the next attempt's prompt."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class AuthError(AutopackError):
     """Missing or wrong API key."""
 
