@@ -104,6 +104,11 @@ class Run(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
     lease_epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Budget ledger: what LLM calls cost, and the worst case of calls in flight (reserved before each call).
+    tokens_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    usd_spent: Mapped[Decimal] = mapped_column(Numeric(14, 6), default=Decimal(0))
+    usd_reserved: Mapped[Decimal] = mapped_column(Numeric(14, 6), default=Decimal(0))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -160,6 +165,14 @@ class Attempt(Base):
     changed_paths: Mapped[list[Any]] = mapped_column(default=list)
     validation_output: Mapped[str | None] = mapped_column(Text)
     commit_sha: Mapped[str | None] = mapped_column(String(64))
+    # LLM builders: which model and output budget this try used, what context it saw, what recovery said.
+    model: Mapped[str | None] = mapped_column(String(100))
+    max_tokens: Mapped[int | None]
+    prompt_summary: Mapped[str | None] = mapped_column(Text)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    mitigation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    doctor: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    infra_failures: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class LlmUsageEvent(Base):
@@ -215,6 +228,27 @@ class PhaseMetric(Base):
     doctor_tokens_avoided: Mapped[int | None]
     estimate_source: Mapped[str | None] = mapped_column(String(30))
     estimate_sample_size: Mapped[int | None]
+
+
+class EscalationEvent(Base):
+    """The one output-budget escalation of a phase: evidence-based base x factor, capped by the model."""
+
+    __tablename__ = "escalation_events"
+    __table_args__ = (UniqueConstraint("phase_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))
+    attempt_number: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(200))
+    selected_budget: Mapped[int]
+    enforced_max_tokens: Mapped[int]
+    tokens_used: Mapped[int | None]
+    base: Mapped[int]
+    factor: Mapped[Decimal] = mapped_column(Numeric(6, 3))
+    new_max_tokens: Mapped[int]
+    model_limit: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)

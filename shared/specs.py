@@ -30,16 +30,54 @@ RepoPath = Annotated[str, AfterValidator(_repo_relative)]
 Command = Annotated[str, Field(min_length=1, max_length=4000)]
 
 
+class ModelConfig(BaseModel):
+    """Which model plays each role. The builder escalates along its chain after repeated failures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    builder: list[str] = Field(
+        default_factory=lambda: ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-5"], min_length=1
+    )
+    """Escalation chain of builder models, cheapest first."""
+
+    doctor: str = "claude-sonnet-4-5"
+    """Model that diagnoses failures no deterministic pattern explains."""
+
+    escalate_after_failures: int = Field(default=2, ge=1, le=10)
+    """Failed attempts on one model before the builder moves to the next model of the chain."""
+
+
 class RunConfig(BaseModel):
     """How a run executes. Unknown keys are rejected so a typo never silently changes behaviour."""
 
     model_config = ConfigDict(extra="forbid")
 
-    builder: Literal["script"] = "script"
+    builder: Literal["script", "anthropic", "replay"] = "script"
     """Which Builder produces each phase's change."""
 
     max_attempts: int = Field(default=2, ge=1, le=10)
     """Tries per phase before the phase (and the run) fails."""
+
+    models: ModelConfig = Field(default_factory=ModelConfig)
+    """Models per role (LLM builders only)."""
+
+    max_output_tokens: int = Field(default=4096, ge=256, le=128000)
+    """Selected output budget of a builder call (escalated once on truncation)."""
+
+    context_budget_tokens: int = Field(default=20000, ge=0, le=1_000_000)
+    """Estimated tokens of repository context a builder prompt may carry."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Cap on LLM tokens (input + output) this run may spend; unset = no cap."""
+
+    max_usd: float | None = Field(default=None, gt=0)
+    """Cap on LLM cost in USD this run may spend; unset = no cap."""
+
+    doctor: bool = True
+    """Ask the Doctor about failures no deterministic pattern explains."""
+
+    replay_of: int | None = None
+    """For `builder: replay`: the run whose recorded builder outputs are re-emitted."""
 
 
 class PhaseSpec(BaseModel):
@@ -55,6 +93,8 @@ class PhaseSpec(BaseModel):
     command: Command | None = None
     validation: list[Command] = Field(default_factory=list)
     protected_paths: list[RepoPath] = Field(default_factory=list)
+    allow_deletions: bool = False
+    """Let an LLM change delete more files than the `max_deletions` setting allows."""
 
 
 class RunSpec(BaseModel):
@@ -77,6 +117,8 @@ class RunSpec(BaseModel):
             for i, phase in enumerate(self.phases):
                 if phase.command is None:
                     raise ValueError(f"phases.{i}.command: the script builder needs a command")
+        if self.config.builder == "replay" and self.config.replay_of is None:
+            raise ValueError("config.replay_of: the replay builder needs the id of the run to replay")
         return self
 
     def spec_hash(self) -> str:
