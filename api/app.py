@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.routes import health, runs
+from api.routes import health, metrics, runs
 from api.version import VERSION
 from shared.db import require_migrated
 from shared.errors import InvalidSpec, NotFound, ServiceUnavailable
@@ -24,6 +24,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.state.dispatcher = CeleryDispatcher(celery)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(metrics.router)
     _errors(app)
     return app
 

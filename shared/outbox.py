@@ -84,7 +84,12 @@ def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
             run.lease_epoch += 1
             return None
         pending = [p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL]
-        return pending[0].id if pending else None
+        if not pending:  # its worker died between recording the last phase and finishing the run
+            run.state = RunState.DONE_SUCCESS
+            run.finished_at = now
+            run.lease_epoch += 1
+            return None
+        return pending[0].id
 
 
 def lagging_branches(db_url: str) -> list[tuple[int, str, str]]:

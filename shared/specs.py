@@ -36,11 +36,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     builder: list[str] = Field(
-        default_factory=lambda: ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-5"], min_length=1
+        default_factory=lambda: ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6"], min_length=1
     )
     """Escalation chain of builder models, cheapest first."""
 
-    doctor: str = "claude-sonnet-4-5"
+    doctor: str = "claude-sonnet-4-6"
     """Model that diagnoses failures no deterministic pattern explains."""
 
     escalate_after_failures: int = Field(default=2, ge=1, le=10)

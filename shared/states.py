@@ -53,8 +53,9 @@ _PHASE_MOVES: dict[PhaseState, frozenset[PhaseState]] = {
         {PhaseState.EXECUTING, PhaseState.SKIPPED, PhaseState.CANCELLED, PhaseState.FAILED}
     ),
     # EXECUTING -> QUEUED hands a phase back (soft shutdown) so another worker can take it.
+    # EXECUTING -> SKIPPED when the Doctor decides the phase should be skipped.
     PhaseState.EXECUTING: frozenset(
-        {PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.QUEUED}
+        {PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.QUEUED, PhaseState.SKIPPED}
     ),
 }
 

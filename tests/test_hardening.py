@@ -409,3 +409,12 @@ def test_error_inside_the_scope_matches_no_pattern() -> None:
 
 def test_empty_output_matches_no_pattern() -> None:
     assert match_failure("", exit_code=1, scope=SCOPE) is None
+
+
+def test_a_traceback_from_inline_code_is_not_a_scope_mismatch() -> None:
+    output = (
+        "Traceback (most recent call last):\n"
+        '  File "<string>", line 1, in <module>\n'
+        "AssertionError: greeting is wrong\n"
+    )
+    assert match_failure(output, exit_code=1, scope=["src/"]) is None

@@ -32,7 +32,9 @@ def spec(repo: Path, *phases: dict[str, Any], max_attempts: int = 2) -> dict[str
     return {
         "repo": str(repo),
         "config": {"builder": "script", "max_attempts": max_attempts},
-        "phases": [{"name": f"p{i}", "scope": ["src/"], **p} for i, p in enumerate(phases)],
+        "phases": [
+            {"name": f"p{i}", "scope": ["src/"], "validation": ["true"], **p} for i, p in enumerate(phases)
+        ],
     }
 
 
@@ -76,7 +78,11 @@ def test_failing_validation_is_retried_up_to_max_attempts_then_the_run_fails(
 ) -> None:
     body = spec(
         sample_repo,
-        {"command": "echo 'x = 1' > src/new.py", "validation": ["echo checking; exit 3"]},
+        # Passes at the starting commit (the baseline), fails once the phase's change exists.
+        {
+            "command": "echo 'x = 1' > src/new.py",
+            "validation": ["test ! -e src/new.py || (echo checking; exit 3)"],
+        },
         {"command": "true"},
         max_attempts=3,
     )
@@ -88,6 +94,26 @@ def test_failing_validation_is_retried_up_to_max_attempts_then_the_run_fails(
     assert "exit 3" in first["failure_reason"] and "checking" in first["failure_reason"]
     assert second["state"] == "SKIPPED"
     assert "phase 0 (p0) failed" in run["failure_reason"]
+
+
+def test_validation_already_failing_at_the_starting_commit_is_not_a_regression(
+    client: ApiClient, sample_repo: Path
+) -> None:
+    run = run_to_end(
+        client, spec(sample_repo, {"command": "echo 'y = 1' > src/y.py", "validation": ["exit 4"]})
+    )
+    assert run["state"] == "DONE_SUCCESS"
+
+
+def test_a_phase_without_validation_gets_one_inferred_from_the_toolchain(
+    client: ApiClient, sample_repo: Path
+) -> None:
+    body = spec(sample_repo, {"command": "echo 'z = 1' > src/z.py"})
+    body["phases"][0].pop("validation")
+    run = run_to_end(client, body)
+    attempt = run["phases"][0]["attempt_log"][0]
+    assert run["state"] == "DONE_SUCCESS"
+    assert attempt["outcome"] == "SUCCESS"
 
 
 def test_a_phase_that_fails_once_then_passes_succeeds_on_the_retry(

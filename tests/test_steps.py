@@ -12,8 +12,9 @@ from shared.settings import Settings
 from shared.specs import PhaseSpec
 from shared.states import AttemptOutcome
 from workers import steps
+from workers.attempt import Plan, run_attempt
 from workers.commands import clean_env, run_command
-from workers.executor import WorkerContext, run_attempt
+from workers.executor import WorkerContext
 from workers.lease import Lease
 from workers.record import AttemptRecord, PhaseJob
 
@@ -304,7 +305,7 @@ def test_clean_env_strips_secret_prefixes_and_adds_extras(monkeypatch: pytest.Mo
     assert "PATH" in env
 
 
-# --- the steps inside one attempt (workers/executor.run_attempt), for what they must guarantee ----
+# --- the steps inside one attempt (workers/attempt.run_attempt), for what they must guarantee ----
 
 
 def _attempt(settings: Settings, repo: Path, phase_fields: dict[str, object]) -> AttemptRecord:
@@ -322,7 +323,8 @@ def _attempt(settings: Settings, repo: Path, phase_fields: dict[str, object]) ->
         last_failure=None,
     )
     lease = Lease(settings.database_url, run_id=1, owner="test", epoch=1, ttl=30)
-    return run_attempt(ctx, lease, job, 1, None)
+    plan = Plan(1, None, None, None, None, None)
+    return run_attempt(ctx, lease, job, plan).record
 
 
 class _NoDispatch:

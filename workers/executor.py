@@ -6,20 +6,28 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 
+from shared.budget import BudgetExceeded
 from shared.dispatch import Dispatcher
-from shared.errors import GitError, LeaseLost, WorkspaceError
-from shared.models import utcnow
+from shared.errors import LeaseLost, LlmAuthError, LlmInfraError
+from shared.models import EscalationEvent
 from shared.outbox import claim_and_enqueue
 from shared.settings import Settings
 from shared.states import AttemptOutcome
-from workers import record, steps
-from workers.builders import BuildRequest, get_builder
+from workers import record
+from workers.attempt import Attempted, Plan, run_attempt
+from workers.builders import LLM_BUILDERS
+from workers.doctor import DoctorAction
+from workers.escalation import escalate, trigger
 from workers.lease import Lease, acquire, heartbeat
-from workers.publish import move_branch, phase_ref, publish
-from workers.record import AttemptRecord, PhaseJob
+from workers.llm.client import LlmClient, RetryPolicy
+from workers.llm.gateway import LlmGateway
+from workers.publish import move_branch
+from workers.record import PhaseJob
+from workers.recovery import Recovery, analyse
 from workers.workspace import WorkspaceManager
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,20 @@ class WorkerContext:
     def owner(self) -> str:
         return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
+    def llm_client(self) -> LlmClient | None:
+        s = self.settings
+        if s.anthropic_api_key is None:
+            return None
+        policy = RetryPolicy(
+            s.llm_max_retries,
+            s.llm_backoff_base_seconds,
+            s.llm_backoff_cap_seconds,
+            s.llm_retry_after_cap_seconds,
+        )
+        return LlmClient(
+            s.anthropic_api_key.get_secret_value(), s.anthropic_base_url, s.llm_timeout_seconds, policy
+        )
+
 
 def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
     """Run the phase under the run's lease; return what happened, in words, for logs and tests."""
@@ -46,12 +68,13 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
     lease = acquire(s.database_url, run_id, ctx.owner(), s.lease_ttl_seconds)
     if lease is None:
         return "busy: another worker holds this run"
+    then: list[int] = []  # the next phase, enqueued only once our lease is released
     try:
         with heartbeat(lease, s.lease_heartbeat_seconds):
             job = record.start(lease, phase_id, s.max_deliveries)
             if isinstance(job, str):
                 return job
-            return _attempts(ctx, lease, job)
+            return _execute(ctx, lease, job, then)
     except LeaseLost as exc:
         log.warning("%s; this execution records nothing more", exc)
         return f"fenced: {exc}"
@@ -60,29 +83,165 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
             lease.release()
         except Exception as exc:  # the lease expires on its own; never mask the real outcome
             log.warning("run %s: lease release failed: %s", run_id, exc)
+        for next_phase in then:
+            claim_and_enqueue(s.database_url, ctx.dispatcher, run_id, next_phase, stale_after=None)
 
 
-def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> str:
+@dataclass
+class Loop:
+    """The retry state of one phase execution: model on the chain, output budget, advice carried over."""
+
+    job: PhaseJob
+    gateway: LlmGateway | None
+    chain: list[str]
+    escalate_after: int
+    selected_budget: int
+    max_tokens: int
+    escalated: bool
+    advice: str | None
+    failure: str | None
+    failures_on_model: int = 0
+    model_index: int = 0
+    baseline: dict[str, object] | None = None
+
+    def plan(self, number: int) -> Plan:
+        llm = self.gateway is not None and str(self.job.config.get("builder")) in LLM_BUILDERS
+        model = self.chain[self.model_index] if llm else None
+        return Plan(number, self.failure, self.advice, model, self.max_tokens if llm else None, self.gateway)
+
+
+def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
+    cfg = job.config
+    models = cfg.get("models") or {}
+    client = ctx.llm_client()
+    gateway = None
+    if client is not None:
+        usd = cfg.get("max_usd")
+        gateway = LlmGateway(
+            ctx.settings.database_url,
+            client,
+            job.run_id,
+            job.phase_id,
+            lease.epoch,
+            cfg.get("max_tokens"),
+            Decimal(str(usd)) if usd is not None else None,
+        )
+    selected = int(cfg.get("max_output_tokens", 4096))
+    return Loop(
+        job=job,
+        gateway=gateway,
+        chain=list(models.get("builder") or ["claude-haiku-4-5"]),
+        escalate_after=int(models.get("escalate_after_failures", 2)),
+        selected_budget=selected,
+        max_tokens=job.escalated_max_tokens or selected,
+        escalated=job.escalated_max_tokens is not None,
+        advice=job.last_advice,
+        failure=job.last_failure,
+    )
+
+
+def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
+    if str(job.config.get("builder")) in LLM_BUILDERS and ctx.settings.anthropic_api_key is None:
+        record.fail(lease, job, "the anthropic builder needs AUTOPACK_ANTHROPIC_API_KEY on the workers")
+        return "failed: no LLM key"
+    loop = _loop(ctx, lease, job)
+    try:
+        return _attempts(ctx, lease, job, loop, then)
+    except LlmAuthError as exc:
+        record.fail(lease, job, f"LLM provider refused the credentials; fix the key: {exc}")
+        return "failed: LLM auth"
+    except BudgetExceeded as exc:
+        record.fail(lease, job, f"budget cap reached before an LLM call: {exc}")
+        return "failed: budget"
+    except LlmInfraError as exc:
+        # The provider is down: not the phase's fault, so no attempt is spent; try again later.
+        record.hand_back(lease, job, f"LLM provider unavailable, phase handed back: {exc}")
+        return "handed back: LLM provider unavailable"
+    finally:
+        if loop.gateway is not None:
+            loop.gateway.client.close()
+
+
+def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then: list[int]) -> str:
     s = ctx.settings
     max_attempts = int(job.config.get("max_attempts", 2))
-    failure = job.last_failure
+    plan_baseline: dict[str, object] = {}
     for number in range(job.attempts_used + 1, max_attempts + 1):
         lease.check()
         if record.cancel_requested(s.database_url, job.run_id):
             record.cancel(lease, job)
             return "cancelled"
-        rec = run_attempt(ctx, lease, job, number, failure)
-        record.attempt(lease, job, rec)
+        plan = loop.plan(number)
+        plan.baseline = plan_baseline  # type: ignore[assignment]
+        attempted = run_attempt(ctx, lease, job, plan)
+        rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:
-            return _finish_success(ctx, lease, job, rec.commit_sha)
-        failure = rec.failure_reason
+            record.attempt(lease, job, rec)
+            return _finish_success(ctx, lease, job, rec.commit_sha, then)
+        recovery = _recover(ctx, loop, job, attempted, number)
+        record.attempt(lease, job, replace(rec, mitigation=recovery.mitigation, doctor=recovery.doctor))
+        _after_failure(lease, loop, job, attempted, recovery)
+        if recovery.action == DoctorAction.SKIP_PHASE:
+            return _finish_skip(lease, job, recovery, then)
+        if recovery.action == DoctorAction.MARK_FATAL:
+            record.fail(
+                lease, job, f"the Doctor marked the failure fatal: {(recovery.doctor or {}).get('diagnosis')}"
+            )
+            return "failed: fatal"
         if rec.outcome == AttemptOutcome.INFRA_ERROR:
             break  # a full disk or a missing repo does not get better by retrying here
-    record.fail(lease, job, f"{max_attempts} attempt(s) used; last: {failure}"[:4000])
-    return f"failed: {failure}"
+    record.fail(lease, job, f"{max_attempts} attempt(s) used; last: {loop.failure}"[:4000])
+    return f"failed: {loop.failure}"
 
 
-def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, sha: str) -> str:
+def _recover(ctx: WorkerContext, loop: Loop, job: PhaseJob, attempted: Attempted, number: int) -> Recovery:
+    use_doctor = bool(job.config.get("doctor", True))
+    model = (job.config.get("models") or {}).get("doctor", "claude-sonnet-4-6") if use_doctor else None
+    recovery = analyse(job.phase, attempted, gateway=loop.gateway, doctor_model=model, attempt=number)
+    if recovery.hardening_hit:  # a phase counts as a hit once any of its failures was explained
+        record.phase_metrics(ctx.settings.database_url, job, recovery)
+    return recovery
+
+
+def _after_failure(lease: Lease, loop: Loop, job: PhaseJob, attempted: Attempted, recovery: Recovery) -> None:
+    """Carry the lesson into the next attempt: reason, advice, a bigger budget once, a stronger model."""
+    loop.failure = attempted.record.failure_reason
+    loop.advice = recovery.advice
+    llm = attempted.built.llm if attempted.built else None
+    if llm is not None and not loop.escalated:
+        why = trigger(llm.truncated, llm.usage.output_tokens, loop.max_tokens)
+        if why is not None:
+            _escalate(lease, loop, job, attempted, why, llm.usage.output_tokens)
+    loop.failures_on_model += 1
+    if loop.failures_on_model >= loop.escalate_after and loop.model_index + 1 < len(loop.chain):
+        loop.model_index += 1
+        loop.failures_on_model = 0
+
+
+def _escalate(
+    lease: Lease, loop: Loop, job: PhaseJob, attempted: Attempted, why: str, used: int | None
+) -> None:
+    model = loop.chain[loop.model_index]
+    esc = escalate(why, selected=loop.selected_budget, enforced=loop.max_tokens, used=used, model=model)
+    event = EscalationEvent(
+        run_id=job.run_id,
+        phase_id=job.phase_id,
+        attempt_number=attempted.record.number,
+        reason=esc.reason,
+        selected_budget=esc.selected_budget,
+        enforced_max_tokens=esc.enforced_max_tokens,
+        tokens_used=esc.tokens_used,
+        base=esc.base,
+        factor=esc.factor,
+        new_max_tokens=esc.new_max_tokens,
+        model_limit=esc.model_limit,
+    )
+    record.escalate(lease, job, event)
+    loop.escalated = True
+    loop.max_tokens = esc.new_max_tokens
+
+
+def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, sha: str, then: list[int]) -> str:
     s = ctx.settings
     next_phase = record.complete(lease, job, sha)
     mirror = ctx.workspace.mirror(job.repo).path
@@ -90,100 +249,16 @@ def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, sha: str) -
         move_branch(s.database_url, mirror, job.run_id, sha, s.push_results)
     except Exception as exc:  # recorded already; the reconciler moves the branch later
         log.warning("run %s: moving result branch failed: %s", job.run_id, exc)
-    if next_phase is not None:
-        claim_and_enqueue(s.database_url, ctx.dispatcher, job.run_id, next_phase, stale_after=None)
+    if next_phase is None:
+        record.finish_run(lease, job)  # only now: a finished run's branch is already where it says
+    else:
+        then.append(next_phase)
     return "complete"
 
 
-def run_attempt(
-    ctx: WorkerContext, lease: Lease, job: PhaseJob, number: int, previous_failure: str | None
-) -> AttemptRecord:
-    started = utcnow()
-    try:
-        with ctx.workspace.worktree(job.repo, job.head_sha) as wt:
-            return _attempt_in(ctx, lease, job, number, previous_failure, wt.path, wt.mirror.path, started)
-    except (WorkspaceError, GitError) as exc:
-        return _rec(number, AttemptOutcome.INFRA_ERROR, started, str(exc))
-    except OSError as exc:  # ENOSPC while a command writes, say: name it, keep state consistent
-        return _rec(number, AttemptOutcome.INFRA_ERROR, started, f"worker OS error: {exc}")
-
-
-def _attempt_in(
-    ctx: WorkerContext,
-    lease: Lease,
-    job: PhaseJob,
-    number: int,
-    previous_failure: str | None,
-    wt: Path,
-    mirror: Path,
-    started: object,
-) -> AttemptRecord:
-    s = ctx.settings
-    phase = job.phase
-    builder = get_builder(str(job.config.get("builder", "script")))
-    request = BuildRequest(
-        job.run_id,
-        job.phase_id,
-        phase,
-        number,
-        wt,
-        previous_failure,
-        s.command_timeout_seconds,
-        s.max_log_bytes,
-    )
-    built = builder.build(request)
-    if not built.ok:
-        return _rec(number, AttemptOutcome.BUILD_FAILED, started, built.failure_reason, built.output)
-    steps.undo_builder_commits(wt, job.head_sha)
-    paths = steps.changed_paths(wt)
-    violations = steps.scope_violations(paths, phase)
-    if violations:
-        reason = "scope violation, nothing committed: " + "; ".join(violations[:20])
-        return _rec(number, AttemptOutcome.SCOPE_VIOLATION, started, reason, built.output, paths)
-    steps.stage(wt, paths)
-    checked = steps.validate(phase, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes)
-    if not checked.ok:
-        return _rec(
-            number,
-            AttemptOutcome.VALIDATION_FAILED,
-            started,
-            checked.failure(),
-            built.output,
-            paths,
-            checked.report(),
-        )
-    missing = steps.missing_deliverables(phase, wt)
-    if missing:
-        reason = f"missing deliverables: {', '.join(missing)}"
-        return _rec(
-            number, AttemptOutcome.MISSING_DELIVERABLE, started, reason, built.output, paths, checked.report()
-        )
-    lease.check()
-    message = f"autopack: run {job.run_id} phase {job.phase_index} {phase.name}\n\n{phase.goal}".strip()
-    sha = steps.commit(wt, message, s.git_author)
-    publish(mirror, phase_ref(job.run_id, job.phase_index, lease.epoch), sha, s.push_results)
-    return _rec(number, AttemptOutcome.SUCCESS, started, None, built.output, paths, checked.report(), sha)
-
-
-def _rec(
-    number: int,
-    outcome: AttemptOutcome,
-    started: object,
-    reason: str | None,
-    output: str | None = None,
-    paths: list[str] | None = None,
-    validation: str | None = None,
-    sha: str | None = None,
-) -> AttemptRecord:
-    return AttemptRecord(
-        number=number,
-        outcome=outcome,
-        started_at=started,
-        finished_at=utcnow(),
-        failure_reason=reason,
-        builder_output=output,
-        patch=None,
-        changed_paths=paths or [],
-        validation_output=validation,
-        commit_sha=sha,
-    )
+def _finish_skip(lease: Lease, job: PhaseJob, recovery: Recovery, then: list[int]) -> str:
+    reason = f"skipped on the Doctor's advice: {(recovery.doctor or {}).get('diagnosis')}"
+    next_phase = record.skip(lease, job, reason[:4000])
+    if next_phase is not None:
+        then.append(next_phase)
+    return "skipped"

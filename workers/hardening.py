@@ -341,8 +341,8 @@ def scope_mismatch(failure: Failure) -> Mitigation | None:
     if not failure.scope:
         return None
     for path, line in _origins(failure.lines):
-        if any(marker in path for marker in _LIBRARY_MARKERS):
-            continue
+        if any(marker in path for marker in _LIBRARY_MARKERS) or path.startswith("<"):
+            continue  # `<string>`, `<stdin>`, `<frozen …>` are code, not files anyone could change
         rel = _relative(path, failure.worktree)
         if rel is None or _is_test_file(rel) or _in_scope(rel, failure.scope):
             continue

@@ -6,14 +6,14 @@ that runs twice (redelivery, cold shutdown mid-commit) ends with the same rows a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import transaction
-from shared.models import Attempt, Phase, Run, utcnow
+from shared.models import Attempt, EscalationEvent, Phase, Run, utcnow
 from shared.runs import finish_cancelled
 from shared.specs import PhaseSpec
 from shared.states import (
@@ -24,7 +24,11 @@ from shared.states import (
     check_phase_move,
     check_run_move,
 )
+from shared.telemetry import record_phase_metrics
 from workers.lease import Lease
+
+if TYPE_CHECKING:
+    from workers.recovery import Recovery
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class PhaseJob:
     config: dict[str, Any]
     attempts_used: int
     last_failure: str | None
+    last_advice: str | None = None
+    recorded_outputs: dict[int, str] = field(default_factory=dict)
+    """Replay only: the source run's builder output (or patch) per attempt number for this phase."""
+    escalated_max_tokens: int | None = None
+    """The phase's one output-budget escalation, if it already happened (it survives redelivery)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,13 @@ class AttemptRecord:
     changed_paths: list[str]
     validation_output: str | None
     commit_sha: str | None
+    model: str | None = None
+    max_tokens: int | None = None
+    prompt_summary: str | None = None
+    context: dict[str, Any] | None = None
+    mitigation: dict[str, Any] | None = None
+    doctor: dict[str, Any] | None = None
+    infra_failures: list[Any] = field(default_factory=list)
 
 
 def _load(session: Session, run_id: int, phase_id: int) -> tuple[Run, Phase]:
@@ -97,7 +113,7 @@ def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
         if run.state == RunState.QUEUED:
             move_run(run, RunState.RUNNING)
             run.started_at = utcnow()
-        last = phase.attempts[-1].failure_reason if phase.attempts else None
+        last = phase.attempts[-1] if phase.attempts else None
         return PhaseJob(
             run_id=run.id,
             phase_id=phase.id,
@@ -107,8 +123,36 @@ def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
             head_sha=run.head_sha,
             config=dict(run.config),
             attempts_used=len(phase.attempts),
-            last_failure=last,
+            last_failure=last.failure_reason if last else None,
+            last_advice=_advice_of(last),
+            recorded_outputs=_recorded_outputs(session, run, phase),
+            escalated_max_tokens=session.scalar(
+                select(EscalationEvent.new_max_tokens).where(EscalationEvent.phase_id == phase.id)
+            ),
         )
+
+
+def _advice_of(attempt: Attempt | None) -> str | None:
+    if attempt is None:
+        return None
+    for source in (attempt.mitigation, attempt.doctor):
+        if source and source.get("advice"):
+            return str(source["advice"])
+    return None
+
+
+def _recorded_outputs(session: Session, run: Run, phase: Phase) -> dict[int, str]:
+    source_id = run.config.get("replay_of")
+    if run.config.get("builder") != "replay" or source_id is None:
+        return {}
+    rows = session.execute(
+        select(Attempt.number, Attempt.builder_output, Attempt.patch, Attempt.model)
+        .join(Phase, Phase.id == Attempt.phase_id)
+        .where(Phase.run_id == int(source_id), Phase.index == phase.index)
+        .order_by(Attempt.number)
+    ).all()
+    # An LLM attempt is replayed from its raw answer; a script attempt from the diff it staged.
+    return {r.number: (r.builder_output if r.model else r.patch) or "" for r in rows}
 
 
 def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
@@ -123,18 +167,9 @@ def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
             Attempt(
                 run_id=job.run_id,
                 phase_id=job.phase_id,
-                number=rec.number,
                 worker=lease.owner,
                 lease_epoch=lease.epoch,
-                started_at=rec.started_at,
-                finished_at=rec.finished_at,
-                outcome=rec.outcome,
-                failure_reason=rec.failure_reason,
-                builder_output=rec.builder_output,
-                patch=rec.patch,
-                changed_paths=rec.changed_paths,
-                validation_output=rec.validation_output,
-                commit_sha=rec.commit_sha,
+                **asdict(rec),
             )
         )
         phase = session.get(Phase, job.phase_id)
@@ -155,9 +190,62 @@ def complete(lease: Lease, job: PhaseJob, sha: str) -> int | None:
         if following:
             following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
             return following[0].id
-        move_run(run, RunState.DONE_SUCCESS)
-        run.finished_at = utcnow()
+        # The last phase: the run ends DONE_SUCCESS in `finish_run`, once its branch has moved.
         return None
+
+
+def finish_run(lease: Lease, job: PhaseJob) -> None:
+    """After the last phase's branch move: the run is done. Idempotent."""
+    with transaction(lease.db_url) as session:
+        lease.fence(session)
+        run, _ = _load(session, job.run_id, job.phase_id)
+        if run.state == RunState.RUNNING and all(PhaseState(p.state) in PHASE_TERMINAL for p in run.phases):
+            move_run(run, RunState.DONE_SUCCESS)
+            run.finished_at = utcnow()
+
+
+def skip(lease: Lease, job: PhaseJob, reason: str) -> int | None:
+    """The Doctor said to skip: the run goes on without this phase's change."""
+    with transaction(lease.db_url) as session:
+        lease.fence(session)
+        run, phase = _load(session, job.run_id, job.phase_id)
+        move_phase(phase, PhaseState.SKIPPED)
+        phase.failure_reason = reason
+        phase.finished_at = utcnow()
+        return _advance(run, phase)
+
+
+def _advance(run: Run, phase: Phase) -> int | None:
+    following = [p for p in run.phases if p.index > phase.index]
+    if following:
+        following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
+        return following[0].id
+    move_run(run, RunState.DONE_SUCCESS)
+    run.finished_at = utcnow()
+    return None
+
+
+def hand_back(lease: Lease, job: PhaseJob, reason: str) -> None:
+    """Give the phase back to the queue (the provider is down, or the worker is shutting down).
+
+    `dispatched_at = now` lets the reconciler re-dispatch it after `redispatch_after_seconds`."""
+    with transaction(lease.db_url) as session:
+        lease.fence(session)
+        _, phase = _load(session, job.run_id, job.phase_id)
+        move_phase(phase, PhaseState.QUEUED)
+        phase.failure_reason = reason
+        phase.dispatched_at = utcnow()
+
+
+def escalate(lease: Lease, job: PhaseJob, event: EscalationEvent) -> bool:
+    """Persist the phase's one escalation; False if it already had one (unique per phase)."""
+    with transaction(lease.db_url) as session:
+        lease.fence(session)
+        exists = session.scalar(select(EscalationEvent.id).where(EscalationEvent.phase_id == job.phase_id))
+        if exists is not None:
+            return False
+        session.add(event)
+        return True
 
 
 def fail(lease: Lease, job: PhaseJob, reason: str) -> None:
@@ -190,3 +278,15 @@ def cancel(lease: Lease, job: PhaseJob) -> None:
 def cancel_requested(db_url: str, run_id: int) -> bool:
     with transaction(db_url) as session:
         return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def phase_metrics(db_url: str, job: PhaseJob, recovery: Recovery) -> None:
+    """Failure-hardening and Doctor-avoidance figures of the phase (idempotent upsert)."""
+    with transaction(db_url) as session:
+        record_phase_metrics(
+            session,
+            job.run_id,
+            job.phase_id,
+            failure_hardening_hit=recovery.hardening_hit,
+            doctor_skipped=recovery.hardening_hit,
+        )

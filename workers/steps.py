@@ -20,6 +20,17 @@ def undo_builder_commits(worktree: Path, base: str) -> None:
         git("reset", "--quiet", "--soft", base, cwd=worktree)
 
 
+def reset(worktree: Path, sha: str) -> None:
+    git("reset", "--quiet", "--hard", sha, cwd=worktree)
+    git("clean", "-ffdxq", cwd=worktree)
+
+
+def staged_diff(worktree: Path, max_bytes: int) -> str | None:
+    """The staged change as a diff: what a replay of this attempt re-applies. None when too large."""
+    diff = git("diff", "--cached", "--no-color", "--no-ext-diff", cwd=worktree)
+    return diff if len(diff.encode()) <= max_bytes else None
+
+
 def changed_paths(worktree: Path) -> list[str]:
     """Every path the builder added, modified or deleted (untracked included, ignored files not)."""
     out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=worktree)

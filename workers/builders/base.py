@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.specs import PhaseSpec
+
+if TYPE_CHECKING:
+    from workers.llm.client import LlmResponse
+    from workers.llm.gateway import LlmGateway
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,15 @@ class BuildRequest:
     previous_failure: str | None
     timeout: float
     max_log_bytes: int
+    advice: str | None = None
+    """Concrete advice for this try (a failure-hardening hit or the Doctor's), if any."""
+    model: str | None = None
+    max_tokens: int | None = None
+    context_budget_tokens: int = 0
+    gateway: LlmGateway | None = None
+    """Budgeted, recorded access to the LLM (LLM builders only)."""
+    recorded_output: str | None = None
+    """What the replayed run's builder answered for this phase and attempt (replay builder only)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,9 @@ class BuildResult:
     output: str
     failure_reason: str | None = None
     patch: str | None = None
+    llm: LlmResponse | None = None
+    context: dict[str, Any] | None = None
+    prompt_summary: str | None = None
 
 
 class Builder(Protocol):

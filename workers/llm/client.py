@@ -247,6 +247,9 @@ def default_prices() -> dict[str, ModelPrice]:
     opus_4_5, opus_4 = _price("5", "25", "6.25", "0.50"), _price("15", "75", "18.75", "1.50")
     sonnet, haiku_4_5 = _price("3", "15", "3.75", "0.30"), _price("1", "5", "1.25", "0.10")
     return {
+        # 4.6 prices assumed equal to their 4.5 predecessors: check the pricing page before relying on them.
+        "claude-opus-4-6": opus_4_5,
+        "claude-sonnet-4-6": sonnet,
         "claude-opus-4-5": opus_4_5,
         "claude-opus-4-1": opus_4,
         "claude-opus-4-0": opus_4,

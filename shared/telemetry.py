@@ -1,0 +1,279 @@
+"""Token telemetry: one usage row per LLM call, efficiency and Doctor-avoidance figures, a run's metrics.
+
+Four categories, kept apart because they differ in kind and must never be added together:
+
+* spent — exact figures from the provider, one `LlmUsageEvent` per call; a figure it did not return
+  stays NULL and is counted apart (`unknown_calls`), never estimated;
+* avoided_context — tokens context selection kept out of prompts (an estimate, from `EfficiencyMetric`);
+* doctor_avoided — Doctor calls that failure hardening made unnecessary, valued at an estimate whose
+  source and sample size are stored with it (`PhaseMetric`);
+* ab_deltas — differences between A/B runs, which only campaigns can fill.
+
+Writes are idempotent and race-safe: an insert that loses a race on the unique key is ignored by the
+database (`ON CONFLICT DO NOTHING`), and the caller gets the row that won, inside its own transaction.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from shared.errors import NotFound
+from shared.models import Base, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
+
+DOCTOR_ROLE = "doctor"
+DOCTOR_FALLBACK_TOKENS = 2500
+"""The Doctor estimate when no Doctor call has ever been recorded (source "fallback", sample size 0)."""
+RUN_SAMPLE_MIN = 3
+GLOBAL_SAMPLE_SIZE = 100
+USAGE_FIGURES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+AB_NOTE = "filled by campaigns (A/B runs); a single run has none"
+
+
+# ------------------------------------------------------------------------------------------- writes
+
+
+def record_usage(
+    session: Session,
+    *,
+    call_key: str,
+    run_id: int,
+    phase_id: int | None,
+    attempt_number: int | None,
+    provider: str,
+    model: str,
+    role: str,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cache_read_tokens: int | None,
+    cache_write_tokens: int | None,
+    latency_ms: int | None,
+    request_id: str | None,
+    cost_usd: Decimal | None,
+) -> LlmUsageEvent:
+    """The usage row of call `call_key`; the first record of a key wins, later ones return it unchanged."""
+    values = {
+        "call_key": call_key,
+        "run_id": run_id,
+        "phase_id": phase_id,
+        "attempt_number": attempt_number,
+        "provider": provider,
+        "model": model,
+        "role": role,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "latency_ms": latency_ms,
+        "request_id": request_id,
+        "cost_usd": cost_usd,
+    }
+    _insert_unless_present(session, LlmUsageEvent, values, ["call_key"])
+    return session.scalars(select(LlmUsageEvent).where(LlmUsageEvent.call_key == call_key)).one()
+
+
+def record_efficiency(
+    session: Session,
+    run_id: int,
+    phase_id: int,
+    outcome: str,
+    *,
+    tokens_spent: int | None,
+    tokens_avoided_context: int | None,
+    attempts: int,
+    wall_ms: int | None,
+) -> EfficiencyMetric:
+    """The efficiency row of (run, phase, outcome); the first record wins, later ones return it."""
+    values = {
+        "run_id": run_id,
+        "phase_id": phase_id,
+        "outcome": outcome,
+        "tokens_spent": tokens_spent,
+        "tokens_avoided_context": tokens_avoided_context,
+        "attempts": attempts,
+        "wall_ms": wall_ms,
+    }
+    _insert_unless_present(session, EfficiencyMetric, values, ["run_id", "phase_id", "outcome"])
+    query = select(EfficiencyMetric).where(
+        EfficiencyMetric.run_id == run_id,
+        EfficiencyMetric.phase_id == phase_id,
+        EfficiencyMetric.outcome == outcome,
+    )
+    return session.scalars(query).one()
+
+
+def record_phase_metrics(
+    session: Session, run_id: int, phase_id: int, *, failure_hardening_hit: bool, doctor_skipped: bool
+) -> PhaseMetric:
+    """Upsert the phase's one metrics row. A skipped Doctor is valued at `doctor_tokens_estimate`.
+
+    Idempotent: recording again sets the flags to the new values but keeps an estimate already stored
+    (a redelivered task must not move the counterfactual); `doctor_skipped=False` clears it.
+    """
+    _insert_unless_present(session, PhaseMetric, {"run_id": run_id, "phase_id": phase_id}, ["phase_id"])
+    row = session.scalars(
+        select(PhaseMetric)
+        .where(PhaseMetric.phase_id == phase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    row.failure_hardening_hit = failure_hardening_hit
+    row.doctor_skipped = doctor_skipped
+    if not doctor_skipped:
+        row.doctor_tokens_avoided = row.estimate_source = row.estimate_sample_size = None
+    elif row.doctor_tokens_avoided is None:
+        estimate, source, sample = doctor_tokens_estimate(session, run_id)
+        row.doctor_tokens_avoided, row.estimate_source, row.estimate_sample_size = estimate, source, sample
+    session.flush()
+    return row
+
+
+def _insert_unless_present(
+    session: Session, model: type[Base], values: dict[str, Any], keys: list[str]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING, on Postgres and SQLite."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+    elif dialect == "sqlite":
+        session.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+    else:
+        raise NotImplementedError(f"telemetry writes support postgresql and sqlite, not {dialect}")
+
+
+# -------------------------------------------------------------------------------- doctor estimate
+
+
+def doctor_tokens_estimate(session: Session, run_id: int) -> tuple[int, str, int]:
+    """(tokens, source, sample size) a Doctor call is expected to cost.
+
+    The median total (input + output) of this run's Doctor calls if there are at least 3 ("run_median");
+    else of the last 100 Doctor calls of any run ("global_median"); else `DOCTOR_FALLBACK_TOKENS`
+    ("fallback", 0). Calls with an unknown input or output figure are not part of any sample.
+    """
+    known = (
+        select(LlmUsageEvent.input_tokens, LlmUsageEvent.output_tokens)
+        .where(LlmUsageEvent.role == DOCTOR_ROLE)
+        .where(LlmUsageEvent.input_tokens.is_not(None), LlmUsageEvent.output_tokens.is_not(None))
+    )
+    local = _totals(session.execute(known.where(LlmUsageEvent.run_id == run_id)))
+    if len(local) >= RUN_SAMPLE_MIN:
+        return _median(local), "run_median", len(local)
+    recent = known.order_by(LlmUsageEvent.id.desc()).limit(GLOBAL_SAMPLE_SIZE)
+    pooled = _totals(session.execute(recent))
+    if pooled:
+        return _median(pooled), "global_median", len(pooled)
+    return DOCTOR_FALLBACK_TOKENS, "fallback", 0
+
+
+def _totals(rows: Iterable[Any]) -> list[int]:
+    return [int(row[0]) + int(row[1]) for row in rows]
+
+
+def _median(values: Sequence[int]) -> int:
+    return round(statistics.median(values))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def run_metrics(session: Session, run_id: int) -> dict[str, Any]:
+    """The run's token metrics in four separate categories (see the module docstring). USD as strings."""
+    if session.get(Run, run_id) is None:
+        raise NotFound(f"run {run_id} not found")
+    return {
+        "run_id": run_id,
+        "spent": _spent(session, run_id),
+        "avoided_context": _avoided_context(session, run_id),
+        "doctor_avoided": _doctor_avoided(session, run_id),
+        "ab_deltas": {"items": [], "note": AB_NOTE},
+    }
+
+
+def _spent(session: Session, run_id: int) -> dict[str, Any]:
+    events = list(
+        session.scalars(
+            select(LlmUsageEvent).where(LlmUsageEvent.run_id == run_id).order_by(LlmUsageEvent.id)
+        )
+    )
+    phase_ids = sorted({e.phase_id for e in events if e.phase_id is not None})
+    phases = [
+        {"phase_id": pid, **usage_totals([e for e in events if e.phase_id == pid])} for pid in phase_ids
+    ]
+    run_level = [e for e in events if e.phase_id is None]
+    if run_level:
+        phases.append({"phase_id": None, **usage_totals(run_level)})
+    return {"exact": True, "calls": [_call(e) for e in events], "phases": phases, "run": usage_totals(events)}
+
+
+def usage_totals(events: Sequence[LlmUsageEvent]) -> dict[str, Any]:
+    """Sums of the known figures of `events`, each with the count of calls that did not report it."""
+    out: dict[str, Any] = {"calls": len(events)}
+    for figure in USAGE_FIGURES:
+        known = [getattr(e, figure) for e in events if getattr(e, figure) is not None]
+        out[figure] = {"known": sum(known), "unknown_calls": len(events) - len(known)}
+    costs = [e.cost_usd for e in events if e.cost_usd is not None]
+    out["cost_usd"] = {"known": _usd(sum(costs, Decimal(0))), "unknown_calls": len(events) - len(costs)}
+    return out
+
+
+def _call(event: LlmUsageEvent) -> dict[str, Any]:
+    return {
+        "call_key": event.call_key,
+        "phase_id": event.phase_id,
+        "attempt_number": event.attempt_number,
+        "provider": event.provider,
+        "model": event.model,
+        "role": event.role,
+        **{figure: getattr(event, figure) for figure in USAGE_FIGURES},
+        "latency_ms": event.latency_ms,
+        "request_id": event.request_id,
+        "cost_usd": None if event.cost_usd is None else _usd(event.cost_usd),
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+def _avoided_context(session: Session, run_id: int) -> dict[str, Any]:
+    rows = list(session.scalars(select(EfficiencyMetric).where(EfficiencyMetric.run_id == run_id)))
+    known = [r.tokens_avoided_context for r in rows if r.tokens_avoided_context is not None]
+    return {"estimate": True, "tokens": sum(known), "rows": len(rows), "unknown_rows": len(rows) - len(known)}
+
+
+def _doctor_avoided(session: Session, run_id: int) -> dict[str, Any]:
+    query = (
+        select(PhaseMetric, Phase.index)
+        .join(Phase, Phase.id == PhaseMetric.phase_id)
+        .where(PhaseMetric.run_id == run_id)
+        .order_by(Phase.index)
+    )
+    phases = [_phase_metric(row, index) for row, index in session.execute(query)]
+    return {
+        "estimate": True,
+        "failure_hardening_hits": sum(1 for p in phases if p["failure_hardening_hit"]),
+        "doctor_skipped": sum(1 for p in phases if p["doctor_skipped"]),
+        "tokens": sum(p["doctor_tokens_avoided"] or 0 for p in phases),
+        "phases": phases,
+    }
+
+
+def _phase_metric(row: PhaseMetric, index: int) -> dict[str, Any]:
+    return {
+        "phase_id": row.phase_id,
+        "phase_index": index,
+        "failure_hardening_hit": row.failure_hardening_hit,
+        "doctor_skipped": row.doctor_skipped,
+        "doctor_tokens_avoided": row.doctor_tokens_avoided,
+        "estimate_source": row.estimate_source,
+        "estimate_sample_size": row.estimate_sample_size,
+    }
+
+
+def _usd(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.000001")))

@@ -1,0 +1,203 @@
+"""One attempt of a phase: provision, (baseline), build, govern, validate, commit. No retry logic here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.errors import GitError, PatchParseError, WorkspaceError
+from shared.models import utcnow
+from shared.specs import PhaseSpec
+from shared.states import AttemptOutcome
+from workers import steps
+from workers.apply import apply_writes
+from workers.builders import BuildRequest, BuildResult, get_builder
+from workers.patches import parse_change, resolve
+from workers.publish import phase_ref, publish
+from workers.record import AttemptRecord, PhaseJob
+from workers.validation import ValidationRun, compare, infer_validation, run_validation
+
+if TYPE_CHECKING:
+    from workers.executor import WorkerContext
+    from workers.lease import Lease
+    from workers.llm.gateway import LlmGateway
+
+
+@dataclass
+class Plan:
+    """What this attempt is asked to do, decided by the retry loop."""
+
+    number: int
+    previous_failure: str | None
+    advice: str | None
+    model: str | None
+    max_tokens: int | None
+    gateway: LlmGateway | None
+    baseline: dict[str, ValidationRun] = field(default_factory=dict)
+    """Validation at the phase's starting commit, keyed by that commit (computed once per execution)."""
+
+
+@dataclass(frozen=True)
+class Attempted:
+    record: AttemptRecord
+    built: BuildResult | None
+    failure_output: str = ""
+    exit_code: int | None = None
+
+
+def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> Attempted:
+    started = utcnow()
+    try:
+        with ctx.workspace.worktree(job.repo, job.head_sha) as wt:
+            return _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
+    except (WorkspaceError, GitError) as exc:
+        return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, str(exc)), None)
+    except OSError as exc:  # ENOSPC while a command writes, say: name it, keep state consistent
+        return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, f"worker OS error: {exc}"), None)
+
+
+def _validation_commands(phase: PhaseSpec, wt: Path) -> tuple[list[str], str]:
+    if phase.validation:
+        return list(phase.validation), ""
+    inferred = infer_validation(wt)
+    if inferred is None:
+        return [], "no validation given and none could be inferred\n"
+    return [inferred.command], f"no validation given; {inferred.reason}: {inferred.command}\n"
+
+
+def _baseline(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path, commands: list[str]) -> ValidationRun:
+    if job.head_sha not in plan.baseline:
+        s = ctx.settings
+        plan.baseline[job.head_sha] = run_validation(
+            commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes
+        )
+        steps.reset(wt, job.head_sha)  # whatever the baseline left behind is not the builder's change
+    return plan.baseline[job.head_sha]
+
+
+def _build(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path) -> BuildResult:
+    s = ctx.settings
+    request = BuildRequest(
+        job.run_id,
+        job.phase_id,
+        job.phase,
+        plan.number,
+        wt,
+        plan.previous_failure,
+        s.command_timeout_seconds,
+        s.max_log_bytes,
+        advice=plan.advice,
+        model=plan.model,
+        max_tokens=plan.max_tokens,
+        context_budget_tokens=int(job.config.get("context_budget_tokens", 20000)),
+        gateway=plan.gateway,
+        recorded_output=job.recorded_outputs.get(plan.number)
+        or job.recorded_outputs.get(max(job.recorded_outputs, default=0)),
+    )
+    return get_builder(str(job.config.get("builder", "script"))).build(request)
+
+
+def _apply(
+    ctx: WorkerContext, job: PhaseJob, built: BuildResult, wt: Path
+) -> tuple[AttemptOutcome, str] | None:
+    """Apply a builder's patch under governance; the failure (outcome, reason), or None when applied."""
+    assert built.patch is not None
+    try:
+        writes = resolve(parse_change(built.patch), wt)
+    except PatchParseError as exc:
+        return AttemptOutcome.BUILD_FAILED, f"the answer is not a change that applies: {exc.reason}"
+    applied = apply_writes(
+        wt,
+        writes,
+        job.phase,
+        max_deletions=ctx.settings.max_deletions,
+        allow_deletions=job.phase.allow_deletions,
+    )
+    if not applied.ok:
+        return AttemptOutcome.SCOPE_VIOLATION, f"change rejected, nothing written: {applied.reason}"
+    return None
+
+
+def _attempt_in(
+    ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan, wt: Path, mirror: Path, started: datetime
+) -> Attempted:
+    s, phase = ctx.settings, job.phase
+    commands, note = _validation_commands(phase, wt)
+    baseline = _baseline(ctx, job, plan, wt, commands)
+    built = _build(ctx, job, plan, wt)
+    if not built.ok:
+        return Attempted(_rec(plan, AttemptOutcome.BUILD_FAILED, started, built.failure_reason, built), built)
+    if built.patch is not None:
+        failed = _apply(ctx, job, built, wt)
+        if failed is not None:
+            return Attempted(_rec(plan, failed[0], started, failed[1], built), built)
+    steps.undo_builder_commits(wt, job.head_sha)
+    paths = steps.changed_paths(wt)
+    violations = steps.scope_violations(paths, phase)
+    if violations:
+        reason = "scope violation, nothing committed: " + "; ".join(violations[:20])
+        return Attempted(_rec(plan, AttemptOutcome.SCOPE_VIOLATION, started, reason, built, paths), built)
+    steps.stage(wt, paths)
+    patch = steps.staged_diff(wt, s.max_log_bytes * 4)
+    after = run_validation(commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes)
+    verdict = compare(baseline, after)
+    report = note + verdict.summary + "\n\n" + after.report()
+    if not verdict.ok:
+        bad = next((r for r in after.results if not r.ok), None)
+        rec = _rec(
+            plan,
+            AttemptOutcome.VALIDATION_FAILED,
+            started,
+            f"validation failed: {verdict.summary}"[:4000],
+            built,
+            paths,
+            report,
+            patch=patch,
+        )
+        return Attempted(rec, built, after.report(), bad.exit_code if bad else None)
+    missing = steps.missing_deliverables(phase, wt)
+    if missing:
+        reason = f"missing deliverables: {', '.join(missing)}"
+        rec = _rec(
+            plan, AttemptOutcome.MISSING_DELIVERABLE, started, reason, built, paths, report, patch=patch
+        )
+        return Attempted(rec, built)
+    lease.check()
+    message = f"autopack: run {job.run_id} phase {job.phase_index} {phase.name}\n\n{phase.goal}".strip()
+    sha = steps.commit(wt, message, s.git_author)
+    publish(mirror, phase_ref(job.run_id, job.phase_index, lease.epoch), sha, s.push_results)
+    rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, report, sha, patch)
+    return Attempted(rec, built)
+
+
+def _rec(
+    plan: Plan,
+    outcome: AttemptOutcome,
+    started: datetime,
+    reason: str | None,
+    built: BuildResult | None = None,
+    paths: list[str] | None = None,
+    validation: str | None = None,
+    sha: str | None = None,
+    patch: str | None = None,
+) -> AttemptRecord:
+    llm = built.llm if built else None
+    return AttemptRecord(
+        number=plan.number,
+        outcome=outcome,
+        started_at=started,
+        finished_at=utcnow(),
+        failure_reason=reason,
+        builder_output=built.output if built else None,
+        patch=patch,
+        changed_paths=paths or [],
+        validation_output=validation,
+        commit_sha=sha,
+        model=plan.model if llm else None,
+        max_tokens=plan.max_tokens if llm else None,
+        prompt_summary=built.prompt_summary if built else None,
+        context=built.context if built else None,
+        infra_failures=[f.__dict__ for f in llm.infra_retries] if llm else [],
+    )

@@ -1,0 +1,106 @@
+"""Every LLM call of a phase goes through here: budget reserved first, usage recorded exactly after.
+
+The reservation is the call's worst case (estimated input + the full output budget) and is taken in
+one conditional UPDATE, so concurrent workers can overspend a cap by at most one call's estimate error.
+Usage rows are written even by an execution that later loses its lease: the money was spent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from shared.budget import reserve, settle, worst_case
+from shared.db import transaction
+from shared.telemetry import record_usage
+from workers.llm.client import LlmClient, LlmResponse, PriceTable
+
+DEFAULT_PRICE_TABLE = PriceTable()
+
+
+@dataclass
+class LlmGateway:
+    db_url: str
+    client: LlmClient
+    run_id: int
+    phase_id: int
+    epoch: int
+    max_tokens_cap: int | None
+    max_usd_cap: Decimal | None
+    prices: PriceTable = field(default_factory=PriceTable)
+    calls: int = 0
+
+    def call(
+        self,
+        *,
+        role: str,
+        attempt: int,
+        model: str,
+        system: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+    ) -> LlmResponse:
+        """One call, reserved and recorded; raises BudgetExceeded before spending anything."""
+        est_input = estimate_tokens(system, messages)
+        price = self.prices.price_for(model)
+        tokens, usd = worst_case(
+            est_input,
+            max_tokens,
+            price.input if price else Decimal(0),
+            price.output if price else Decimal(0),
+        )
+        with transaction(self.db_url) as session:
+            held = reserve(
+                session,
+                self.run_id,
+                tokens=tokens,
+                usd=usd,
+                max_tokens=self.max_tokens_cap,
+                max_usd=self.max_usd_cap,
+            )
+        self.calls += 1
+        key = f"run{self.run_id}:phase{self.phase_id}:e{self.epoch}:a{attempt}:{role}:{self.calls}"
+        try:
+            response = self.client.call(model, system, messages, max_tokens)
+        except Exception:
+            with transaction(self.db_url) as session:
+                settle(session, held, tokens=0, usd=Decimal(0))
+            raise
+        self._record(held, key, role, attempt, model, response)
+        return response
+
+    def _record(
+        self, held: Any, key: str, role: str, attempt: int, model: str, response: LlmResponse
+    ) -> None:
+        u = response.usage
+        cost = self.prices.cost_usd(model, u)
+        spent = (
+            None if u.input_tokens is None or u.output_tokens is None else u.input_tokens + u.output_tokens
+        )
+        with transaction(self.db_url) as session:
+            settle(session, held, tokens=spent, usd=cost)
+            record_usage(
+                session,
+                call_key=key,
+                run_id=self.run_id,
+                phase_id=self.phase_id,
+                attempt_number=attempt,
+                provider="anthropic",
+                model=response.model or model,
+                role=role,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cache_read_tokens=u.cache_read_tokens,
+                cache_write_tokens=u.cache_write_tokens,
+                latency_ms=response.latency_ms,
+                request_id=response.request_id,
+                cost_usd=cost,
+            )
+
+
+def estimate_tokens(system: str, messages: list[dict[str, Any]]) -> int:
+    """Bytes / 4, rounded up: only for reserving budget, never stored as spend."""
+    size = len(system.encode()) + sum(len(str(m.get("content", "")).encode()) for m in messages)
+    return math.ceil(size / 4)

@@ -1,0 +1,79 @@
+"""After a failed attempt: deterministic failure-hardening first, the Doctor only when nothing matched."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import LlmError
+from shared.specs import PhaseSpec
+from shared.states import AttemptOutcome
+from workers.attempt import Attempted
+from workers.doctor import DoctorAction, DoctorAnswerError, cap_log, parse_diagnosis
+from workers.hardening import match_failure
+from workers.llm.gateway import LlmGateway
+from workers.llm.prompts import doctor_prompt
+
+log = logging.getLogger(__name__)
+DOCTOR_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class Recovery:
+    advice: str | None = None
+    mitigation: dict[str, Any] | None = None
+    doctor: dict[str, Any] | None = None
+    action: DoctorAction = DoctorAction.RETRY_WITH_FIX
+    hardening_hit: bool = False
+    doctor_called: bool = False
+
+
+def failure_text(attempted: Attempted) -> str:
+    rec = attempted.record
+    parts = [rec.failure_reason or "", attempted.failure_output, rec.builder_output or ""]
+    return "\n".join(p for p in parts if p)
+
+
+def analyse(
+    phase: PhaseSpec,
+    attempted: Attempted,
+    *,
+    gateway: LlmGateway | None,
+    doctor_model: str | None,
+    attempt: int,
+) -> Recovery:
+    rec = attempted.record
+    if rec.outcome == AttemptOutcome.INFRA_ERROR:
+        return Recovery()
+    text = failure_text(attempted)
+    hit = match_failure(text, exit_code=attempted.exit_code, scope=phase.scope)
+    if hit is not None:
+        mitigation = {"pattern": str(hit.pattern), "advice": hit.advice, "evidence": hit.evidence}
+        return Recovery(advice=hit.advice, mitigation=mitigation, hardening_hit=True)
+    if gateway is None or doctor_model is None:
+        return Recovery()
+    return _ask_doctor(phase, rec.failure_reason or "", text, gateway, doctor_model, attempt)
+
+
+def _ask_doctor(
+    phase: PhaseSpec, failure: str, text: str, gateway: LlmGateway, model: str, attempt: int
+) -> Recovery:
+    system, messages = doctor_prompt(phase, failure[:2000], cap_log(text))
+    try:
+        response = gateway.call(
+            role="doctor",
+            attempt=attempt,
+            model=model,
+            system=system,
+            messages=messages,
+            max_tokens=DOCTOR_MAX_TOKENS,
+        )
+        found = parse_diagnosis(response.text)
+    except DoctorAnswerError as exc:
+        return Recovery(doctor={"error": exc.reason}, doctor_called=True)
+    except LlmError as exc:  # the Doctor is advice: its outage must not fail the phase
+        log.warning("Doctor unavailable: %s", exc)
+        return Recovery(doctor={"error": str(exc)[:500]}, doctor_called=True)
+    doctor = {"diagnosis": found.diagnosis, "action": str(found.action), "advice": found.advice}
+    return Recovery(advice=found.advice, doctor=doctor, action=found.action, doctor_called=True)
