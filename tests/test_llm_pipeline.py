@@ -238,3 +238,25 @@ def test_metrics_keep_four_categories_and_reconcile(harness: Harness) -> None:
     assert spent["run"]["input_tokens"] == {"known": 1200, "unknown_calls": 0}  # exactly the answer's usage
     assert spent["run"]["output_tokens"] == {"known": 80, "unknown_calls": 0}
     assert sum(c["input_tokens"] for c in spent["calls"]) == spent["phases"][0]["input_tokens"]["known"]
+
+
+@script(answer("not a change"), answer(GOOD))
+def test_replay_re_emits_the_source_runs_answers_attempt_by_attempt_with_zero_spend(harness: Harness) -> None:
+    source = harness.run({"deliverables": ["src/greet.py"]}, doctor=False)
+    assert [a["outcome"] for a in source["phases"][0]["attempt_log"]] == ["BUILD_FAILED", "SUCCESS"]
+    calls_before = len(harness.sim.requests)
+    replay = harness.run({"deliverables": ["src/greet.py"]}, builder="replay", replay_of=source["id"])
+    assert replay["state"] == "DONE_SUCCESS"
+    assert [a["outcome"] for a in replay["phases"][0]["attempt_log"]] == ["BUILD_FAILED", "SUCCESS"]
+    assert len(harness.sim.requests) == calls_before  # no LLM call
+    assert len(harness.rows("SELECT id FROM llm_usage_events")) == 2  # the source run's two calls only
+    tree = [
+        subprocess.run(
+            ["git", "-C", str(harness.repo), "rev-parse", f"{r['result_branch']}^{{tree}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for r in (source, replay)
+    ]
+    assert tree[0] == tree[1]

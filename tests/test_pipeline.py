@@ -186,3 +186,25 @@ def test_builder_command_does_not_see_worker_secrets(
     ).stdout
     assert "apk_secret_value" not in shown and "sk-ant-secret" not in shown
     assert "AUTOPACK_ATTEMPT" in shown
+
+
+def test_replay_of_a_script_run_re_applies_its_staged_diffs(client: ApiClient, sample_repo: Path) -> None:
+    source = run_to_end(
+        client, spec(sample_repo, {"command": "echo 'k = 1' > src/k.py"}, {"command": "rm src/calc.py"})
+    )
+    assert source["state"] == "DONE_SUCCESS"
+    body = spec(sample_repo, {"command": "false"}, {"command": "false"})
+    body["config"] = {"builder": "replay", "replay_of": source["id"]}
+    replay = run_to_end(client, body)
+    assert replay["state"] == "DONE_SUCCESS"
+    assert [p["attempt_log"][0]["changed_paths"] for p in replay["phases"]] == [["src/k.py"], ["src/calc.py"]]
+    trees = {
+        subprocess.run(
+            ["git", "-C", str(sample_repo), "rev-parse", f"{r['result_branch']}^{{tree}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        for r in (source, replay)
+    }
+    assert len(trees) == 1

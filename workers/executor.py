@@ -195,7 +195,8 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
 
 
 def _recover(ctx: WorkerContext, loop: Loop, job: PhaseJob, attempted: Attempted, number: int) -> Recovery:
-    use_doctor = bool(job.config.get("doctor", True))
+    # A replay re-emits fixed answers: advice could change nothing, so it would be pure spend.
+    use_doctor = bool(job.config.get("doctor", True)) and job.config.get("builder") != "replay"
     model = (job.config.get("models") or {}).get("doctor", "claude-sonnet-4-6") if use_doctor else None
     recovery = analyse(job.phase, attempted, gateway=loop.gateway, doctor_model=model, attempt=number)
     if recovery.hardening_hit:  # a phase counts as a hit once any of its failures was explained
