@@ -47,9 +47,13 @@ class WorkerContext:
     def owner(self) -> str:
         return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
+    def llm_client_missing(self) -> bool:
+        key = self.settings.anthropic_api_key
+        return key is None or not key.get_secret_value()
+
     def llm_client(self) -> LlmClient | None:
         s = self.settings
-        if s.anthropic_api_key is None:
+        if s.anthropic_api_key is None or self.llm_client_missing():
             return None
         policy = RetryPolicy(
             s.llm_max_retries,
@@ -141,7 +145,7 @@ def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
 
 
 def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
-    if str(job.config.get("builder")) in LLM_BUILDERS and ctx.settings.anthropic_api_key is None:
+    if str(job.config.get("builder")) in LLM_BUILDERS and ctx.llm_client_missing():
         record.fail(lease, job, "the anthropic builder needs AUTOPACK_ANTHROPIC_API_KEY on the workers")
         return "failed: no LLM key"
     loop = _loop(ctx, lease, job)
