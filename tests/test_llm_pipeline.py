@@ -260,3 +260,11 @@ def test_replay_re_emits_the_source_runs_answers_attempt_by_attempt_with_zero_sp
         for r in (source, replay)
     ]
     assert tree[0] == tree[1]
+
+
+@script(answer("no change here"), answer(GOOD))
+def test_one_efficiency_row_per_phase_outcome_with_exact_spend(harness: Harness) -> None:
+    run = harness.run({}, doctor=False)
+    assert run["state"] == "DONE_SUCCESS"
+    (row,) = harness.rows("SELECT outcome, tokens_spent, attempts FROM efficiency_metrics")
+    assert (row.outcome, row.tokens_spent, row.attempts) == ("COMPLETE", 2 * (1200 + 80), 2)

@@ -145,6 +145,17 @@ def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
 
 
 def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
+    outcome = _execute_inner(ctx, lease, job, then)
+    terminal = outcome.split(":", 1)[0]
+    if terminal in {"complete", "failed", "skipped"}:
+        try:
+            record.efficiency(ctx.settings.database_url, job, terminal.upper())
+        except Exception as exc:  # telemetry must never change a phase's outcome
+            log.warning("run %s phase %s: efficiency row not written: %s", job.run_id, job.phase_id, exc)
+    return outcome
+
+
+def _execute_inner(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
     if str(job.config.get("builder")) in LLM_BUILDERS and ctx.llm_client_missing():
         record.fail(lease, job, "the anthropic builder needs AUTOPACK_ANTHROPIC_API_KEY on the workers")
         return "failed: no LLM key"

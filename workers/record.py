@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import transaction
-from shared.models import Attempt, EscalationEvent, Phase, Run, utcnow
+from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
 from shared.runs import finish_cancelled
 from shared.specs import PhaseSpec
 from shared.states import (
@@ -24,7 +24,7 @@ from shared.states import (
     check_phase_move,
     check_run_move,
 )
-from shared.telemetry import record_phase_metrics
+from shared.telemetry import record_efficiency, record_phase_metrics
 from workers.lease import Lease
 
 if TYPE_CHECKING:
@@ -289,4 +289,31 @@ def phase_metrics(db_url: str, job: PhaseJob, recovery: Recovery) -> None:
             job.phase_id,
             failure_hardening_hit=recovery.hardening_hit,
             doctor_skipped=recovery.hardening_hit,
+        )
+
+
+def efficiency(db_url: str, job: PhaseJob, outcome: str) -> None:
+    """The phase's one efficiency row for this outcome: exact tokens spent, context tokens avoided
+    (an estimate), attempts and wall time. Race-safe: a second writer gets the first row."""
+    with transaction(db_url) as session:
+        phase = session.get(Phase, job.phase_id)
+        assert phase is not None
+        spent = session.execute(
+            select(LlmUsageEvent.input_tokens, LlmUsageEvent.output_tokens).where(
+                LlmUsageEvent.phase_id == job.phase_id
+            )
+        ).all()
+        avoided = [(a.context or {}).get("estimated_tokens_omitted") for a in phase.attempts]
+        wall = None
+        if phase.started_at and phase.finished_at:
+            wall = int((phase.finished_at - phase.started_at).total_seconds() * 1000)
+        record_efficiency(
+            session,
+            job.run_id,
+            job.phase_id,
+            outcome,
+            tokens_spent=sum((i or 0) + (o or 0) for i, o in spent) if spent else None,
+            tokens_avoided_context=sum(int(a) for a in avoided if a is not None) if any(avoided) else None,
+            attempts=len(phase.attempts),
+            wall_ms=wall,
         )
