@@ -1,8 +1,10 @@
 """`make bench`: every benchmark, each against a baseline measured in the same run.
 
 (a) raw Celery no-op round trip and throughput, (b) per-phase orchestration overhead through a real
-API and worker, (c) workspace provisioning on a 2,100-file repository. Prints figures and ratios,
-writes bench-results/latest.json, and never fails on timing: only a crash exits non-zero.
+API and worker, (c) workspace provisioning on a 2,100-file repository, (d) pipeline overhead of one
+builder attempt on that repository (LLM simulated, validation excluded). Prints figures and ratios,
+writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and never fails
+on timing: only a crash exits non-zero.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import redis
 
 from shared.db import engine_for, upgrade
-from tests.bench import celery_roundtrip, orchestration, provisioning
+from tests.bench import celery_roundtrip, orchestration, pipeline, provisioning
 from tests.bench.noop_app import REDIS_URL
 from tests.bench.procs import ROOT
 from tests.bench.report import render, write_json
@@ -27,6 +29,8 @@ from tests.conftest import create_database, drop_database
 
 DATABASE = "autopack_bench"
 RESULTS = ROOT / "bench-results"
+SECTIONS = ("celery", "orchestration", "provisioning", "pipeline")
+NEEDS_REDIS = frozenset({"celery", "orchestration"})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,8 +41,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--phases", type=int, default=4, help="(b) no-op phases per run")
     parser.add_argument("--in-flight", type=int, default=2, help="(b) most runs unfinished at once")
     parser.add_argument("--no-push-runs", type=int, default=20, help="(b) runs with push_results=False")
-    parser.add_argument("--files", type=int, default=2100, help="(c) files in the generated repository")
+    parser.add_argument("--files", type=int, default=2100, help="(c), (d) files in the generated repository")
+    parser.add_argument("--iterations", type=int, default=40, help="(d) attempts timed (within ~40 s)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable; orchestration also runs celery, its baseline)",
+    )
     return parser.parse_args(argv)
+
+
+def selected(args: argparse.Namespace) -> set[str]:
+    chosen = set(args.only or SECTIONS)
+    return chosen | {"celery"} if "orchestration" in chosen else chosen
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    chosen = selected(args)
+    if chosen == set(SECTIONS):
+        return RESULTS / "latest.json"
+    return RESULTS / f"latest-only-{'-'.join(s for s in SECTIONS if s in chosen)}.json"
 
 
 def say(text: str) -> None:
@@ -62,28 +85,58 @@ def bench_database() -> Iterator[str]:
 
 
 def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict[str, Any], list[Row]]:
+    chosen = selected(args)
+    results: dict[str, Any] = {}
+    rows: list[Row] = []
+    if "celery" in chosen:
+        a = run_celery(args, logdir)
+        results["celery"] = a.as_dict()
+        rows += a.rows()
+        if "orchestration" in chosen:
+            b, b_local = run_orchestration(args, workdir, logdir)
+            results |= {"orchestration": b.as_dict(), "orchestration_no_push": b_local.as_dict()}
+            rows += [*b.rows(a.round_trip.median_ms), *b_local.variant_rows(b)]
+    if "provisioning" in chosen:
+        c = run_provisioning(args, workdir)
+        results["provisioning"] = c.as_dict()
+        rows += c.rows()
+    if "pipeline" in chosen:
+        d = run_pipeline(args, workdir)
+        results["pipeline"] = d.as_dict()
+        rows += d.rows()
+    return results, rows
+
+
+def run_celery(args: argparse.Namespace, logdir: Path) -> celery_roundtrip.CeleryResult:
     say("(a) raw Celery no-op round trip and throughput …")
     flush_redis()
     a = celery_roundtrip.bench(logdir, calls=args.calls, tasks=args.tasks)
     say(f"    round trip median {a.round_trip.median_ms:.1f} ms, {a.throughput:.0f} tasks/s")
+    return a
 
+
+def run_orchestration(
+    args: argparse.Namespace, workdir: Path, logdir: Path
+) -> tuple[orchestration.OrchestrationResult, orchestration.OrchestrationResult]:
     say(f"(b) {args.runs} runs x {args.phases} no-op phases through autopack api + worker …")
     b, b_local = orchestration_pair(args, workdir / "b", logdir / "b")
     say(f"    overhead per phase median {b.overhead.median_ms:.1f} ms (target {orchestration.TARGET_MS:.0f})")
     say(f"    without pushing results: {b_local.overhead.median_ms:.1f} ms")
+    return b, b_local
 
+
+def run_provisioning(args: argparse.Namespace, workdir: Path) -> provisioning.ProvisioningResult:
     say(f"(c) workspace provisioning on a {args.files}-file repository …")
     c = provisioning.bench(workdir / "c", files=args.files)
     say(f"    pooled {c.pooled.median_ms:.1f} ms, worktree add {c.add.median_ms:.1f} ms")
+    return c
 
-    results = {
-        "celery": a.as_dict(),
-        "orchestration": b.as_dict(),
-        "orchestration_no_push": b_local.as_dict(),
-        "provisioning": c.as_dict(),
-    }
-    rows = [*a.rows(), *b.rows(a.round_trip.median_ms), *b_local.variant_rows(b), *c.rows()]
-    return results, rows
+
+def run_pipeline(args: argparse.Namespace, workdir: Path) -> pipeline.PipelineResult:
+    say(f"(d) pipeline overhead per builder attempt on a {args.files}-file repository …")
+    d = pipeline.bench(workdir / "d", files=args.files, iterations=args.iterations)
+    say(f"    total median {d.total.median_ms:.1f} ms (target {pipeline.TARGET_MS:.0f}), n={d.iterations}")
+    return d
 
 
 def orchestration_pair(
@@ -114,6 +167,13 @@ def orchestration_once(
 
 
 def notes(results: dict[str, Any]) -> list[str]:
+    pipeline_notes: list[str] = results.get("pipeline", {}).get("notes", [])
+    return orchestration_notes(results) + pipeline_notes
+
+
+def orchestration_notes(results: dict[str, Any]) -> list[str]:
+    if "orchestration" not in results:
+        return []
     b = results["orchestration"]
     lines = [
         f"(b) runs submitted one at a time with at most {b['max_in_flight']} in flight (no queue wait); "
@@ -146,13 +206,15 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="autopack-bench-") as tmp:
             results, rows = run_all(args, Path(tmp), logdir)
     finally:
-        flush_redis()
-    write_json(RESULTS / "latest.json", results, ROOT, load_at_start)
+        if selected(args) & NEEDS_REDIS:
+            flush_redis()
+    output = results_path(args)
+    write_json(output, results, ROOT, load_at_start)
     print()
     print(render(rows))
     print()
     print("\n".join(notes(results) + busy_machine_note(load_at_start)))
-    print(f"\nJSON: {RESULTS / 'latest.json'}; process logs: {logdir}")
+    print(f"\nJSON: {output}; process logs: {logdir}")
 
 
 if __name__ == "__main__":
