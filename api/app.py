@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.routes import health, metrics, runs
+from api.routes import fleet, health, metrics, runs
 from api.version import VERSION
 from shared.db import require_migrated
 from shared.errors import InvalidSpec, NotFound, ServiceUnavailable
@@ -25,6 +25,8 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(metrics.router)
+    app.include_router(fleet.router)
+    app.include_router(fleet.metrics_router(settings, celery))
     _errors(app)
     return app
 

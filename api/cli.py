@@ -149,6 +149,17 @@ def cancel(run_id: int) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def fleet(as_json: bool) -> None:
+    """Workers, executing phases and their leases, queue length, stuck and waiting runs, redeliveries."""
+    try:
+        view = _client(get_settings()).fleet()
+    except ClientError as exc:
+        _fail(exc)
+    click.echo(json.dumps(view, indent=2) if as_json else _describe_fleet(view))
+
+
+@cli.command()
 @click.option("--runs", "n_runs", type=int, default=4, help="Runs to submit.")
 @click.option("--dir", "root", type=click.Path(path_type=Path), default=Path(".autopack/demo"))
 def demo(n_runs: int, root: Path) -> None:
@@ -181,6 +192,44 @@ def _describe(run: dict[str, Any]) -> str:
         lines.append(f"  [{p['index']}] {p['name']:<24} {p['state']:<10} attempts {p['attempts']}  {sha}")
         if p.get("failure_reason"):
             lines.append(f"      reason: {p['failure_reason'][:300]}")
+    return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}s"
+
+
+def _describe_fleet(view: dict[str, Any]) -> str:
+    lines = [f"fleet ({view['mode']}) at {view['generated_at']}"]
+    workers = view["workers"]
+    lines.append(
+        f"workers: {len(workers)}"
+        + (f"  (inspect failed: {view['workers_error']})" if view.get("workers_error") else "")
+    )
+    for w in workers:
+        tasks = ", ".join(f"run {t['run_id']} phase {t['phase_id']}" for t in w["active"]) or "idle"
+        state = "up" if w["alive"] else "DOWN"
+        lines.append(f"  {w['name']:<32} {state:<4} {w['pool'] or '?'} x{w['concurrency'] or '?'}  {tasks}")
+    queue = view["queue_length"] if view["queue_length"] is not None else f"unknown ({view['queue_error']})"
+    lines.append(f"queue {view['queue']}: {queue} message(s)")
+    lines.append(f"executing: {len(view['executing'])}")
+    for e in view["executing"]:
+        expiry = "expired" if not e["lease_live"] else f"expires in {_secs(e['lease_expires_in_seconds'])}"
+        lines.append(
+            f"  run {e['run_id']} [{e['phase_index']}] {e['phase_name']:<24} owner {e['lease_owner'] or '-'}"
+            f"  age {_secs(e['lease_age_seconds'])}  lease {expiry}  deliveries {e['deliveries']}"
+        )
+    for title in ("stuck", "waiting"):
+        lines.append(f"{title}: {len(view[title])}")
+        for r in view[title]:
+            phase = f"[{r['phase_index']}] {r['phase_name']}" if r["phase_id"] is not None else "-"
+            lines.append(f"  run {r['run_id']} {r['run_state']:<8} {phase:<28} {r['reason']}")
+    lines.append(f"redelivered phases: {len(view['redeliveries'])}")
+    for d in view["redeliveries"]:
+        lines.append(
+            f"  run {d['run_id']} [{d['phase_index']}] {d['phase_name']:<24} {d['phase_state']:<10}"
+            f" delivered {d['deliveries']}x"
+        )
     return "\n".join(lines)
 
 

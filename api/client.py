@@ -55,6 +55,10 @@ class ApiClient:
         out: dict[str, Any] = self._call("POST", f"/runs/{run_id}/cancel")
         return out
 
+    def fleet(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", "/fleet")
+        return out
+
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = self._call("GET", "/health")
         return out
