@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_deliveries: int = 5
     """A phase delivered this many times without finishing (its worker kept dying) ends FAILED."""
 
+    soft_shutdown_seconds: float = 0.0
+    """Seconds a stopping worker lets running phases finish before cancelling and requeueing them
+    (Celery soft shutdown: SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT). 0 = off."""
+
     command_timeout_seconds: int = 600
     """Time limit for one builder `command` or one validation command."""
 
