@@ -43,7 +43,12 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A holder frozen mid-transaction (SIGSTOP, a partition) must not pin the run row forever:
+    # Postgres ends such a session, and a waiter gives up instead of queueing behind it.
+    options = "-c lock_timeout=15000 -c idle_in_transaction_session_timeout=30000"
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": options}
+    )
 
 
 @lru_cache(maxsize=8)

@@ -359,3 +359,20 @@ def test_result_refs_published_only_to_the_mirror_survive_a_later_fetch(
     refs = sh_git(mirror.path, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
     assert f"{branch_ref(1)} {result}" in refs
     assert f"{phase_ref(1, 0, 1)} {result}" in refs
+
+
+def test_a_ref_lock_left_by_a_fetch_killed_mid_way_does_not_break_later_fetches(
+    manager: WorkspaceManager, sample_repo: Path
+) -> None:
+    with manager.worktree(str(sample_repo), head(sample_repo)):
+        pass
+    mirror = manager.mirror(str(sample_repo))
+    subprocess.run(["git", "-C", str(sample_repo), "branch", "autopack/run-8"], check=True)
+    stale = mirror.path / "refs" / "heads" / "autopack" / "run-8.lock"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("")
+    os.utime(stale, (0, 0))  # as old as a lock of a process killed long ago
+    new_sha = commit_file(sample_repo, "src/after_crash.py", "X = 1\n", "after crash")
+    with manager.worktree(str(sample_repo), new_sha) as wt:
+        assert head(wt.path) == new_sha
+    assert not stale.exists()

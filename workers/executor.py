@@ -26,7 +26,7 @@ from workers.lease import Lease, acquire, heartbeat
 from workers.llm.client import LlmClient, RetryPolicy
 from workers.llm.gateway import LlmGateway
 from workers.publish import move_branch
-from workers.record import PhaseJob
+from workers.record import AttemptRecord, PhaseJob
 from workers.recovery import Recovery, analyse
 from workers.workspace import WorkspaceManager
 
@@ -191,8 +191,7 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
         attempted = run_attempt(ctx, lease, job, plan)
         rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:
-            record.attempt(lease, job, rec)
-            return _finish_success(ctx, lease, job, rec.commit_sha, then)
+            return _finish_success(ctx, lease, job, rec, then)
         recovery = _recover(ctx, loop, job, attempted, number)
         record.attempt(lease, job, replace(rec, mitigation=recovery.mitigation, doctor=recovery.doctor))
         _after_failure(lease, loop, job, attempted, recovery)
@@ -257,9 +256,13 @@ def _escalate(
     loop.max_tokens = esc.new_max_tokens
 
 
-def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, sha: str, then: list[int]) -> str:
+def _finish_success(
+    ctx: WorkerContext, lease: Lease, job: PhaseJob, rec: AttemptRecord, then: list[int]
+) -> str:
     s = ctx.settings
-    next_phase = record.complete(lease, job, sha)
+    sha = rec.commit_sha
+    assert sha is not None
+    next_phase = record.succeed(lease, job, rec, sha)
     mirror = ctx.workspace.mirror(job.repo).path
     try:
         move_branch(s.database_url, mirror, job.run_id, sha, s.push_results)

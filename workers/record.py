@@ -158,40 +158,57 @@ def _recorded_outputs(session: Session, run: Run, phase: Phase) -> dict[int, str
 def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
     with transaction(lease.db_url) as session:
         lease.fence(session)
-        exists = session.scalar(
-            select(Attempt.id).where(Attempt.phase_id == job.phase_id, Attempt.number == rec.number)
+        _add_attempt(session, lease, job, rec)
+
+
+def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
+    exists = session.scalar(
+        select(Attempt.id).where(Attempt.phase_id == job.phase_id, Attempt.number == rec.number)
+    )
+    if exists is not None:
+        return
+    session.add(
+        Attempt(
+            run_id=job.run_id,
+            phase_id=job.phase_id,
+            worker=lease.owner,
+            lease_epoch=lease.epoch,
+            **asdict(rec),
         )
-        if exists is not None:
-            return
-        session.add(
-            Attempt(
-                run_id=job.run_id,
-                phase_id=job.phase_id,
-                worker=lease.owner,
-                lease_epoch=lease.epoch,
-                **asdict(rec),
-            )
-        )
-        phase = session.get(Phase, job.phase_id)
-        assert phase is not None
-        phase.attempts_used = rec.number
+    )
+    phase = session.get(Phase, job.phase_id)
+    assert phase is not None
+    phase.attempts_used = rec.number
+
+
+def succeed(lease: Lease, job: PhaseJob, rec: AttemptRecord, sha: str) -> int | None:
+    """Record the successful attempt and the phase's completion in ONE transaction: a crash (or a
+    database restart) between two separate writes made the next holder redo a recorded success."""
+    with transaction(lease.db_url) as session:
+        lease.fence(session)
+        _add_attempt(session, lease, job, rec)
+        return _complete(session, job, sha)
 
 
 def complete(lease: Lease, job: PhaseJob, sha: str) -> int | None:
     """Record the phase's commit as the run's new head; return the next phase's id (its outbox entry)."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
-        run, phase = _load(session, job.run_id, job.phase_id)
-        move_phase(phase, PhaseState.COMPLETE)
-        phase.commit_sha = sha
-        phase.finished_at = utcnow()
-        run.head_sha = sha
-        following = [p for p in run.phases if p.index > phase.index]
-        if following:
-            following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
-            return following[0].id
-        # The last phase: the run ends DONE_SUCCESS in `finish_run`, once its branch has moved.
-        return None
+        return _complete(session, job, sha)
+
+
+def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
+    run, phase = _load(session, job.run_id, job.phase_id)
+    move_phase(phase, PhaseState.COMPLETE)
+    phase.commit_sha = sha
+    phase.finished_at = utcnow()
+    run.head_sha = sha
+    following = [p for p in run.phases if p.index > phase.index]
+    if following:
+        following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
+        return following[0].id
+    # The last phase: the run ends DONE_SUCCESS in `finish_run`, once its branch has moved.
+    return None
 
 
 def finish_run(lease: Lease, job: PhaseJob) -> None:

@@ -7,11 +7,13 @@ process dies, so a crashed worker's slot is reusable at once and nothing needs a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,12 +77,23 @@ class Mirror:
                 if not (self.path / "HEAD").exists():
                     self._clone()
                 if not self.has(sha):
+                    self._drop_stale_ref_locks()
                     # No --prune: result refs may live only here (push_results off).
                     git("fetch", "--quiet", "origin", *FETCH_REFSPECS, git_dir=self.path)
             except (GitError, OSError) as exc:
                 raise _workspace_error(f"refreshing mirror of {self.repo}", exc) from exc
         if not self.has(sha):
             raise WorkspaceError(f"commit {sha} is not in {self.repo} (was the result branch pushed?)")
+
+    def _drop_stale_ref_locks(self, older_than: float = 60.0) -> None:
+        """A process killed mid-fetch leaves `*.lock` files that fail every later fetch on this host.
+        We hold the mirror's flock, so no fetch of ours is running; an old lock is a dead one's."""
+        now = time.time()
+        candidates = [*(self.path / "refs").rglob("*.lock"), self.path / "packed-refs.lock"]
+        for lock in candidates:
+            with contextlib.suppress(FileNotFoundError):
+                if now - lock.stat().st_mtime > older_than:
+                    lock.unlink()
 
     def _clone(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
