@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench env-example clean
+.PHONY: help install demo test test-fast lint bench chaos env-example clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: $(STAMP) ## ruff and mypy --strict
 
 bench: $(STAMP) ## Benchmarks against a same-run baseline (needs Postgres and Redis; never fails on timing)
 	$(PY) -m tests.bench.run
+
+chaos: $(STAMP) ## Chaos batch: kills, SIGSTOP fencing, Redis/Postgres restarts, invariants table (needs root, Postgres, Redis)
+	$(PY) -m tests.chaos.run
 
 env-example: $(STAMP) ## Rewrite .env.example from the Settings model
 	$(PY) -c "from shared.settings import render_env_example as r; open('.env.example','w').write(r())"

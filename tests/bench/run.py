@@ -2,9 +2,10 @@
 
 (a) raw Celery no-op round trip and throughput, (b) per-phase orchestration overhead through a real
 API and worker, (c) workspace provisioning on a 2,100-file repository, (d) pipeline overhead of one
-builder attempt on that repository (LLM simulated, validation excluded). Prints figures and ratios,
-writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and never fails
-on timing: only a crash exits non-zero.
+builder attempt on that repository (LLM simulated, validation excluded), (e) scaling of independent
+`sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a). Prints figures
+and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
+never fails on timing: only a crash exits non-zero.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import redis
 
 from shared.db import engine_for, upgrade
-from tests.bench import celery_roundtrip, orchestration, pipeline, provisioning
+from tests.bench import celery_roundtrip, orchestration, pipeline, provisioning, scaling
 from tests.bench.noop_app import REDIS_URL
 from tests.bench.procs import ROOT
 from tests.bench.report import render, write_json
@@ -29,8 +30,9 @@ from tests.conftest import create_database, drop_database
 
 DATABASE = "autopack_bench"
 RESULTS = ROOT / "bench-results"
-SECTIONS = ("celery", "orchestration", "provisioning", "pipeline")
-NEEDS_REDIS = frozenset({"celery", "orchestration"})
+SECTIONS = ("celery", "orchestration", "provisioning", "pipeline", "scaling")
+NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling"})
+NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,17 +46,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=2100, help="(c), (d) files in the generated repository")
     parser.add_argument("--iterations", type=int, default=40, help="(d) attempts timed (within ~40 s)")
     parser.add_argument(
+        "--scaling-phases",
+        type=int,
+        default=64,
+        help="(e) `sleep 1` phases per slot configuration (the issue's full version: 500)",
+    )
+    parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
+    parser.add_argument(
         "--only",
         action="append",
         choices=SECTIONS,
-        help="run only this section (repeatable; orchestration also runs celery, its baseline)",
+        help="run only this section (repeatable; orchestration and scaling also run celery, their baseline)",
     )
     return parser.parse_args(argv)
 
 
 def selected(args: argparse.Namespace) -> set[str]:
     chosen = set(args.only or SECTIONS)
-    return chosen | {"celery"} if "orchestration" in chosen else chosen
+    return chosen | {"celery"} if chosen & NEEDS_CELERY else chosen
 
 
 def results_path(args: argparse.Namespace) -> Path:
@@ -73,15 +82,15 @@ def flush_redis() -> None:
 
 
 @contextmanager
-def bench_database() -> Iterator[str]:
+def bench_database(name: str = DATABASE) -> Iterator[str]:
     """A migrated Postgres database of the bench's own, dropped afterwards."""
-    url = create_database(DATABASE)
+    url = create_database(name)
     try:
         upgrade(url)
         yield url
     finally:
         engine_for(url).dispose()
-        drop_database(DATABASE)
+        drop_database(name)
 
 
 def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict[str, Any], list[Row]]:
@@ -96,6 +105,11 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
             b, b_local = run_orchestration(args, workdir, logdir)
             results |= {"orchestration": b.as_dict(), "orchestration_no_push": b_local.as_dict()}
             rows += [*b.rows(a.round_trip.median_ms), *b_local.variant_rows(b)]
+        if "scaling" in chosen:
+            e = run_scaling(args, workdir, logdir, a.throughput)
+            results["scaling"] = e.as_dict()
+            rows += e.rows()
+            scaling_notes.extend(e.notes())
     if "provisioning" in chosen:
         c = run_provisioning(args, workdir)
         results["provisioning"] = c.as_dict()
@@ -139,6 +153,27 @@ def run_pipeline(args: argparse.Namespace, workdir: Path) -> pipeline.PipelineRe
     return d
 
 
+def run_scaling(
+    args: argparse.Namespace, workdir: Path, logdir: Path, celery_tasks_per_second: float
+) -> scaling.ScalingResult:
+    say(
+        f"(e) scaling: {args.scaling_phases} x `sleep 1` single-phase runs on 1x1, 1x2, 2x2, 4x2 slots, "
+        f"then {args.scaling_noop_phases} no-op phases at 8 slots …"
+    )
+    flush_redis()
+    with bench_database(f"{DATABASE}_scaling") as db_url:
+        return scaling.bench(
+            db_url,
+            REDIS_URL,
+            workdir / "e",
+            logdir / "e",
+            celery_tasks_per_second=celery_tasks_per_second,
+            phases=args.scaling_phases,
+            noop_phases=args.scaling_noop_phases,
+            say=say,
+        )
+
+
 def orchestration_pair(
     args: argparse.Namespace, workdir: Path, logdir: Path
 ) -> tuple[orchestration.OrchestrationResult, orchestration.OrchestrationResult]:
@@ -166,9 +201,12 @@ def orchestration_once(
         )
 
 
+scaling_notes: list[str] = []  # (e)'s notes, filled by run_all
+
+
 def notes(results: dict[str, Any]) -> list[str]:
     pipeline_notes: list[str] = results.get("pipeline", {}).get("notes", [])
-    return orchestration_notes(results) + pipeline_notes
+    return orchestration_notes(results) + pipeline_notes + scaling_notes
 
 
 def orchestration_notes(results: dict[str, Any]) -> list[str]:

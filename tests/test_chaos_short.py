@@ -1,0 +1,42 @@
+"""The short chaos batch (the full one is `make chaos`): kills, fencing, a Redis restart, invariants."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+from tests.chaos.harness import (
+    ChaosConfig,
+    chaos_settings,
+    check_invariants,
+    faults_complete,
+    render,
+    run_chaos,
+)
+
+pytestmark = pytest.mark.fleet
+
+
+def test_short_chaos_batch_keeps_every_invariant(
+    fleet_settings: Settings, sample_repo: Path, tmp_path: Path
+) -> None:
+    cfg = ChaosConfig(
+        runs=10,
+        workers=3,
+        kills=5,
+        stops=2,
+        redis_restarts=1,
+        pg_restarts=0,
+        seed=random.SystemRandom().randrange(1 << 31),
+        max_runs=20,
+        settle_timeout=60,
+    )
+    res = run_chaos(cfg, fleet_settings, sample_repo, tmp_path)
+    checks = check_invariants(res, chaos_settings(fleet_settings))
+    table = render(checks, res, cfg)
+    print(table)
+    assert faults_complete(res, cfg), table
+    assert all(c.ok for c in checks), table
