@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,15 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.sample_repo import make_sample_repo
-from shared.db import upgrade
+from shared.db import transaction, upgrade
+from shared.keys import create_key
 from shared.models import Base
 from shared.settings import Settings
+from workers.celery_app import create_app as create_celery
 
 PG_ADMIN = os.environ.get("AUTOPACK_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AUTOPACK_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -71,10 +76,37 @@ def sample_repo(tmp_path: Path) -> Path:
     return make_sample_repo(tmp_path / "origin")
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied per test (migrating each test's database costs ~0.5 s)."""
+    path = tmp_path_factory.mktemp("template") / "autopack.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def embedded_settings(tmp_path: Path) -> Settings:
-    url = f"sqlite:///{tmp_path}/autopack.db"
-    upgrade(url)
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A migrated SQLite database of this test's own."""
+    shutil.copyfile(sqlite_template, tmp_path / "autopack.db")
+    return f"sqlite:///{tmp_path}/autopack.db"
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on Postgres and on SQLite."""
+    url: str = request.getfixturevalue("pg" if request.param == "postgres" else "sqlite_url")
+    return url
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sample repository shared by a module whose tests only resolve its base ref."""
+    return make_sample_repo(tmp_path_factory.mktemp("repo") / "origin")
+
+
+@pytest.fixture
+def embedded_settings(sqlite_url: str, tmp_path: Path) -> Settings:
+    url = sqlite_url
     return Settings(
         database_url=url,
         broker_url="memory://",
@@ -102,3 +134,18 @@ def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
         log_level="WARNING",
         _env_file=None,  # type: ignore[call-arg]
     )
+
+
+@pytest.fixture
+def api_key(fleet_settings: Settings) -> str:
+    with transaction(fleet_settings.database_url) as session:
+        _, plain = create_key(session, "tests")
+    return plain
+
+
+@pytest.fixture
+def client(fleet_settings: Settings, api_key: str) -> Iterator[TestClient]:
+    """The API on real Postgres and Redis, with no worker consuming, authenticated."""
+    app = create_app(fleet_settings, create_celery(fleet_settings))
+    with TestClient(app, headers={"X-API-Key": api_key}) as c:
+        yield c

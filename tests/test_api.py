@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +11,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.sample_repo import sample_spec
-from shared.db import transaction
-from shared.keys import create_key
 from shared.settings import Settings
 from workers.celery_app import create_app as create_celery
-
-
-@pytest.fixture
-def api_key(fleet_settings: Settings) -> str:
-    with transaction(fleet_settings.database_url) as session:
-        _, plain = create_key(session, "tests")
-    return plain
-
-
-@pytest.fixture
-def client(fleet_settings: Settings, api_key: str) -> Iterator[TestClient]:
-    app = create_app(fleet_settings, create_celery(fleet_settings))
-    with TestClient(app, headers={"X-API-Key": api_key}) as c:
-        yield c
 
 
 def run_count(url: str) -> int:

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from api.sample_repo import make_sample_repo, sample_spec
+from api.sample_repo import sample_spec
 from shared.budget import BudgetExceeded, Reservation, ledger, release, reserve, settle, worst_case
-from shared.db import transaction, upgrade
+from shared.db import transaction
 from shared.runs import create_run
 from shared.specs import RunSpec
-
-
-@pytest.fixture(scope="module")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied per test (migrating each test's database costs ~0.5 s)."""
-    path = tmp_path_factory.mktemp("template") / "autopack.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample repository; runs only resolve its base ref, so one serves the whole module."""
-    return make_sample_repo(tmp_path_factory.mktemp("repo") / "origin")
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def db_url(request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg")
-        return url
-    shutil.copyfile(sqlite_template, tmp_path / "autopack.db")
-    return f"sqlite:///{tmp_path}/autopack.db"
 
 
 @pytest.fixture

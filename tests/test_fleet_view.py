@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,10 @@ from api import cli
 from api.app import create_app
 from api.sample_repo import sample_spec
 from api.serve import api_in_thread
-from shared.db import transaction
-from shared.keys import create_key
 from shared.settings import Settings
 from tests.support.procs import worker_process
 from workers.celery_app import QUEUE
 from workers.celery_app import create_app as create_celery
-
-
-@pytest.fixture
-def api_key(fleet_settings: Settings) -> str:
-    with transaction(fleet_settings.database_url) as session:
-        _, plain = create_key(session, "fleet-view")
-    return plain
-
-
-@pytest.fixture
-def client(fleet_settings: Settings, api_key: str) -> Iterator[TestClient]:
-    app = create_app(fleet_settings, create_celery(fleet_settings))
-    with TestClient(app, headers={"X-API-Key": api_key}) as c:
-        yield c
 
 
 def sql(url: str, statement: str, **params: Any) -> None:

@@ -15,7 +15,6 @@ from shared.db import transaction
 from shared.errors import LeaseLost
 from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs import create_run
-from shared.settings import Settings
 from shared.specs import RunSpec
 from shared.states import AttemptOutcome, PhaseState, RunState
 from workers import record
@@ -23,15 +22,6 @@ from workers.lease import Lease, acquire, heartbeat
 from workers.record import AttemptRecord, PhaseJob
 
 SHORT_TTL = 0.1  # expiry is compared on the same clock, so a short sleep past it is deterministic
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg")
-        return url
-    settings: Settings = request.getfixturevalue("embedded_settings")
-    return settings.database_url
 
 
 def make_run(url: str, repo: Path) -> tuple[int, list[int]]:

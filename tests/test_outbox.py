@@ -16,7 +16,6 @@ from shared.errors import LeaseLost
 from shared.models import Phase, Run, utcnow
 from shared.outbox import claim_and_enqueue, reconcile
 from shared.runs import cancel_run, create_run
-from shared.settings import Settings
 from shared.specs import RunSpec
 from shared.states import PhaseState, RunState
 from workers import record
@@ -43,15 +42,6 @@ class BrokenDispatcher:
     def enqueue(self, run_id: int, phase_id: int) -> None:
         self.attempts += 1
         raise ConnectionError("broker is down")
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg")
-        return url
-    settings: Settings = request.getfixturevalue("embedded_settings")
-    return settings.database_url
 
 
 def make_run(url: str, repo: Path, i: int = 0) -> tuple[int, list[int]]:

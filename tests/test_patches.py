@@ -12,7 +12,6 @@ import pytest
 from api.sample_repo import make_sample_repo
 from shared.errors import AutopackError
 from shared.specs import PhaseSpec
-from workers import patches
 from workers.apply import apply_writes
 from workers.patches import PatchParseError, parse_change, resolve
 
@@ -316,22 +315,6 @@ def test_diff_and_blocks_can_be_mixed_in_one_answer(repo: Path) -> None:
         "```diff\n--- a/README.md\n+++ b/README.md\n@@ -1 +1 @@\n-# sample\n+# Sample\n```\n"
     )
     assert apply_answer(repo, answer) == ["README.md", "src/new.py"]
-
-
-def test_answer_format_is_documented_verbatim_in_the_module_docstring() -> None:
-    assert patches.__doc__ is not None
-    assert patches.ANSWER_FORMAT in patches.__doc__
-    # The documented examples parse as what they say.
-    block = patches.ANSWER_FORMAT[patches.ANSWER_FORMAT.index("<<<FILE") :]
-    block = block[: block.index("FILE>>>") + len("FILE>>>")]
-    (write,) = parse_change(block)
-    assert (write.path, write.kind, write.content) == (
-        "path/to/file.py",
-        "write",
-        "...complete file content...\n",
-    )
-    (delete,) = parse_change("<<<DELETE path/to/file.py>>>")
-    assert (delete.path, delete.kind) == ("path/to/file.py", "delete")
 
 
 # ---------------------------------------------------------------------------------------- failures

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -15,8 +14,8 @@ from celery import Celery
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.sample_repo import make_sample_repo, sample_spec
-from shared.db import transaction, upgrade
+from api.sample_repo import sample_spec
+from shared.db import transaction
 from shared.keys import create_key
 from shared.models import EfficiencyMetric, LlmUsageEvent, PhaseMetric
 from shared.runs import create_run
@@ -30,29 +29,6 @@ from shared.telemetry import (
     record_usage,
     run_metrics,
 )
-
-
-@pytest.fixture(scope="module")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied per test (migrating each test's database costs ~0.5 s)."""
-    path = tmp_path_factory.mktemp("template") / "autopack.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample repository; runs only resolve its base ref, so one serves the whole module."""
-    return make_sample_repo(tmp_path_factory.mktemp("repo") / "origin")
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def db_url(request: pytest.FixtureRequest, sqlite_template: Path, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg")
-        return url
-    shutil.copyfile(sqlite_template, tmp_path / "autopack.db")
-    return f"sqlite:///{tmp_path}/autopack.db"
 
 
 def new_run(url: str, repo: Path) -> tuple[int, list[int]]:

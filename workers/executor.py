@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from workers.llm.gateway import LlmGateway
 from workers.publish import move_branch
 from workers.record import AttemptRecord, PhaseJob
 from workers.recovery import Recovery, analyse
+from workers.validation import ValidationRun
 from workers.workspace import WorkspaceManager
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,14 @@ class Loop:
     failure: str | None
     failures_on_model: int = 0
     model_index: int = 0
-    baseline: dict[str, object] | None = None
+    baseline: dict[str, ValidationRun] = field(default_factory=dict)
+    """Validation at the phase's starting commit, computed once per execution."""
 
     def plan(self, number: int) -> Plan:
         llm = self.gateway is not None and str(self.job.config.get("builder")) in LLM_BUILDERS
         model = self.chain[self.model_index] if llm else None
-        return Plan(number, self.failure, self.advice, model, self.max_tokens if llm else None, self.gateway)
+        max_tokens = self.max_tokens if llm else None
+        return Plan(number, self.failure, self.advice, model, max_tokens, self.gateway, self.baseline)
 
 
 def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
@@ -180,14 +183,12 @@ def _execute_inner(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[i
 def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then: list[int]) -> str:
     s = ctx.settings
     max_attempts = int(job.config.get("max_attempts", 2))
-    plan_baseline: dict[str, object] = {}
     for number in range(job.attempts_used + 1, max_attempts + 1):
         lease.check()
         if record.cancel_requested(s.database_url, job.run_id):
             record.cancel(lease, job)
             return "cancelled"
         plan = loop.plan(number)
-        plan.baseline = plan_baseline  # type: ignore[assignment]
         attempted = run_attempt(ctx, lease, job, plan)
         rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:

@@ -4,32 +4,7 @@ r"""Read a Builder's answer as a change, and resolve it against a worktree into 
 for the next attempt's prompt); `resolve(change, worktree)` reads the files the diffs change, applies
 their hunks in memory (all or nothing) and returns `FileWrite`s for `workers.apply.apply_writes`.
 
-The answer format, which the prompt cites verbatim (`ANSWER_FORMAT`):
-
-Answer with your change in one of two forms; you may mix them, naming each file once.
-
-1. A unified diff, as `git diff` prints it, optionally inside a ```diff fenced block. Each file starts
-   with `--- a/path` and `+++ b/path` (`--- /dev/null` creates a file, `+++ /dev/null` deletes one),
-   followed by hunks `@@ -start,count +start,count @@`. Context lines start with a space, removed
-   lines with `-`, added lines with `+`. Each count is exact: context plus removed lines (old), context
-   plus added lines (new). Context and removed lines must match the current file. A last line without
-   a newline is followed by the line `\ No newline at end of file`.
-
-2. Whole-file blocks, best for new or small files. Everything between the two lines is the complete
-   new content of the file, written verbatim (no code fences inside), ending with a newline:
-
-<<<FILE path/to/file.py
-...complete file content...
-FILE>>>
-
-   Delete a file with one line:
-
-<<<DELETE path/to/file.py>>>
-
-   These lines start at column 0. A block's content cannot contain a line that starts with `<<<FILE`
-   or `<<<DELETE` or is exactly `FILE>>>`; change such a file with a diff.
-
-Paths are relative to the repository root and use `/`.
+The answer format is `ANSWER_FORMAT` below; the builder prompt cites it verbatim.
 
 How diffs are applied: each hunk's context and removed lines are looked for at the line its header
 names (shifted by how far the previous hunk moved), then at the nearest lines above and below; an exact
