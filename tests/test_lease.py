@@ -159,7 +159,7 @@ def test_a_taken_over_holder_is_fenced_and_its_record_writes_change_nothing(
     with pytest.raises(LeaseLost):
         record.attempt(old, job, attempt_record(1, "f" * 40))
     with pytest.raises(LeaseLost):
-        record.complete(old, job, "f" * 40)
+        record.succeed(old, job, attempt_record(1, "f" * 40), "f" * 40)
     with pytest.raises(LeaseLost):
         record.fail(old, job, "stale holder says it failed")
     assert not old.renew()
@@ -286,10 +286,11 @@ def test_complete_with_a_live_lease_moves_head_and_reopens_the_next_phases_outbo
         assert nxt is not None
         nxt.dispatched_at = utcnow()
 
-    following = record.complete(lease, job, "c" * 40)
+    following = record.succeed(lease, job, attempt_record(1, "c" * 40), "c" * 40)
 
     assert following == phase_ids[1]
     rows = snapshot(db_url, run_id)
     assert rows["run"]["head_sha"] == "c" * 40
     assert rows["phases"][0][:2] == (PhaseState.COMPLETE, "c" * 40)
     assert rows["phases"][1][3] is None  # dispatched_at cleared: pending in the outbox
+    assert rows["attempts"] == 1  # the successful attempt landed in the same transaction

@@ -190,13 +190,6 @@ def succeed(lease: Lease, job: PhaseJob, rec: AttemptRecord, sha: str) -> int | 
         return _complete(session, job, sha)
 
 
-def complete(lease: Lease, job: PhaseJob, sha: str) -> int | None:
-    """Record the phase's commit as the run's new head; return the next phase's id (its outbox entry)."""
-    with transaction(lease.db_url) as session:
-        lease.fence(session)
-        return _complete(session, job, sha)
-
-
 def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
     run, phase = _load(session, job.run_id, job.phase_id)
     move_phase(phase, PhaseState.COMPLETE)
