@@ -45,6 +45,10 @@ class LeaseLost(AutopackError):
     """This worker no longer holds the run's lease; it must not record anything."""
 
 
+class Drained(AutopackError):
+    """The worker is stopping and the drain window is over: the phase goes back to the queue."""
+
+
 class GitError(AutopackError):
     """A git command failed; the message carries its stderr."""
 

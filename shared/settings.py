@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_deliveries: int = 5
     """A phase delivered this many times without finishing (its worker kept dying) ends FAILED."""
 
+    drain_seconds: float = 30.0
+    """After a worker is told to stop (SIGTERM), its running phases get this long to finish; then their
+    commands are stopped and each phase goes back to the queue without spending an attempt."""
+
     soft_shutdown_seconds: float = 0.0
     """Seconds a stopping worker lets running phases finish before cancelling and requeueing them
     (Celery soft shutdown: SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT). 0 = off."""

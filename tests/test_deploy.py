@@ -36,7 +36,7 @@ SECRET = "autopack-secrets"
 CONFIGMAP = "autopack-config"
 
 # Settings the manifests use before shared.settings.Settings has them (see deploy/README.md).
-SOFT_SHUTDOWN_ENV = "AUTOPACK_SOFT_SHUTDOWN_SECONDS"
+DRAIN_ENV = "AUTOPACK_DRAIN_SECONDS"
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -262,9 +262,9 @@ def test_every_autopack_variable_is_a_real_setting(manifests: list[Manifest]) ->
     assert not unknown, f"not settings in shared/settings.py: {unknown}"
 
 
-def test_the_worker_manifest_sets_the_soft_shutdown_window(manifests: list[Manifest]) -> None:
+def test_the_worker_manifest_sets_the_drain_window(manifests: list[Manifest]) -> None:
     used = {name.removeprefix("AUTOPACK_").lower() for name in _autopack_env_names(manifests)}
-    assert "soft_shutdown_seconds" in used
+    assert "drain_seconds" in used
 
 
 def test_soft_shutdown_setting_reaches_celery() -> None:
@@ -363,18 +363,23 @@ def test_every_deployment_selector_matches_its_pod_labels(manifests: list[Manife
 # --- (e) a worker that drains ------------------------------------------------------------------
 
 
-def _soft_shutdown_seconds(worker: dict[str, Any]) -> float:
-    return float(_env(_container(worker))[SOFT_SHUTDOWN_ENV]["value"])
+def _drain_seconds(worker: dict[str, Any]) -> float:
+    return float(_env(_container(worker))[DRAIN_ENV]["value"])
 
 
-def test_worker_grace_period_outlasts_the_soft_shutdown_window(worker: dict[str, Any]) -> None:
-    soft = _soft_shutdown_seconds(worker)
-    assert soft > 0, "soft shutdown disabled: SIGTERM would cancel running phases at once"
-    assert pod_spec(worker)["terminationGracePeriodSeconds"] > soft  # type: ignore[index]
+def test_worker_grace_period_leaves_time_to_hand_back_after_the_drain_window(worker: dict[str, Any]) -> None:
+    drain = _drain_seconds(worker)
+    assert drain > 0
+    # After the window: stop the command, record the hand-back, release the lease, enqueue, exit.
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] >= drain + 30  # type: ignore[index]
 
 
-def test_worker_turns_sigterm_into_the_soft_then_cold_shutdown(worker: dict[str, Any]) -> None:
-    assert _env(_container(worker))["REMAP_SIGTERM"]["value"] == "SIGQUIT"
+def test_worker_stops_with_the_warm_shutdown_that_ends_when_its_phases_do(worker: dict[str, Any]) -> None:
+    # REMAP_SIGTERM=SIGQUIT would start Celery's soft shutdown, which sleeps its whole window
+    # whenever a task was running, even one that finished a second later.
+    env = _env(_container(worker))
+    assert "REMAP_SIGTERM" not in env
+    assert float(env.get("AUTOPACK_SOFT_SHUTDOWN_SECONDS", {"value": 0})["value"]) == 0
 
 
 def test_worker_has_no_liveness_probe_that_could_cut_a_drain_short(worker: dict[str, Any]) -> None:
@@ -420,8 +425,8 @@ def test_scaled_object_bounds_replicas_and_cools_down(scaled_object: dict[str, A
     assert spec["cooldownPeriod"] > 0
 
 
-def test_scale_down_waits_at_least_one_soft_window(
+def test_scale_down_waits_at_least_one_drain_window(
     scaled_object: dict[str, Any], worker: dict[str, Any]
 ) -> None:
     behavior = scaled_object["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
-    assert behavior["stabilizationWindowSeconds"] >= _soft_shutdown_seconds(worker)
+    assert behavior["stabilizationWindowSeconds"] >= _drain_seconds(worker)

@@ -12,7 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import Drained
 from shared.git import scrubbed_env
+from workers import drain
+
+_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,23 +70,36 @@ def run_command(
         start_new_session=True,
     )
     chunks: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(proc, chunks), daemon=True)
+    reader = threading.Thread(target=_read_output, args=(proc, chunks), daemon=True)
     reader.start()
-    timed_out = False
+    timed_out = drained = False
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out, drained = _wait(proc, start + timeout)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         reader.join(timeout=5)
+    if drained:
+        raise Drained(f"the worker is stopping: `{command}` was stopped when the drain window ended")
     text = b"".join(chunks).decode(errors="replace")
     return CommandResult(command, proc.returncode, cap(text, max_bytes), time.monotonic() - start, timed_out)
 
 
-def _drain(proc: subprocess.Popen[bytes], chunks: list[bytes]) -> None:
+def _wait(proc: subprocess.Popen[bytes], until: float) -> tuple[bool, bool]:
+    """Wait for the shell: (timed out, drained). Polls, so a stopping worker can cut a long command."""
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, min(_POLL_SECONDS, until - time.monotonic())))
+            return False, False
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= until:
+                return True, False
+            if drain.overdue():
+                return False, True
+
+
+def _read_output(proc: subprocess.Popen[bytes], chunks: list[bytes]) -> None:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     while chunk := os.read(fd, 65536):

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from shared.budget import BudgetExceeded
 from shared.dispatch import Dispatcher
-from shared.errors import LeaseLost, LlmAuthError, LlmInfraError
+from shared.errors import Drained, LeaseLost, LlmAuthError, LlmInfraError
 from shared.models import EscalationEvent
 from shared.outbox import claim_and_enqueue
 from shared.settings import Settings
 from shared.states import AttemptOutcome
-from workers import record
+from workers import drain, record
 from workers.attempt import Attempted, Plan, run_attempt
 from workers.builders import LLM_BUILDERS
 from workers.doctor import DoctorAction
@@ -175,6 +175,8 @@ def _execute_inner(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[i
         # The provider is down: not the phase's fault, so no attempt is spent; try again later.
         record.hand_back(lease, job, f"LLM provider unavailable, phase handed back: {exc}")
         return "handed back: LLM provider unavailable"
+    except Drained as exc:
+        return _hand_over(lease, job, str(exc), then)
     finally:
         if loop.gateway is not None:
             loop.gateway.client.close()
@@ -188,6 +190,8 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
         if record.cancel_requested(s.database_url, job.run_id):
             record.cancel(lease, job)
             return "cancelled"
+        if drain.requested():
+            return _hand_over(lease, job, f"the worker is stopping; attempt {number} left to another", then)
         plan = loop.plan(number)
         attempted = run_attempt(ctx, lease, job, plan)
         rec = attempted.record
@@ -207,6 +211,12 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
             break  # a full disk or a missing repo does not get better by retrying here
     record.fail(lease, job, f"{max_attempts} attempt(s) used; last: {loop.failure}"[:4000])
     return f"failed: {loop.failure}"
+
+
+def _hand_over(lease: Lease, job: PhaseJob, reason: str, then: list[int]) -> str:
+    """Draining: the phase goes back to the queue at once, for a worker that is not stopping."""
+    then.append(record.hand_back(lease, job, reason, now=True))
+    return f"handed back: {reason}"
 
 
 def _recover(ctx: WorkerContext, loop: Loop, job: PhaseJob, attempted: Attempted, number: int) -> Recovery:

@@ -235,16 +235,22 @@ def _advance(run: Run, phase: Phase) -> int | None:
     return None
 
 
-def hand_back(lease: Lease, job: PhaseJob, reason: str) -> None:
-    """Give the phase back to the queue (the provider is down, or the worker is shutting down).
+def hand_back(lease: Lease, job: PhaseJob, reason: str, *, now: bool = False) -> int:
+    """Give the phase back to the queue, spending no attempt; returns its id.
 
-    `dispatched_at = now` lets the reconciler re-dispatch it after `redispatch_after_seconds`."""
+    `now=False` (the LLM provider is down): the reconciler re-dispatches it after
+    `redispatch_after_seconds`. `now=True` (this worker is draining): the outbox row is left pending
+    for the caller to enqueue once the lease is released, and the delivery is given back as well,
+    since only deliveries whose worker died count toward `max_deliveries`."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
         _, phase = _load(session, job.run_id, job.phase_id)
         move_phase(phase, PhaseState.QUEUED)
         phase.failure_reason = reason
-        phase.dispatched_at = utcnow()
+        phase.dispatched_at = None if now else utcnow()
+        if now:
+            phase.deliveries = max(0, phase.deliveries - 1)
+        return phase.id
 
 
 def escalate(lease: Lease, job: PhaseJob, event: EscalationEvent) -> bool:

@@ -1,4 +1,4 @@
-"""What runs beside the tasks in a worker: the reconciler loop, fork hygiene, pruning leftovers."""
+"""What runs beside the tasks in a worker: the reconciler loop, fork hygiene, pruning leftovers, draining."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from shared.db import after_fork
 from shared.dispatch import Dispatcher
 from shared.outbox import lagging_branches, reconcile
 from shared.settings import Settings
+from workers import drain
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
 
@@ -60,6 +61,7 @@ class Reconciler:
 def install(app: Celery, settings: Settings, dispatcher: Dispatcher) -> None:
     """Hook the reconciler and pruning into a prefork worker's lifecycle (main process only)."""
     state: dict[str, Reconciler] = {}
+    drain.configure(settings.workspace_dir / "drain")
 
     def _ready(sender: Any = None, **_: Any) -> None:
         WorkspaceManager(settings.workspace_dir, settings.worktrees_per_repo).prune()
@@ -70,9 +72,14 @@ def install(app: Celery, settings: Settings, dispatcher: Dispatcher) -> None:
         if "r" in state:
             state["r"].stop()
 
+    def _stopping(sender: Any = None, **_: Any) -> None:
+        log.info("worker stopping: running phases get %.0f s to finish", settings.drain_seconds)
+        drain.begin(settings.drain_seconds)
+
     def _child(**_: Any) -> None:
         after_fork()
 
     worker_ready.connect(_ready, weak=False)
     worker_shutdown.connect(_shutdown, weak=False)
+    worker_shutting_down.connect(_stopping, weak=False)
     worker_process_init.connect(_child, weak=False)
