@@ -38,7 +38,7 @@ lint: $(STAMP) ## ruff and mypy --strict
 bench: $(STAMP) ## Benchmarks against a same-run baseline (needs Postgres and Redis; never fails on timing)
 	$(PY) -m tests.bench.run
 
-chaos: $(STAMP) ## Chaos batch: kills, SIGSTOP fencing, Redis/Postgres restarts, invariants table (needs root, Postgres, Redis)
+chaos: $(STAMP) ## Chaos batch: kills, SIGSTOP fencing, Redis/Postgres restarts, full disk, invariants table (needs root, Postgres, Redis)
 	$(PY) -m tests.chaos.run
 
 env-example: $(STAMP) ## Rewrite .env.example from the Settings model

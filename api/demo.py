@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 
 from api.client import ApiClient
-from api.sample_repo import git, make_sample_repo, sample_spec
+from api.sample_repo import make_sample_repo, sample_spec
 from api.serve import api_in_thread
 from api.table import render_runs
 from shared.db import upgrade
+from shared.git import git
 from shared.settings import Settings
 from workers.embedded import embedded_fleet
 
@@ -41,7 +42,7 @@ def run_demo(root: Path, n_runs: int, concurrency: int = 4) -> int:
         runs = _watch(client, ids)
     click.echo("\n" + render_runs(runs))
     for r in runs:
-        log = git(repo, "log", "--format=%h %s", f"{r['base_sha']}..{r['result_branch']}")
+        log = git("log", "--format=%h %s", f"{r['base_sha']}..{r['result_branch']}", cwd=repo).strip()
         click.echo(f"\n{r['result_branch']} in {repo}:\n  " + "\n  ".join(reversed(log.splitlines())))
     return 0 if all(r["state"] == "DONE_SUCCESS" for r in runs) else 1
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from shared.git import git
 
 FILES = {
     "README.md": "# sample\n\nA tiny calculator that Autopack phases extend.\n",
@@ -36,12 +37,6 @@ FILES = {
 }
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 def make_sample_repo(path: Path, extra_files: dict[str, str] | None = None) -> Path:
     """Create (or recreate) the sample repository at `path` with one commit on `main`."""
     path.mkdir(parents=True, exist_ok=True)
@@ -49,19 +44,10 @@ def make_sample_repo(path: Path, extra_files: dict[str, str] | None = None) -> P
         target = path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-    git(path, "init", "--quiet", "--initial-branch=main")
-    git(path, "add", "--all")
-    git(
-        path,
-        "-c",
-        "user.name=Sample",
-        "-c",
-        "user.email=sample@localhost",
-        "commit",
-        "--quiet",
-        "-m",
-        "sample",
-    )
+    git("init", "--quiet", "--initial-branch=main", cwd=path)
+    git("add", "--all", cwd=path)
+    author = ["-c", "user.name=Sample", "-c", "user.email=sample@localhost"]
+    git(*author, "commit", "--quiet", "-m", "sample", cwd=path)
     return path
 
 

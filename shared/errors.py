@@ -37,6 +37,13 @@ class ServiceUnavailable(AutopackError):
         self.detail = detail
 
 
+class DiskFull(ServiceUnavailable):
+    """The worker's workspace disk is (nearly) full: the host's fault, not the phase's."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("workspace disk", detail)
+
+
 class DatabaseNotMigrated(AutopackError):
     """The database schema is behind the code."""
 

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
-from shared.runs import finish_cancelled
+from shared.runs import finish_cancelled, move_run
 from shared.states import PHASE_TERMINAL, PhaseState, RunState
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
             return None
         pending = [p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL]
         if not pending:  # its worker died between recording the last phase and finishing the run
-            run.state = RunState.DONE_SUCCESS
+            move_run(run, RunState.DONE_SUCCESS)
             run.finished_at = now
             run.lease_epoch += 1
             return None

@@ -13,7 +13,7 @@ from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
 from shared.models import Phase, Run, utcnow
 from shared.specs import RunSpec
-from shared.states import PHASE_TERMINAL, PhaseState, RunState
+from shared.states import PHASE_TERMINAL, PhaseState, RunState, check_phase_move, check_run_move
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,25 @@ def cancel_run(session: Session, run_id: int) -> Run:
     return get_run(session, run_id)
 
 
+def move_phase(phase: Phase, new: PhaseState) -> None:
+    """Every phase state change goes through here, so the state machine is never bypassed."""
+    check_phase_move(PhaseState(phase.state), new)
+    phase.state = new
+
+
+def move_run(run: Run, new: RunState) -> None:
+    """Every run state change goes through here, so the state machine is never bypassed."""
+    check_run_move(RunState(run.state), new)
+    run.state = new
+
+
 def finish_cancelled(session: Session, run: Run) -> None:
     now = utcnow()
-    run.state = RunState.CANCELLED
+    move_run(run, RunState.CANCELLED)
     run.finished_at = now
     run.lease_owner = None
     for phase in run.phases:
         if PhaseState(phase.state) not in PHASE_TERMINAL:
-            phase.state = PhaseState.CANCELLED
+            move_phase(phase, PhaseState.CANCELLED)
             phase.finished_at = now
     session.flush()

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     worktrees_per_repo: int = 8
     """Pooled worktrees per repository per host; a phase reuses a free one instead of creating one."""
 
+    min_free_disk_mb: int = 100
+    """A worker whose workspace disk has less free space than this starts no attempt, and treats a
+    failed attempt as the disk's fault: the phase goes back to the queue for another host."""
+
     push_results: bool = True
     """Push each run's result branch `autopack/run-<id>` back to the repository the run came from."""
 

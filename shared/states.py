@@ -52,7 +52,7 @@ _PHASE_MOVES: dict[PhaseState, frozenset[PhaseState]] = {
     PhaseState.QUEUED: frozenset(
         {PhaseState.EXECUTING, PhaseState.SKIPPED, PhaseState.CANCELLED, PhaseState.FAILED}
     ),
-    # EXECUTING -> QUEUED hands a phase back (soft shutdown) so another worker can take it.
+    # EXECUTING -> QUEUED hands a phase back (worker draining, disk full, LLM provider down).
     # EXECUTING -> SKIPPED when the Doctor decides the phase should be skipped.
     PhaseState.EXECUTING: frozenset(
         {PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.QUEUED, PhaseState.SKIPPED}

@@ -1,4 +1,5 @@
-"""The short chaos batch (the full one is `make chaos`): kills, fencing, a Redis restart, invariants."""
+"""The short chaos batch (the full one is `make chaos`): kills, fencing, a Redis restart, a full disk,
+invariants."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.chaos.harness import (
     ChaosConfig,
     chaos_settings,
     check_invariants,
+    disk_for,
     faults_complete,
     render,
     run_chaos,
@@ -30,12 +32,14 @@ def test_short_chaos_batch_keeps_every_invariant(
         stops=2,
         redis_restarts=1,
         pg_restarts=0,
+        disk_fills=1,
         seed=random.SystemRandom().randrange(1 << 31),
         max_runs=20,
         settle_timeout=60,
     )
-    res = run_chaos(cfg, fleet_settings, sample_repo, tmp_path)
-    checks = check_invariants(res, chaos_settings(fleet_settings))
+    with disk_for(cfg, tmp_path) as disk:
+        res = run_chaos(cfg, fleet_settings, sample_repo, tmp_path, disk)
+        checks = check_invariants(res, chaos_settings(fleet_settings))
     table = render(checks, res, cfg)
     print(table)
     assert faults_complete(res, cfg), table

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import GitError, PatchParseError, WorkspaceError
+from shared.errors import DiskFull, GitError, PatchParseError, WorkspaceError
 from shared.models import utcnow
 from shared.specs import PhaseSpec
 from shared.states import AttemptOutcome
@@ -18,6 +18,7 @@ from workers.patches import parse_change, resolve
 from workers.publish import phase_ref, publish
 from workers.record import AttemptRecord, PhaseJob
 from workers.validation import ValidationRun, compare, infer_validation, run_validation
+from workers.workspace import is_disk_full
 
 if TYPE_CHECKING:
     from workers.executor import WorkerContext
@@ -48,14 +49,38 @@ class Attempted:
 
 
 def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> Attempted:
+    """One attempt in a pooled worktree. Raises DiskFull when the host's disk, not the phase, is at fault."""
     started = utcnow()
+    min_free = ctx.settings.min_free_disk_mb * 2**20
+    ctx.workspace.require_free(min_free)
     try:
         with ctx.workspace.worktree(job.repo, job.head_sha) as wt:
-            return _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
+            try:
+                attempted = _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
+            except (GitError, OSError) as exc:
+                if is_disk_full(exc):
+                    steps.discard(wt.path)
+                    raise DiskFull(f"{exc}") from exc
+                raise
+            if attempted.record.outcome != AttemptOutcome.SUCCESS:
+                _blame_a_full_disk(ctx, wt.path, attempted, min_free)
+            return attempted
     except (WorkspaceError, GitError) as exc:
+        if is_disk_full(exc):
+            raise DiskFull(str(exc)) from exc
         return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, str(exc)), None)
-    except OSError as exc:  # ENOSPC while a command writes, say: name it, keep state consistent
+    except OSError as exc:
         return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, f"worker OS error: {exc}"), None)
+
+
+def _blame_a_full_disk(ctx: WorkerContext, wt: Path, attempted: Attempted, min_free: int) -> None:
+    """A command that failed while the disk is (nearly) full most likely failed for that reason (a
+    `No space left on device` inside its own output): discard what it wrote and hand the phase on."""
+    try:
+        ctx.workspace.require_free(min_free, after=f"attempt failed: {attempted.record.failure_reason}")
+    except DiskFull:
+        steps.discard(wt)
+        raise
 
 
 def _validation_commands(phase: PhaseSpec, wt: Path) -> tuple[list[str], str]:

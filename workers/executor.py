@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.budget import BudgetExceeded
 from shared.dispatch import Dispatcher
-from shared.errors import Drained, LeaseLost, LlmAuthError, LlmInfraError
+from shared.errors import DiskFull, Drained, LeaseLost, LlmAuthError, LlmInfraError
 from shared.models import EscalationEvent
 from shared.outbox import claim_and_enqueue
 from shared.settings import Settings
@@ -148,17 +148,6 @@ def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
 
 
 def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
-    outcome = _execute_inner(ctx, lease, job, then)
-    terminal = outcome.split(":", 1)[0]
-    if terminal in {"complete", "failed", "skipped"}:
-        try:
-            record.efficiency(ctx.settings.database_url, job, terminal.upper())
-        except Exception as exc:  # telemetry must never change a phase's outcome
-            log.warning("run %s phase %s: efficiency row not written: %s", job.run_id, job.phase_id, exc)
-    return outcome
-
-
-def _execute_inner(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
     if str(job.config.get("builder")) in LLM_BUILDERS and ctx.llm_client_missing():
         record.fail(lease, job, "the anthropic builder needs AUTOPACK_ANTHROPIC_API_KEY on the workers")
         return "failed: no LLM key"
@@ -177,6 +166,12 @@ def _execute_inner(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[i
         return "handed back: LLM provider unavailable"
     except Drained as exc:
         return _hand_over(lease, job, str(exc), then)
+    except DiskFull as exc:
+        # The host's fault: no attempt spent. The delivery counts, so a phase that fills every
+        # host's disk still ends FAILED after max_deliveries, with this reason.
+        log.warning("run %s phase %s: %s; handing it back", job.run_id, job.phase_id, exc)
+        record.hand_back(lease, job, f"{exc}; phase handed back")
+        return f"handed back: {exc}"
     finally:
         if loop.gateway is not None:
             loop.gateway.client.close()

@@ -14,15 +14,13 @@ from sqlalchemy.orm import Session
 
 from shared.db import transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
-from shared.runs import finish_cancelled
+from shared.runs import finish_cancelled, move_phase, move_run
 from shared.specs import PhaseSpec
 from shared.states import (
     PHASE_TERMINAL,
     AttemptOutcome,
     PhaseState,
     RunState,
-    check_phase_move,
-    check_run_move,
 )
 from shared.telemetry import record_efficiency, record_phase_metrics
 from workers.lease import Lease
@@ -79,16 +77,6 @@ def _load(session: Session, run_id: int, phase_id: int) -> tuple[Run, Phase]:
     return run, phase
 
 
-def move_phase(phase: Phase, new: PhaseState) -> None:
-    check_phase_move(PhaseState(phase.state), new)
-    phase.state = new
-
-
-def move_run(run: Run, new: RunState) -> None:
-    check_run_move(RunState(run.state), new)
-    run.state = new
-
-
 def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
     """Mark the phase EXECUTING and return its job, or a reason why this delivery has nothing to do."""
     with transaction(lease.db_url) as session:
@@ -104,7 +92,9 @@ def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
             return f"out of order: phase {nxt.index} comes first"
         phase.deliveries += 1
         if phase.deliveries > max_deliveries:
-            reason = f"delivered {phase.deliveries - 1} times without finishing (worker died each time)"
+            reason = f"delivered {phase.deliveries - 1} times without finishing"
+            handed = phase.failure_reason  # a hand-back's reason; none when the worker died each time
+            reason += f"; last: {handed}" if handed else " (worker died each time)"
             _fail(session, run, phase, reason)
             return "gave up: " + reason
         if phase.state == PhaseState.QUEUED:
@@ -194,8 +184,10 @@ def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
     run, phase = _load(session, job.run_id, job.phase_id)
     move_phase(phase, PhaseState.COMPLETE)
     phase.commit_sha = sha
+    phase.failure_reason = None  # a hand-back reason is history once the phase completes
     phase.finished_at = utcnow()
     run.head_sha = sha
+    _efficiency(session, run.id, phase, "COMPLETE")
     following = [p for p in run.phases if p.index > phase.index]
     if following:
         following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
@@ -222,6 +214,7 @@ def skip(lease: Lease, job: PhaseJob, reason: str) -> int | None:
         move_phase(phase, PhaseState.SKIPPED)
         phase.failure_reason = reason
         phase.finished_at = utcnow()
+        _efficiency(session, run.id, phase, "SKIPPED")
         return _advance(run, phase)
 
 
@@ -282,6 +275,7 @@ def _fail(session: Session, run: Run, phase: Phase, reason: str) -> None:
     move_run(run, RunState.DONE_FAILED)
     run.failure_reason = f"phase {phase.index} ({phase.name}) failed: {reason}"[:4000]
     run.finished_at = now
+    _efficiency(session, run.id, phase, "FAILED")
 
 
 def cancel(lease: Lease, job: PhaseJob) -> None:
@@ -308,28 +302,28 @@ def phase_metrics(db_url: str, job: PhaseJob, recovery: Recovery) -> None:
         )
 
 
-def efficiency(db_url: str, job: PhaseJob, outcome: str) -> None:
-    """The phase's one efficiency row for this outcome: exact tokens spent, context tokens avoided
+def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> None:
+    """The phase's one efficiency row, written in the transaction that makes the phase terminal, so
+    a crash cannot leave a terminal phase without one: exact tokens spent, context tokens avoided
     (an estimate), attempts and wall time. Race-safe: a second writer gets the first row."""
-    with transaction(db_url) as session:
-        phase = session.get(Phase, job.phase_id)
-        assert phase is not None
-        spent = session.execute(
-            select(LlmUsageEvent.input_tokens, LlmUsageEvent.output_tokens).where(
-                LlmUsageEvent.phase_id == job.phase_id
-            )
-        ).all()
-        avoided = [(a.context or {}).get("estimated_tokens_omitted") for a in phase.attempts]
-        wall = None
-        if phase.started_at and phase.finished_at:
-            wall = int((phase.finished_at - phase.started_at).total_seconds() * 1000)
-        record_efficiency(
-            session,
-            job.run_id,
-            job.phase_id,
-            outcome,
-            tokens_spent=sum((i or 0) + (o or 0) for i, o in spent) if spent else None,
-            tokens_avoided_context=sum(int(a) for a in avoided if a is not None) if any(avoided) else None,
-            attempts=len(phase.attempts),
-            wall_ms=wall,
+    session.flush()
+    session.expire(phase, ["attempts"])  # the attempt added in this transaction counts
+    spent = session.execute(
+        select(LlmUsageEvent.input_tokens, LlmUsageEvent.output_tokens).where(
+            LlmUsageEvent.phase_id == phase.id
         )
+    ).all()
+    avoided = [(a.context or {}).get("estimated_tokens_omitted") for a in phase.attempts]
+    wall = None
+    if phase.started_at and phase.finished_at:
+        wall = int((phase.finished_at - phase.started_at).total_seconds() * 1000)
+    record_efficiency(
+        session,
+        run_id,
+        phase.id,
+        outcome,
+        tokens_spent=sum((i or 0) + (o or 0) for i, o in spent) if spent else None,
+        tokens_avoided_context=sum(int(a) for a in avoided if a is not None) if any(avoided) else None,
+        attempts=len(phase.attempts),
+        wall_ms=wall,
+    )

@@ -5,9 +5,11 @@ Each step is a plain function on a worktree path so it can be tested on a real r
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from shared.errors import GitError
 from shared.git import git
 from shared.specs import PhaseSpec
 from workers.commands import CommandResult, run_command
@@ -23,6 +25,14 @@ def undo_builder_commits(worktree: Path, base: str) -> None:
 def reset(worktree: Path, sha: str) -> None:
     git("reset", "--quiet", "--hard", sha, cwd=worktree)
     git("clean", "-ffdxq", cwd=worktree)
+
+
+def discard(worktree: Path) -> None:
+    """Free what an attempt wrote, best effort: on a full disk `reset` may fail where `clean` works."""
+    with contextlib.suppress(GitError):
+        git("clean", "-ffdxq", cwd=worktree)
+    with contextlib.suppress(GitError):
+        git("reset", "--quiet", "--hard", cwd=worktree)
 
 
 def staged_diff(worktree: Path, max_bytes: int) -> str | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from shared.errors import GitError, WorkspaceError
+from shared.errors import DiskFull, GitError, WorkspaceError
 from shared.git import git, is_local
 
 FETCH_REFSPECS = (
@@ -51,8 +51,13 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
         fh.close()
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC raised here, or reported by a git child process in its stderr."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc)
+
+
 def _workspace_error(what: str, exc: Exception) -> WorkspaceError:
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc):
+    if is_disk_full(exc):
         return WorkspaceError(f"{what}: workspace disk is full (ENOSPC): {exc}")
     return WorkspaceError(f"{what}: {exc}")
 
@@ -169,6 +174,14 @@ class WorkspaceManager:
         with _flock(mirror.lock_path):
             git("worktree", "prune", git_dir=mirror.path)
             git("worktree", "add", "--quiet", "--detach", "--force", str(slot), sha, git_dir=mirror.path)
+
+    def require_free(self, min_bytes: int, after: str = "") -> None:
+        """Raise DiskFull, naming the directory and the figures, when less than `min_bytes` is free."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if free < min_bytes:
+            detail = f"{self.root} has {free // 2**20} MiB free (< {min_bytes // 2**20} MiB)"
+            raise DiskFull(f"{detail}{'; ' + after if after else ''}")
 
     def prune(self) -> None:
         """Drop worktree records whose directories are gone (a crashed worker's leftovers)."""

@@ -2,12 +2,14 @@
 
 `run_chaos` submits scripted runs through a real `autopack api`, keeps >= 3 `autopack worker` processes
 (each its own "host" workspace) busy, and lets a seeded fault thread SIGKILL workers (restarting them),
-restart Redis and Postgres, and SIGSTOP lease holders until another worker takes their run over. Then
+restart Redis and Postgres, SIGSTOP lease holders until another worker takes their run over, and fill
+the small tmpfs disk of one worker's workspace until writes fail with ENOSPC. Then
 `check_invariants` reads Postgres and the repository and returns one row per invariant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -57,6 +59,9 @@ class ChaosConfig:
     stops: int = 10
     redis_restarts: int = 1
     pg_restarts: int = 1
+    disk_fills: int = 1
+    """Times the last worker's workspace disk (a tmpfs of `disk_mb`) is filled to ENOSPC."""
+    disk_mb: int = 32
     seed: int = 0
     wave: int = 5
     """Runs are submitted in waves of this size until `runs` are in and every fault was injected."""
@@ -73,6 +78,7 @@ def chaos_settings(base: Settings) -> Settings:
             "reconcile_interval_seconds": 1,
             "redispatch_after_seconds": 3,
             "max_deliveries": 4,
+            "min_free_disk_mb": 4,
             "worker_concurrency": 2,
             "log_level": "INFO",
         }
@@ -183,15 +189,41 @@ def restart_postgres(url: str) -> None:
         start_postgres(url)
 
 
+def fill_disk(path: Path) -> None:
+    """Write zeros to `path` until the filesystem refuses (ENOSPC)."""
+    chunk = b"\0" * 2**20
+    with path.open("wb", buffering=0) as fh, suppress(OSError):
+        while True:
+            fh.write(chunk)
+    with path.open("ab", buffering=0) as fh, suppress(OSError):
+        while True:  # the last partial MiB, byte-sized
+            fh.write(b"\0" * 4096)
+
+
+@contextmanager
+def small_disk(path: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of `size_mb` MiB mounted at `path` (needs root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 # --- workers --------------------------------------------------------------------------------------
 
 
 class Fleet:
     """N restartable `autopack worker` processes, each with its own workspace (a separate host)."""
 
-    def __init__(self, settings: Settings, root: Path, n: int, concurrency: int) -> None:
+    def __init__(
+        self, settings: Settings, root: Path, n: int, concurrency: int, small_disk: Path | None = None
+    ) -> None:
         self.settings = settings
         self.root = root
+        self.small_disk = small_disk
+        """A tmpfs holding the last worker's workspace, for the disk-full fault."""
         self.concurrency = concurrency
         self.names = [f"w{i}" for i in range(n)]
         self.procs: dict[str, Proc] = {}
@@ -199,7 +231,14 @@ class Fleet:
         self.lock = threading.Lock()
 
     def workspace(self, name: str) -> Path:
+        if self.small_disk is not None and name == self.names[-1]:
+            return self.small_disk / "workspace"
         return self.root / f"host-{name}"
+
+    def disk_handbacks(self) -> int:
+        """Phases the small-disk worker handed back because its disk was full (from its logs)."""
+        logs = self.root.glob(f"{self.names[-1]}.*.log")
+        return sum(p.read_text(errors="replace").count("workspace disk unavailable") for p in logs)
 
     def start(self, name: str, wait: bool = True) -> Proc:
         self.incarnation[name] += 1
@@ -285,6 +324,8 @@ class ChaosState:
     stops: int = 0
     redis_restarts: int = 0
     pg_restarts: int = 0
+    disk_fills: int = 0
+    disk_handbacks: int = 0
     fenced: list[Fenced] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
@@ -321,7 +362,7 @@ class Chaos:
         self.thread = threading.Thread(target=self._main, name="chaos-faults", daemon=True)
 
     def _plan(self) -> list[str]:
-        plan = ["kill"] * self.cfg.kills + ["stop"] * self.cfg.stops
+        plan = ["kill"] * self.cfg.kills + ["stop"] * self.cfg.stops + ["disk"] * self.cfg.disk_fills
         self.rng.shuffle(plan)
         for svc in ["redis"] * self.cfg.redis_restarts + ["pg"] * self.cfg.pg_restarts:
             plan.insert(self.rng.randint(len(plan) // 4, max(len(plan) // 4, 3 * len(plan) // 4)), svc)
@@ -362,6 +403,26 @@ class Chaos:
             restart_postgres(self.settings.database_url)
         self.state.pg_restarts += 1
         log("Postgres restarted")
+
+    def _disk(self) -> None:
+        """Fill the small disk until a write fails with ENOSPC, keep it full until its worker has handed
+        a phase back, then free it."""
+        assert self.fleet.small_disk is not None
+        ballast = self.fleet.small_disk / "ballast"
+        before = self.fleet.disk_handbacks()
+        fill_disk(ballast)
+        self.state.need_work.set()
+        try:
+            deadline = time.monotonic() + 60
+            while self.fleet.disk_handbacks() <= before:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no phase reached the full disk within 60s")
+                time.sleep(0.2)
+        finally:
+            ballast.unlink()
+            self.state.need_work.clear()
+        self.state.disk_fills += 1
+        log(f"disk of {self.fleet.names[-1]} filled to ENOSPC until it handed a phase back, then freed")
 
     def _stop(self) -> None:
         """SIGSTOP a lease holder until another worker holds its run, then SIGCONT it."""
@@ -475,14 +536,21 @@ def services_guard(db_url: str) -> Iterator[None]:
             start_postgres(db_url)
 
 
-def run_chaos(cfg: ChaosConfig, base: Settings, repo: Path, root: Path) -> BatchResult:
+def disk_for(cfg: ChaosConfig, root: Path) -> contextlib.AbstractContextManager[Path | None]:
+    """The small disk the disk-full fault needs (keep it mounted until the invariants are checked)."""
+    return small_disk(root / "small-disk", cfg.disk_mb) if cfg.disk_fills else contextlib.nullcontext()
+
+
+def run_chaos(
+    cfg: ChaosConfig, base: Settings, repo: Path, root: Path, disk: Path | None = None
+) -> BatchResult:
     """Run the batch under faults; return once every run is terminal (or the settle timeout passed)."""
     settings = chaos_settings(base)
     t0 = time.monotonic()
     db = Db(settings.database_url)
     with transaction(settings.database_url) as session:
         _, key = create_key(session, "chaos")
-    fleet = Fleet(settings, root, cfg.workers, cfg.concurrency)
+    fleet = Fleet(settings, root, cfg.workers, cfg.concurrency, disk)
     services = threading.Lock()
     chaos = Chaos(cfg, settings, fleet, db, services)
     ids: list[int] = []
@@ -518,6 +586,7 @@ def run_chaos(cfg: ChaosConfig, base: Settings, repo: Path, root: Path) -> Batch
                 time.sleep(settings.reconcile_interval_seconds * 2)
         finally:
             fleet.stop_all()
+    chaos.state.disk_handbacks = fleet.disk_handbacks() if disk else 0
     return BatchResult(
         ids, killer_id, chaos.state, time.monotonic() - t0, repo, [fleet.workspace(n) for n in fleet.names]
     )
@@ -731,6 +800,21 @@ def check_invariants(res: BatchResult, settings: Settings) -> list[Check]:
             f"reason: {kp[0].failure_reason!r}; " + _problems(bad),
         )
     )
+
+    # 9. A full disk is the host's fault: phases handed back, named in the log, no attempt spent on it.
+    if res.state.disk_fills:
+        spent = [a for a in attempts if any(w in (a.failure_reason or "") for w in ("No space left", "disk"))]
+        bad = [f"attempt {a.run_id}/{a.phase_id}#{a.number}: {a.failure_reason[:80]!r}" for a in spent]
+        if not res.state.disk_handbacks:
+            bad.append("no phase was handed back by the full host")
+        checks.append(
+            Check(
+                "a full disk hands phases back, spending no attempt",
+                not bad,
+                f"{res.state.disk_handbacks} hand-back(s) over {res.state.disk_fills} fill(s); "
+                + _problems(bad),
+            )
+        )
     return checks
 
 
@@ -741,7 +825,8 @@ def render(checks: list[Check], res: BatchResult, cfg: ChaosConfig) -> str:
         f"{cfg.workers} workers x {cfg.concurrency}, {res.seconds:.0f}s",
         f"faults: SIGKILL {s.kills}/{cfg.kills}, SIGSTOP+takeover {s.stops}/{cfg.stops}, "
         f"Redis restarts {s.redis_restarts}/{cfg.redis_restarts}, "
-        f"Postgres restarts {s.pg_restarts}/{cfg.pg_restarts}",
+        f"Postgres restarts {s.pg_restarts}/{cfg.pg_restarts}, "
+        f"disk filled to ENOSPC {s.disk_fills}/{cfg.disk_fills}",
     ]
     if s.in_transaction:
         lines.append(f"freezes retried because the holder was inside a DB transaction: {s.in_transaction}")
@@ -756,9 +841,10 @@ def render(checks: list[Check], res: BatchResult, cfg: ChaosConfig) -> str:
 
 def faults_complete(res: BatchResult, cfg: ChaosConfig) -> bool:
     s = res.state
-    return (s.kills, s.stops, s.redis_restarts, s.pg_restarts) == (
+    return (s.kills, s.stops, s.redis_restarts, s.pg_restarts, s.disk_fills) == (
         cfg.kills,
         cfg.stops,
         cfg.redis_restarts,
         cfg.pg_restarts,
+        cfg.disk_fills,
     )

@@ -23,6 +23,7 @@ from tests.chaos.harness import (
     Check,
     chaos_settings,
     check_invariants,
+    disk_for,
     faults_complete,
     log,
     render,
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stops", type=int, default=10)
     ap.add_argument("--redis-restarts", type=int, default=1)
     ap.add_argument("--pg-restarts", type=int, default=1)
+    ap.add_argument("--disk-fills", type=int, default=1, help="fill a worker's tmpfs workspace to ENOSPC")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, repo, workspaces)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         stops=args.stops,
         redis_restarts=args.redis_restarts,
         pg_restarts=args.pg_restarts,
+        disk_fills=args.disk_fills,
         seed=seed,
     )
     print(f"chaos seed: {seed} (rerun with --seed {seed})", flush=True)
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                 _env_file=None,  # type: ignore[call-arg]
             )
             repo = make_sample_repo(root / "origin")
-            res = run_chaos(cfg, base, repo, root)
-            checks = check_invariants(res, chaos_settings(base))
+            with disk_for(cfg, root) as disk:
+                res = run_chaos(cfg, base, repo, root, disk)
+                checks = check_invariants(res, chaos_settings(base))
             checks.append(
                 Check(
                     "every planned fault was injected", faults_complete(res, cfg), "; ".join(res.state.errors)
