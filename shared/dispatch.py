@@ -9,3 +9,8 @@ class Dispatcher(Protocol):
     def enqueue(self, run_id: int, phase_id: int) -> None:
         """Queue one execution of the phase. May be called more than once: tasks are safe to run twice."""
         ...
+
+    def waiting(self) -> set[tuple[int, int]] | None:
+        """(run id, phase id) of every message still waiting in the broker's queue, not yet delivered
+        to a worker; None when the broker cannot tell. The reconciler never re-dispatches these."""
+        ...

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from shared.db import transaction
 from shared.dispatch import Dispatcher
@@ -49,26 +50,51 @@ def claim_and_enqueue(
 def reconcile(db_url: str, dispatcher: Dispatcher, redispatch_after: float) -> int:
     """One pass: re-dispatch every run's next phase that has no live task; finish cancelled runs.
 
-    Returns how many phases were enqueued.
+    Returns how many phases were enqueued. Cheap when nothing is wrong: one query finds the runs that
+    need action, and a phase whose message still waits in the queue (a backlog, not a loss) is left
+    alone without a transaction, so a long queue is neither flooded with duplicates nor rescanned.
     """
-    now = utcnow()
-    with transaction(db_url) as session:
-        candidates = (
-            session.execute(
-                select(Run.id).where(
-                    Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
-                    or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
-                )
-            )
-            .scalars()
-            .all()
-        )
+    candidates = _runs_needing_action(db_url, redispatch_after)
+    waiting = dispatcher.waiting() if candidates else None
     enqueued = 0
-    for run_id in candidates:
+    for run_id, next_phase in candidates:
+        if waiting is not None and (run_id, next_phase) in waiting:
+            continue
         phase_id = _next_phase_or_finish(db_url, run_id)
         if phase_id is not None:
             enqueued += claim_and_enqueue(db_url, dispatcher, run_id, phase_id, stale_after=redispatch_after)
     return enqueued
+
+
+def _runs_needing_action(db_url: str, redispatch_after: float) -> list[tuple[int, int | None]]:
+    """(run, next phase) of unleased live runs that are cancelled, finished but not marked (no next
+    phase), or whose next phase's dispatch is pending or older than `redispatch_after`."""
+    now = utcnow()
+    terminal = [s.value for s in PHASE_TERMINAL]
+    next_index = (
+        select(func.min(Phase.index))
+        .where(Phase.run_id == Run.id, Phase.state.not_in(terminal))
+        .correlate(Run)
+        .scalar_subquery()
+    )
+    nxt = aliased(Phase)
+    cutoff = now - timedelta(seconds=redispatch_after)
+    query = (
+        select(Run.id, nxt.id)
+        .outerjoin(nxt, and_(nxt.run_id == Run.id, nxt.index == next_index))
+        .where(
+            Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
+            or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+            or_(
+                Run.cancel_requested.is_(True),
+                nxt.id.is_(None),
+                nxt.dispatched_at.is_(None),
+                nxt.dispatched_at < cutoff,
+            ),
+        )
+    )
+    with transaction(db_url) as session:
+        return [(run_id, phase_id) for run_id, phase_id in session.execute(query).all()]
 
 
 def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:

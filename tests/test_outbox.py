@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import update
 
 from api.sample_repo import sample_spec
@@ -26,13 +27,19 @@ from workers.record import PhaseJob
 class RecordingDispatcher:
     """Remembers what it was asked to enqueue (thread-safe, for racing callers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, waiting: set[tuple[int, int]] | None = None) -> None:
         self.calls: list[tuple[int, int]] = []
         self._lock = threading.Lock()
+        self._waiting = waiting
+        self.asked = 0
 
     def enqueue(self, run_id: int, phase_id: int) -> None:
         with self._lock:
             self.calls.append((run_id, phase_id))
+
+    def waiting(self) -> set[tuple[int, int]] | None:
+        self.asked += 1
+        return self._waiting
 
 
 class BrokenDispatcher:
@@ -42,6 +49,9 @@ class BrokenDispatcher:
     def enqueue(self, run_id: int, phase_id: int) -> None:
         self.attempts += 1
         raise ConnectionError("broker is down")
+
+    def waiting(self) -> set[tuple[int, int]] | None:
+        return None
 
 
 def make_run(url: str, repo: Path, i: int = 0) -> tuple[int, list[int]]:
@@ -240,3 +250,61 @@ def test_reconcile_leaves_terminal_runs_alone(db_url: str, sample_repo: Path) ->
 
     assert dispatcher.calls == []
     assert load_run(db_url, run_id)[0] == RunState.CANCELLED
+
+
+def test_reconcile_leaves_a_stale_phase_alone_while_its_message_still_waits_in_the_queue(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    set_dispatched_at(db_url, phase_ids[0], utcnow() - timedelta(seconds=600))  # a long backlog
+    backlog = RecordingDispatcher(waiting={(run_id, phase_ids[0])})
+
+    assert reconcile(db_url, backlog, redispatch_after=60) == 0
+    assert backlog.calls == []
+
+    lost = RecordingDispatcher(waiting=set())  # the broker lost it: dispatch again
+    assert reconcile(db_url, lost, redispatch_after=60) == 1
+    assert lost.calls == [(run_id, phase_ids[0])]
+
+
+def test_reconcile_does_not_even_read_the_queue_when_every_run_was_dispatched_recently(
+    db_url: str, sample_repo: Path
+) -> None:
+    for i in range(3):
+        _, phase_ids = make_run(db_url, sample_repo, i)
+        set_dispatched_at(db_url, phase_ids[0], utcnow())
+    dispatcher = RecordingDispatcher(waiting=set())
+
+    assert reconcile(db_url, dispatcher, redispatch_after=60) == 0
+
+    assert dispatcher.asked == 0 and dispatcher.calls == []
+
+
+def test_reconcile_finishes_a_run_whose_worker_died_after_recording_its_last_phase(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, _ = make_run(db_url, sample_repo)
+    with transaction(db_url) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(state=RunState.RUNNING))
+        session.execute(update(Phase).where(Phase.run_id == run_id).values(state=PhaseState.COMPLETE))
+    dispatcher = RecordingDispatcher(waiting=set())
+
+    assert reconcile(db_url, dispatcher, redispatch_after=60) == 0
+
+    assert load_run(db_url, run_id)[0] == RunState.DONE_SUCCESS
+    assert dispatcher.calls == []
+
+
+def test_the_celery_dispatcher_sees_the_phase_messages_waiting_in_redis(redis_url: str) -> None:
+    from shared.settings import Settings
+    from workers.celery_app import CeleryDispatcher, create_app
+
+    app = create_app(Settings(broker_url=redis_url, _env_file=None))  # type: ignore[call-arg]
+    dispatcher = CeleryDispatcher(app)
+    dispatcher.enqueue(7, 70)
+    dispatcher.enqueue(8, 80)
+    app.send_task("some.other.task", args=[9, 90], queue="autopack")
+
+    assert dispatcher.waiting() == {(7, 70), (8, 80)}
+    redis.Redis.from_url(redis_url).rpop("autopack")  # a worker took the oldest (kombu BRPOPs)
+    assert dispatcher.waiting() == {(8, 80)}

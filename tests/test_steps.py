@@ -331,6 +331,9 @@ class _NoDispatch:
     def enqueue(self, run_id: int, phase_id: int) -> None:
         raise AssertionError("an attempt never dispatches")
 
+    def waiting(self) -> set[tuple[int, int]] | None:
+        return None
+
 
 def test_a_change_the_builder_committed_itself_is_still_scope_checked(
     embedded_settings: Settings, sample_repo: Path

@@ -6,8 +6,11 @@ other settings (tests, the embedded fleet) calls `create_app(settings)`.
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
+import redis
 from celery import Celery
 
 from shared.settings import Settings, get_settings
@@ -59,9 +62,32 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._redis: redis.Redis | None = None
 
     def enqueue(self, run_id: int, phase_id: int) -> None:
         self.app.send_task(PHASE_TASK, args=[run_id, phase_id], queue=QUEUE, retry=False)
+
+    def waiting(self) -> set[tuple[int, int]] | None:
+        """Read the Redis list behind the queue (messages not yet delivered); None for other brokers.
+        Delivered-but-unacked messages are not counted: their worker may be dead."""
+        url = str(self.app.conf.broker_url)
+        if not url.startswith(("redis://", "rediss://")):
+            return None
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(url, socket_timeout=10)
+        return {ids for raw in self._redis.lrange(QUEUE, 0, -1) if (ids := phase_of(raw)) is not None}
+
+
+def phase_of(raw: bytes | str) -> tuple[int, int] | None:
+    """(run id, phase id) of a phase task message as kombu stores it in Redis; None for anything else."""
+    try:
+        message = json.loads(raw)
+        if message["headers"].get("task") != PHASE_TASK:
+            return None
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        return int(args[0]), int(args[1])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def __getattr__(name: str) -> Celery:
