@@ -376,3 +376,40 @@ def test_a_ref_lock_left_by_a_fetch_killed_mid_way_does_not_break_later_fetches(
     with manager.worktree(str(sample_repo), new_sha) as wt:
         assert head(wt.path) == new_sha
     assert not stale.exists()
+
+
+def _add_refs(repo: Path, n: int, sha: str) -> None:
+    lines = "".join(f"create refs/autopack/run-{i}/phase-0-e1 {sha}\n" for i in range(n))
+    subprocess.run(["git", "-C", str(repo), "update-ref", "--stdin"], input=lines, text=True, check=True)
+
+
+def test_compacting_packs_thousands_of_loose_refs_in_the_mirror_and_its_local_origin_keeping_every_ref(
+    manager: WorkspaceManager, sample_repo: Path
+) -> None:
+    sha = head(sample_repo)
+    with manager.worktree(str(sample_repo), sha) as wt:
+        mirror = wt.mirror.path
+    _add_refs(sample_repo, 600, sha)
+    _add_refs(mirror, 300, sha)
+    assert workspace_mod.loose_refs(sample_repo) >= 600 and workspace_mod.loose_refs(mirror) >= 300
+
+    assert manager.compact_refs() == 2
+
+    assert workspace_mod.loose_refs(sample_repo) == 0 and workspace_mod.loose_refs(mirror) == 0
+    assert len(sh_git(sample_repo, "for-each-ref", "refs/autopack").splitlines()) == 600
+    assert sh_git(sample_repo, "rev-parse", "refs/autopack/run-599/phase-0-e1") == sha
+    # A push after packing still updates a packed ref.
+    publish(mirror, phase_ref(599, 0, 1), sha, push=True)
+    assert sh_git(sample_repo, "rev-parse", phase_ref(599, 0, 1)) == sha
+
+
+def test_compacting_leaves_a_repository_with_few_loose_refs_alone(
+    manager: WorkspaceManager, sample_repo: Path
+) -> None:
+    sha = head(sample_repo)
+    with manager.worktree(str(sample_repo), sha):
+        pass
+    _add_refs(sample_repo, 10, sha)
+
+    assert manager.compact_refs() == 0
+    assert workspace_mod.loose_refs(sample_repo) >= 10

@@ -87,16 +87,22 @@ def run_command(
 
 
 def _wait(proc: subprocess.Popen[bytes], until: float) -> tuple[bool, bool]:
-    """Wait for the shell: (timed out, drained). Polls, so a stopping worker can cut a long command."""
-    while True:
-        try:
-            proc.wait(timeout=max(0.0, min(_POLL_SECONDS, until - time.monotonic())))
-            return False, False
-        except subprocess.TimeoutExpired:
-            if time.monotonic() >= until:
-                return True, False
-            if drain.overdue():
-                return False, True
+    """Wait for the shell: (timed out, drained). A thread blocks in waitpid, so the exit is seen at
+    once (Popen.wait(timeout) polls with sleeps of up to 50 ms); the loop wakes every half second
+    so a stopping worker can cut a long command."""
+    exited = threading.Event()
+
+    def reap() -> None:
+        proc.wait()
+        exited.set()
+
+    threading.Thread(target=reap, daemon=True).start()
+    while not exited.wait(max(0.0, min(_POLL_SECONDS, until - time.monotonic()))):
+        if time.monotonic() >= until:
+            return True, False
+        if drain.overdue():
+            return False, True
+    return False, False
 
 
 def _read_output(proc: subprocess.Popen[bytes], chunks: list[bytes]) -> None:

@@ -46,6 +46,10 @@ class Reconciler:
                 move_branch(s.database_url, mirror.path, run_id, head, s.push_results)
             except Exception as exc:  # an unreachable repo must not stop the re-dispatching below
                 log.warning("run %s: result branch still behind: %s", run_id, exc)
+        try:
+            self.workspace.compact_refs()
+        except Exception as exc:  # a slower push is no reason to stop re-dispatching
+            log.warning("packing refs failed: %s", exc)
         return reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
 
     def _loop(self) -> None:

@@ -121,6 +121,28 @@ class Mirror:
             return False
 
 
+LOOSE_REFS_LIMIT = 256
+
+
+def _git_dir(repo: Path) -> Path:
+    return repo / ".git" if (repo / ".git").is_dir() else repo
+
+
+def loose_refs(repo: Path) -> int:
+    return sum(1 for p in (_git_dir(repo) / "refs").rglob("*") if p.is_file() and p.suffix != ".lock")
+
+
+def compact_refs(repo: Path, limit: int = LOOSE_REFS_LIMIT) -> bool:
+    """Pack the repository's refs once more than `limit` are loose files. Every push and fetch reads
+    every ref of the repository it talks to; with each run adding a phase ref and a branch, 4,000
+    loose refs made a phase's pushes ~3.6x slower (measured). Git retries its ref locks, so a push
+    racing this waits instead of failing."""
+    if loose_refs(repo) <= limit:
+        return False
+    git("pack-refs", "--all", git_dir=_git_dir(repo))
+    return True
+
+
 @dataclass
 class Worktree:
     path: Path
@@ -182,6 +204,21 @@ class WorkspaceManager:
         if free < min_bytes:
             detail = f"{self.root} has {free // 2**20} MiB free (< {min_bytes // 2**20} MiB)"
             raise DiskFull(f"{detail}{'; ' + after if after else ''}")
+
+    def compact_refs(self) -> int:
+        """Pack refs in this host's mirrors and in their origins when those are local paths (the
+        origins of remote URLs are their servers' business). Returns how many repositories it packed."""
+        packed = 0
+        for mirror_dir in sorted((self.root / "mirrors").glob("*.git")):
+            if not (mirror_dir / "HEAD").exists():
+                continue
+            targets = [mirror_dir]
+            with contextlib.suppress(GitError):
+                origin = git("config", "--get", "remote.origin.url", git_dir=mirror_dir).strip()
+                if is_local(origin) and Path(origin).is_dir():
+                    targets.append(Path(origin))
+            packed += sum(compact_refs(t) for t in targets)
+        return packed
 
     def prune(self) -> None:
         """Drop worktree records whose directories are gone (a crashed worker's leftovers)."""
