@@ -58,7 +58,7 @@ def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> 
             try:
                 attempted = _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
             except (GitError, OSError) as exc:
-                if is_disk_full(exc):
+                if _disk_full(ctx, exc, min_free):
                     steps.discard(wt.path)
                     raise DiskFull(f"{exc}") from exc
                 raise
@@ -66,11 +66,16 @@ def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> 
                 _blame_a_full_disk(ctx, wt.path, attempted, min_free)
             return attempted
     except (WorkspaceError, GitError) as exc:
-        if is_disk_full(exc):
+        if _disk_full(ctx, exc, min_free):
             raise DiskFull(str(exc)) from exc
         return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, str(exc)), None)
     except OSError as exc:
         return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, f"worker OS error: {exc}"), None)
+
+
+def _disk_full(ctx: WorkerContext, exc: Exception, min_free: int) -> bool:
+    """The error says the disk is full, or the disk is (nearly) full now, whatever the error says."""
+    return is_disk_full(exc) or ctx.workspace.free_bytes() < min_free
 
 
 def _blame_a_full_disk(ctx: WorkerContext, wt: Path, attempted: Attempted, min_free: int) -> None:

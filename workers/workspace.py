@@ -51,9 +51,15 @@ def _flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
         fh.close()
 
 
+_DISK_FULL_WORDS = ("No space left", "Out of diskspace", "Disk quota exceeded")
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC raised here, or reported by a git child process in its stderr."""
-    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc)
+    """ENOSPC/EDQUOT raised here, or reported by a git child process in its stderr (git says both
+    "No space left on device" and "write error. Out of diskspace")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(word in str(exc) for word in _DISK_FULL_WORDS)
 
 
 def _workspace_error(what: str, exc: Exception) -> WorkspaceError:
@@ -197,10 +203,13 @@ class WorkspaceManager:
             git("worktree", "prune", git_dir=mirror.path)
             git("worktree", "add", "--quiet", "--detach", "--force", str(slot), sha, git_dir=mirror.path)
 
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
+
     def require_free(self, min_bytes: int, after: str = "") -> None:
         """Raise DiskFull, naming the directory and the figures, when less than `min_bytes` is free."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.root).free
+        free = self.free_bytes()
         if free < min_bytes:
             detail = f"{self.root} has {free // 2**20} MiB free (< {min_bytes // 2**20} MiB)"
             raise DiskFull(f"{detail}{'; ' + after if after else ''}")
