@@ -1,10 +1,10 @@
 """The chaos batch: real workers, real Redis and Postgres, faults injected while runs execute.
 
-`run_chaos` submits scripted runs through a real `autopack api`, keeps >= 3 `autopack worker` processes
-(each its own "host" workspace) busy, and lets a seeded fault thread SIGKILL workers (restarting them),
-restart Redis and Postgres, SIGSTOP lease holders until another worker takes their run over, and fill
-the small tmpfs disk of one worker's workspace until writes fail with ENOSPC. Then
-`check_invariants` reads Postgres and the repository and returns one row per invariant.
+`run_chaos` submits scripted runs (every 4th a replay of run 0) through a real `autopack api`, keeps
+>= 3 `autopack worker` processes (each its own "host" workspace) busy, and lets a seeded fault thread
+SIGKILL workers (restarting them), restart Redis and Postgres, SIGSTOP lease holders until another
+worker takes their run over, and fill the small tmpfs disk of one worker's workspace until writes fail
+with ENOSPC. Then `check_invariants` reads Postgres and the repository and returns one row per invariant.
 """
 
 from __future__ import annotations
@@ -103,6 +103,20 @@ def run_spec(repo: Path, k: int, phases: int = 3) -> dict[str, Any]:
             for i in range(phases)
         ],
     }
+
+
+REPLAY_EVERY = 4
+"""Every 4th run of the batch replays run 0's recorded changes (builder `replay`): the patch-apply
+path an LLM answer takes, without an LLM."""
+
+
+def batch_spec(repo: Path, k: int, source_id: int) -> dict[str, Any]:
+    if k % REPLAY_EVERY != REPLAY_EVERY - 1:
+        return run_spec(repo, k)
+    spec = run_spec(repo, 0)  # the same phases as the source, so each recorded diff applies
+    spec["name"] = f"chaos-{k}-replays-{source_id}"
+    spec["config"] = {**spec["config"], "builder": "replay", "replay_of": source_id}
+    return spec
 
 
 def killer_spec(repo: Path) -> dict[str, Any]:
@@ -569,15 +583,17 @@ def run_chaos(
                         return int(client.submit(spec)["id"])
 
                 killer_id = submit(killer_spec(repo))
+                ids.append(submit(run_spec(repo, 0)))  # the source the replayed runs re-emit
+                wait_terminal(db, ids, 60)
                 for _ in range(cfg.wave):
-                    ids.append(submit(run_spec(repo, len(ids))))
+                    ids.append(submit(batch_spec(repo, len(ids), ids[0])))
                 chaos.thread.start()
                 while not chaos.state.done.is_set() or len(ids) < cfg.runs:
                     busy = db.rows("SELECT count(*) AS n FROM runs WHERE state IN ('QUEUED', 'RUNNING')")[0].n
                     wanted = len(ids) < cfg.max_runs or (chaos.state.need_work.is_set() and busy < 2)
                     if wanted and busy < cfg.workers * cfg.concurrency * 2:
                         for _ in range(cfg.wave):
-                            ids.append(submit(run_spec(repo, len(ids))))
+                            ids.append(submit(batch_spec(repo, len(ids), ids[0])))
                     time.sleep(0.5)
                 chaos.thread.join()
                 log(f"faults done ({len(ids)} runs submitted); waiting for every run to end")
@@ -801,6 +817,25 @@ def check_invariants(res: BatchResult, settings: Settings) -> list[Check]:
         )
     )
 
+    # 8b. A replayed run re-applies its source's recorded changes: same tree, same phase count.
+    source = runs[res.run_ids[0]]
+    replays = [runs[i] for i in res.run_ids if (runs[i].config or {}).get("builder") == "replay"]
+    want_tree = _git(res.repo, "rev-parse", f"{source.head_sha}^{{tree}}")
+    bad = [
+        f"run {r.id} {r.state}: tree differs from source run {source.id}"
+        for r in replays
+        if r.state == "DONE_SUCCESS" and _git(res.repo, "rev-parse", f"{r.head_sha}^{{tree}}") != want_tree
+    ]
+    done = sum(r.state == "DONE_SUCCESS" for r in replays)
+    bad += [] if replays else ["no replayed run in the batch"]
+    checks.append(
+        Check(
+            "replayed runs reproduce their source's tree",
+            not bad,
+            f"{done}/{len(replays)} replays DONE_SUCCESS; " + _problems(bad),
+        )
+    )
+
     # 9. A full disk is the host's fault: phases handed back, named in the log, no attempt spent on it.
     if res.state.disk_fills:
         spent = [a for a in attempts if any(w in (a.failure_reason or "") for w in ("No space left", "disk"))]
@@ -821,7 +856,8 @@ def check_invariants(res: BatchResult, settings: Settings) -> list[Check]:
 def render(checks: list[Check], res: BatchResult, cfg: ChaosConfig) -> str:
     s = res.state
     lines = [
-        f"chaos batch: seed {cfg.seed}, {len(res.run_ids)} runs x 3 phases + 1 worker-killing run, "
+        f"chaos batch: seed {cfg.seed}, {len(res.run_ids)} runs x 3 phases (every {REPLAY_EVERY}th a replay) "
+        "+ 1 worker-killing run, "
         f"{cfg.workers} workers x {cfg.concurrency}, {res.seconds:.0f}s",
         f"faults: SIGKILL {s.kills}/{cfg.kills}, SIGSTOP+takeover {s.stops}/{cfg.stops}, "
         f"Redis restarts {s.redis_restarts}/{cfg.redis_restarts}, "
