@@ -49,7 +49,11 @@ def api(host: str | None, port: int | None) -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Phases at once (default from settings).")
 @click.option("--hostname", "-n", default=None, help="Celery node name (default celery@<host>).")
 def worker(concurrency: int | None, hostname: str | None) -> None:
-    """Start a Celery worker on the phase queue (fleet mode: needs Redis and Postgres)."""
+    """Start a Celery worker on the phase queue (fleet mode: needs Redis and Postgres).
+
+    SIGTERM drains it: running phases get AUTOPACK_DRAIN_SECONDS to finish, then are handed back to
+    the queue; the worker exits as soon as none is left.
+    """
     from workers.main import run_worker
 
     settings = get_settings()

@@ -20,6 +20,9 @@ _ENV = {
 # A builder's command can write into the mirror a worktree points at; code it plants there (hooks,
 # core.fsmonitor) must never run from the worker's own git calls, and never with the worker's secrets.
 _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+# Phases on one host update refs of the same mirror concurrently (and the reconciler packs them):
+# wait up to a second for a ref lock, as git does for packed-refs, instead of failing after 100 ms.
+_SAFE += ["-c", "core.filesRefLockTimeout=1000"]
 SECRET_PREFIXES = ("AUTOPACK_", "ANTHROPIC_", "FLOWER_", "POSTGRES_", "AWS_", "PG")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import workers.workspace as workspace_mod
-from shared.errors import WorkspaceError
+from shared.errors import GitError, WorkspaceError
 from workers.publish import branch_ref, phase_ref, publish
 from workers.workspace import WorkspaceManager, repo_key
 
@@ -413,3 +413,28 @@ def test_compacting_leaves_a_repository_with_few_loose_refs_alone(
 
     assert manager.compact_refs() == 0
     assert workspace_mod.loose_refs(sample_repo) >= 10
+
+
+def test_a_fetch_that_lost_a_ref_race_to_a_local_branch_move_is_retried(
+    manager: WorkspaceManager, sample_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with manager.worktree(str(sample_repo), head(sample_repo)):
+        pass
+    new_sha = commit_file(sample_repo, "src/new.py", "X = 1\n", "after the clone")
+    real = workspace_mod.git
+    fetches: list[int] = []
+
+    def racing(*args: str, **kwargs: Any) -> str:
+        if args[0] == "fetch":
+            fetches.append(1)
+            if len(fetches) == 1:  # what git says when a phase moved the branch mid-fetch
+                raise GitError(
+                    "git fetch --quiet failed (1): error: cannot lock ref 'refs/heads/autopack/run-15': "
+                    "is at ca16a69 but expected 0037b6a"
+                )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workspace_mod, "git", racing)
+    with manager.worktree(str(sample_repo), new_sha) as wt:
+        assert head(wt.path) == new_sha
+    assert len(fetches) == 2

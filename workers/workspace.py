@@ -89,12 +89,24 @@ class Mirror:
                     self._clone()
                 if not self.has(sha):
                     self._drop_stale_ref_locks()
-                    # No --prune: result refs may live only here (push_results off).
-                    git("fetch", "--quiet", "origin", *FETCH_REFSPECS, git_dir=self.path)
+                    self._fetch()
             except (GitError, OSError) as exc:
                 raise _workspace_error(f"refreshing mirror of {self.repo}", exc) from exc
         if not self.has(sha):
             raise WorkspaceError(f"commit {sha} is not in {self.repo} (was the result branch pushed?)")
+
+    def _fetch(self, tries: int = 3) -> None:
+        """Fetch from origin. A phase on this host may move a run branch here while the fetch updates
+        it ("cannot lock ref … is at X but expected Y", seen in the chaos batch): fetch again."""
+        for n in range(1, tries + 1):
+            try:
+                # No --prune: result refs may live only here (push_results off).
+                git("fetch", "--quiet", "origin", *FETCH_REFSPECS, git_dir=self.path)
+                return
+            except GitError as exc:
+                if "cannot lock ref" not in str(exc) or n == tries:
+                    raise
+                time.sleep(0.1 * n)
 
     def _drop_stale_ref_locks(self, older_than: float = 60.0) -> None:
         """A process killed mid-fetch leaves `*.lock` files that fail every later fetch on this host.
