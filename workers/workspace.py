@@ -147,7 +147,10 @@ def _git_dir(repo: Path) -> Path:
 
 
 def loose_refs(repo: Path) -> int:
-    return sum(1 for p in (_git_dir(repo) / "refs").rglob("*") if p.is_file() and p.suffix != ".lock")
+    # os.walk skips directories that vanish mid-walk: another host's pack-refs prunes them.
+    return sum(
+        1 for _, _, files in os.walk(_git_dir(repo) / "refs") for name in files if not name.endswith(".lock")
+    )
 
 
 def compact_refs(repo: Path, limit: int = LOOSE_REFS_LIMIT) -> bool:
