@@ -438,3 +438,33 @@ def test_a_fetch_that_lost_a_ref_race_to_a_local_branch_move_is_retried(
     with manager.worktree(str(sample_repo), new_sha) as wt:
         assert head(wt.path) == new_sha
     assert len(fetches) == 2
+
+
+def test_moving_the_run_branch_deletes_the_phase_ref_in_the_same_push(
+    manager: WorkspaceManager, sample_repo: Path
+) -> None:
+    with manager.worktree(str(sample_repo), head(sample_repo)) as wt:
+        result = commit_file(wt.path, "src/greet.py", "g = 2\n", "phase 0")
+    mirror = manager.mirror(str(sample_repo)).path
+    publish(mirror, phase_ref(3, 0, 1), result, push=True)
+    assert sh_git(sample_repo, "rev-parse", phase_ref(3, 0, 1)) == result
+
+    publish(mirror, branch_ref(3), result, push=True, drop=phase_ref(3, 0, 1))
+
+    assert sh_git(sample_repo, "rev-parse", branch_ref(3)) == result
+    assert sh_git(sample_repo, "for-each-ref", "refs/autopack") == ""
+
+
+def test_a_branch_move_whose_phase_ref_is_already_gone_still_moves_the_branch(
+    manager: WorkspaceManager, sample_repo: Path
+) -> None:
+    # A retried move (the first one's DB write failed) finds the phase ref deleted already.
+    with manager.worktree(str(sample_repo), head(sample_repo)) as wt:
+        result = commit_file(wt.path, "src/greet.py", "g = 3\n", "phase 0")
+    mirror = manager.mirror(str(sample_repo)).path
+    publish(mirror, phase_ref(4, 0, 1), result, push=True)
+    publish(mirror, branch_ref(4), result, push=True, drop=phase_ref(4, 0, 1))
+
+    publish(mirror, branch_ref(4), result, push=True, drop=phase_ref(4, 0, 1))
+
+    assert sh_git(sample_repo, "rev-parse", branch_ref(4)) == result

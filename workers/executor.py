@@ -25,7 +25,7 @@ from workers.escalation import escalate, trigger
 from workers.lease import Lease, acquire, heartbeat
 from workers.llm.client import LlmClient, RetryPolicy
 from workers.llm.gateway import LlmGateway
-from workers.publish import move_branch
+from workers.publish import move_branch, phase_ref
 from workers.record import AttemptRecord, PhaseJob
 from workers.recovery import Recovery, analyse
 from workers.validation import ValidationRun
@@ -271,7 +271,8 @@ def _finish_success(
     next_phase = record.succeed(lease, job, rec, sha)
     mirror = ctx.workspace.mirror(job.repo).path
     try:
-        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results)
+        drop = phase_ref(job.run_id, job.phase_index, lease.epoch)
+        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results, drop)
     except Exception as exc:  # recorded already; the reconciler moves the branch later
         log.warning("run %s: moving result branch failed: %s", job.run_id, exc)
     if next_phase is None:

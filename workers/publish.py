@@ -2,7 +2,9 @@
 
 A phase's commit is first pushed under a ref keyed by (run, phase, lease epoch) — harmless to repeat,
 and it makes the commit reachable from other hosts before the database names it as the run's head.
-Only after the database recorded it does the run branch `autopack/run-<id>` move there.
+Only after the database recorded it does the run branch `autopack/run-<id>` move there; the same
+atomic push deletes that phase ref, whose job the branch now does. Every push reads every ref of the
+remote, so refs left behind by each run would make every later push slower.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ def branch_ref(run_id: int) -> str:
     return f"refs/heads/autopack/run-{run_id}"
 
 
-def publish(mirror: Path, ref: str, sha: str, push: bool) -> None:
+def publish(mirror: Path, ref: str, sha: str, push: bool, drop: str | None = None) -> None:
+    """Point `ref` at `sha` here and, when `push`, in the origin; `drop` is a remote ref deleted in the
+    same all-or-nothing push (one already gone is no error, so a retried move still moves)."""
     git("update-ref", ref, sha, git_dir=mirror)
     if push:
-        git("push", "--quiet", "--force", "--no-verify", "origin", f"{sha}:{ref}", git_dir=mirror)
+        specs = [f"{sha}:{ref}", *([f":{drop}"] if drop else [])]
+        atomic = ["--atomic"] if drop else []
+        git("push", "--quiet", "--force", "--no-verify", *atomic, "origin", *specs, git_dir=mirror)
 
 
-def move_branch(db_url: str, mirror: Path, run_id: int, sha: str, push: bool) -> None:
+def move_branch(
+    db_url: str, mirror: Path, run_id: int, sha: str, push: bool, drop: str | None = None
+) -> None:
     """Point the run branch at the recorded head, then note that it does (idempotent)."""
-    publish(mirror, branch_ref(run_id), sha, push)
+    publish(mirror, branch_ref(run_id), sha, push, drop)
     with transaction(db_url) as session:
         session.execute(update(Run).where(Run.id == run_id, Run.head_sha == sha).values(branch_sha=sha))
