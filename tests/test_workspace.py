@@ -468,3 +468,22 @@ def test_a_branch_move_whose_phase_ref_is_already_gone_still_moves_the_branch(
     publish(mirror, branch_ref(4), result, push=True, drop=phase_ref(4, 0, 1))
 
     assert sh_git(sample_repo, "rev-parse", branch_ref(4)) == result
+
+
+def test_a_late_branch_move_from_a_taken_over_holder_cannot_move_the_branch_back(
+    manager: WorkspaceManager, sample_repo: Path
+) -> None:
+    with manager.worktree(str(sample_repo), head(sample_repo)) as wt:
+        first = commit_file(wt.path, "src/a.py", "A = 1\n", "phase 0")
+        second = commit_file(wt.path, "src/b.py", "B = 1\n", "phase 1")
+    mirror = manager.mirror(str(sample_repo)).path
+    publish(mirror, phase_ref(5, 0, 1), first, push=True)
+    publish(mirror, phase_ref(5, 1, 2), second, push=True)
+    # The branch half of move_branch (without its database note), as the holder of epoch 2 does it.
+    publish(mirror, branch_ref(5), second, push=True, drop=phase_ref(5, 1, 2), force=False)
+
+    with pytest.raises(GitError):  # the frozen holder of epoch 1 wakes up and moves to phase 0
+        publish(mirror, branch_ref(5), first, push=True, drop=phase_ref(5, 0, 1), force=False)
+
+    assert sh_git(sample_repo, "rev-parse", branch_ref(5)) == second
+    assert sh_git(sample_repo, "rev-parse", phase_ref(5, 0, 1)) == first  # atomic: nothing dropped

@@ -26,20 +26,27 @@ def branch_ref(run_id: int) -> str:
     return f"refs/heads/autopack/run-{run_id}"
 
 
-def publish(mirror: Path, ref: str, sha: str, push: bool, drop: str | None = None) -> None:
+def publish(
+    mirror: Path, ref: str, sha: str, push: bool, drop: str | None = None, force: bool = True
+) -> None:
     """Point `ref` at `sha` here and, when `push`, in the origin; `drop` is a remote ref deleted in the
-    same all-or-nothing push (one already gone is no error, so a retried move still moves)."""
+    same all-or-nothing push (one already gone is no error, so a retried move still moves).
+    `force=False` refuses to move the remote ref anywhere but forward (GitError)."""
     git("update-ref", ref, sha, git_dir=mirror)
     if push:
         specs = [f"{sha}:{ref}", *([f":{drop}"] if drop else [])]
-        atomic = ["--atomic"] if drop else []
-        git("push", "--quiet", "--force", "--no-verify", *atomic, "origin", *specs, git_dir=mirror)
+        flags = ["--atomic"] if drop else []
+        flags += ["--force"] if force else []
+        git("push", "--quiet", "--no-verify", *flags, "origin", *specs, git_dir=mirror)
 
 
 def move_branch(
     db_url: str, mirror: Path, run_id: int, sha: str, push: bool, drop: str | None = None
 ) -> None:
-    """Point the run branch at the recorded head, then note that it does (idempotent)."""
-    publish(mirror, branch_ref(run_id), sha, push, drop)
+    """Point the run branch at the recorded head, then note that it does (idempotent).
+
+    Fast-forward only: a holder frozen between recording phase i and moving the branch, then taken
+    over, would otherwise move the branch back from phase i+1 when it wakes (seen in the chaos batch)."""
+    publish(mirror, branch_ref(run_id), sha, push, drop, force=False)
     with transaction(db_url) as session:
         session.execute(update(Run).where(Run.id == run_id, Run.head_sha == sha).values(branch_sha=sha))
