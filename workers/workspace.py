@@ -95,9 +95,10 @@ class Mirror:
         if not self.has(sha):
             raise WorkspaceError(f"commit {sha} is not in {self.repo} (was the result branch pushed?)")
 
-    def _fetch(self, tries: int = 3) -> None:
-        """Fetch from origin. A phase on this host may move a run branch here while the fetch updates
-        it ("cannot lock ref … is at X but expected Y", seen in the chaos batch): fetch again."""
+    def _fetch(self, tries: int = 7) -> None:
+        """Fetch from origin, retrying a lost ref lock: a phase on this host may move a run branch while
+        the fetch updates it ("is at X but expected Y"), and a process SIGKILLed mid-update leaves a
+        `.lock` that only ages out (seen in the chaos batch). Gives up after ~12 s."""
         for n in range(1, tries + 1):
             try:
                 # No --prune: result refs may live only here (push_results off).
@@ -106,11 +107,13 @@ class Mirror:
             except GitError as exc:
                 if "cannot lock ref" not in str(exc) or n == tries:
                     raise
-                time.sleep(0.1 * n)
+                time.sleep(min(0.1 * 2**n, 2.0))
+                self._drop_stale_ref_locks()
 
-    def _drop_stale_ref_locks(self, older_than: float = 60.0) -> None:
-        """A process killed mid-fetch leaves `*.lock` files that fail every later fetch on this host.
-        We hold the mirror's flock, so no fetch of ours is running; an old lock is a dead one's."""
+    def _drop_stale_ref_locks(self, older_than: float = 10.0) -> None:
+        """A process killed mid-fetch or mid-update leaves `*.lock` files that fail every later fetch on
+        this host. We hold the mirror's flock, so no fetch of ours is running, and a live ref update
+        holds its lock for milliseconds: a lock this old is a dead process's."""
         now = time.time()
         candidates = [*(self.path / "refs").rglob("*.lock"), self.path / "packed-refs.lock"]
         for lock in candidates:
