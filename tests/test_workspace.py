@@ -440,13 +440,19 @@ def test_a_fetch_that_lost_a_ref_race_to_a_local_branch_move_is_retried(
     assert len(fetches) == 2
 
 
+def _pushed_phase(manager: WorkspaceManager, repo: Path, run_id: int, text: str) -> tuple[Path, str]:
+    """A phase commit made in a worktree and pushed under its phase ref (epoch 1): (mirror, sha)."""
+    with manager.worktree(str(repo), head(repo)) as wt:
+        sha = commit_file(wt.path, "src/greet.py", text, "phase 0")
+    mirror = manager.mirror(str(repo)).path
+    publish(mirror, phase_ref(run_id, 0, 1), sha, push=True)
+    return mirror, sha
+
+
 def test_moving_the_run_branch_deletes_the_phase_ref_in_the_same_push(
     manager: WorkspaceManager, sample_repo: Path
 ) -> None:
-    with manager.worktree(str(sample_repo), head(sample_repo)) as wt:
-        result = commit_file(wt.path, "src/greet.py", "g = 2\n", "phase 0")
-    mirror = manager.mirror(str(sample_repo)).path
-    publish(mirror, phase_ref(3, 0, 1), result, push=True)
+    mirror, result = _pushed_phase(manager, sample_repo, 3, "g = 2\n")
     assert sh_git(sample_repo, "rev-parse", phase_ref(3, 0, 1)) == result
 
     publish(mirror, branch_ref(3), result, push=True, drop=phase_ref(3, 0, 1))
@@ -459,10 +465,7 @@ def test_a_branch_move_whose_phase_ref_is_already_gone_still_moves_the_branch(
     manager: WorkspaceManager, sample_repo: Path
 ) -> None:
     # A retried move (the first one's DB write failed) finds the phase ref deleted already.
-    with manager.worktree(str(sample_repo), head(sample_repo)) as wt:
-        result = commit_file(wt.path, "src/greet.py", "g = 3\n", "phase 0")
-    mirror = manager.mirror(str(sample_repo)).path
-    publish(mirror, phase_ref(4, 0, 1), result, push=True)
+    mirror, result = _pushed_phase(manager, sample_repo, 4, "g = 3\n")
     publish(mirror, branch_ref(4), result, push=True, drop=phase_ref(4, 0, 1))
 
     publish(mirror, branch_ref(4), result, push=True, drop=phase_ref(4, 0, 1))

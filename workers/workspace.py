@@ -179,6 +179,7 @@ class WorkspaceManager:
     def __init__(self, root: Path, slots: int) -> None:
         self.root = root
         self.slots = slots
+        self._origins: dict[Path, Path | None] = {}
 
     def mirror(self, repo: str) -> Mirror:
         return Mirror(repo, self.root / "mirrors" / f"{repo_key(repo)}.git")
@@ -239,13 +240,19 @@ class WorkspaceManager:
         for mirror_dir in sorted((self.root / "mirrors").glob("*.git")):
             if not (mirror_dir / "HEAD").exists():
                 continue
-            targets = [mirror_dir]
-            with contextlib.suppress(GitError):
-                origin = git("config", "--get", "remote.origin.url", git_dir=mirror_dir).strip()
-                if is_local(origin) and Path(origin).is_dir():
-                    targets.append(Path(origin))
+            origin = self._local_origin(mirror_dir)
+            targets = [mirror_dir, *([origin] if origin is not None and origin.is_dir() else [])]
             packed += sum(compact_refs(t) for t in targets)
         return packed
+
+    def _local_origin(self, mirror_dir: Path) -> Path | None:
+        """The mirror's origin when it is a local path; read once per mirror (this runs every pass)."""
+        if mirror_dir not in self._origins:
+            url = None
+            with contextlib.suppress(GitError):
+                url = git("config", "--get", "remote.origin.url", git_dir=mirror_dir).strip()
+            self._origins[mirror_dir] = Path(url) if url and is_local(url) else None
+        return self._origins[mirror_dir]
 
     def prune(self) -> None:
         """Drop worktree records whose directories are gone (a crashed worker's leftovers)."""
