@@ -228,6 +228,10 @@ def _describe_fleet(view: dict[str, Any]) -> str:
         for r in view[title]:
             phase = f"[{r['phase_index']}] {r['phase_name']}" if r["phase_id"] is not None else "-"
             lines.append(f"  run {r['run_id']} {r['run_state']:<8} {phase:<28} {r['reason']}")
+    sick = [h for h in view["hosts"] if h["state"] != "HEALTHY"]
+    lines.append(f"hosts: {len(view['hosts'])} ({len(sick)} sick)")
+    for h in sick:
+        lines.append(f"  {h['name']:<32} SICK since {h['sick_since']}: {h['reason']}")
     lines.append(f"redelivered phases: {len(view['redeliveries'])}")
     for d in view["redeliveries"]:
         lines.append(

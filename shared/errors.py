@@ -37,11 +37,19 @@ class ServiceUnavailable(AutopackError):
         self.detail = detail
 
 
-class DiskFull(ServiceUnavailable):
-    """The worker's workspace disk is (nearly) full: the host's fault, not the phase's."""
+class HostFault(ServiceUnavailable):
+    """This host cannot run phases right now: its disk, its git state, its mirror or its network to
+    the origin failed. Not the phase's fault: the phase goes back to the queue with no attempt spent."""
+
+    def __init__(self, detail: str, service: str = "worker host") -> None:
+        super().__init__(service, detail)
+
+
+class DiskFull(HostFault):
+    """The worker's workspace disk is (nearly) full."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__("workspace disk", detail)
+        super().__init__(detail, "workspace disk")
 
 
 class DatabaseNotMigrated(AutopackError):

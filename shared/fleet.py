@@ -20,8 +20,9 @@ from sqlalchemy import ColumnElement, Float, case, func, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
 
 from shared.db import session_factory
-from shared.models import Attempt, Phase, Run, utcnow
-from shared.states import PHASE_TERMINAL, PhaseState, RunState
+from shared.hosts import HostView, hosts
+from shared.models import Attempt, Phase, Run, WorkerHost, utcnow
+from shared.states import PHASE_TERMINAL, HostState, PhaseState, RunState
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -98,6 +99,8 @@ class FleetRecord(BaseModel):
     stuck: list[RunLine]
     waiting: list[RunLine]
     redeliveries: list[Redelivery]
+    hosts: list[HostView]
+    """What each worker says of its own host; a SICK one has stopped consuming and says why."""
 
 
 class FleetView(FleetRecord):
@@ -178,7 +181,9 @@ def fleet_record(session: Session, *, redispatch_after: float, now: datetime | N
             select(Phase).where(Phase.deliveries > 1).order_by(Phase.deliveries.desc(), Phase.id)
         )
     ]
-    return FleetRecord(executing=executing, stuck=stuck, waiting=waiting, redeliveries=redeliveries)
+    return FleetRecord(
+        executing=executing, stuck=stuck, waiting=waiting, redeliveries=redeliveries, hosts=hosts(session)
+    )
 
 
 def _executing(run: Run, phase: Phase, now: datetime, live: bool) -> ExecutingPhase:
@@ -245,6 +250,8 @@ class MetricCounts:
     duration_sum: float
     lease_takeovers: int
     llm_infra_retries: int
+    hosts: dict[str, int]
+    """Worker hosts by state (HEALTHY, SICK)."""
 
 
 def _duration_expr(session: Session) -> ColumnElement[float]:
@@ -286,7 +293,15 @@ def metric_counts(session: Session) -> MetricCounts:
         duration_sum=total,
         lease_takeovers=int(takeovers),
         llm_infra_retries=_count_infra_failures(infra_rows),
+        hosts=_host_counts(session),
     )
+
+
+def _host_counts(session: Session) -> dict[str, int]:
+    counts = {s.value: 0 for s in HostState}
+    for host_state, n in session.execute(select(WorkerHost.state, func.count()).group_by(WorkerHost.state)):
+        counts[str(host_state)] = int(n)
+    return counts
 
 
 class FleetCollector(Collector):
@@ -301,6 +316,7 @@ class FleetCollector(Collector):
             counts = metric_counts(session)
         yield _by_state("autopack_phases", "Phases by state.", counts.phases)
         yield _by_state("autopack_runs", "Runs by state.", counts.runs)
+        yield _by_state("autopack_hosts", "Worker hosts by state (SICK: out of the queue).", counts.hosts)
         length = self._queue_length()
         if length is not None:  # broker down: no figure rather than a false zero
             yield GaugeMetricFamily(

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from shared.states import AttemptOutcome, PhaseState, RunState
+from shared.states import AttemptOutcome, HostState, PhaseState, RunState
 
 
 def utcnow() -> datetime:
@@ -249,6 +249,23 @@ class EscalationEvent(Base):
     new_max_tokens: Mapped[int]
     model_limit: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHost(Base):
+    """What a worker says of its own host: healthy, or sick (out of the queue) and why. Written by the
+    worker's guard on every change and probe; read by `/fleet` and `/metrics`."""
+
+    __tablename__ = "worker_hosts"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """The Celery node name (`worker@host`)."""
+    state: Mapped[HostState] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text)
+    consecutive_faults: Mapped[int] = mapped_column(default=0)
+    sick_since: Mapped[datetime | None]
+    last_probe_at: Mapped[datetime | None]
+    last_probe_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     """A worker whose workspace disk has less free space than this starts no attempt, and treats a
     failed attempt as the disk's fault: the phase goes back to the queue for another host."""
 
+    host_fault_threshold: int = 3
+    """Host faults in a row (provisioning, mirror fetch, publishing, a full workspace disk) after which
+    a worker stops consuming phases and probes its own host until it works again. 0 never stops (the
+    embedded fleet always behaves so: it has no other host to leave the work to)."""
+
+    host_probe_seconds: float = 30.0
+    """How often a sick host probes itself (a worktree of a small repository of its own); the wait
+    doubles after each failed probe, up to ten times this."""
+
     push_results: bool = True
     """Push each run's result branch `autopack/run-<id>` back to the repository the run came from."""
 

@@ -32,6 +32,12 @@ class PhaseState(StrEnum):
         return self in PHASE_TERMINAL
 
 
+class HostState(StrEnum):
+    HEALTHY = "HEALTHY"
+    SICK = "SICK"
+    """Out of the queue after consecutive host faults; probing itself until it works again."""
+
+
 class AttemptOutcome(StrEnum):
     SUCCESS = "SUCCESS"
     BUILD_FAILED = "BUILD_FAILED"

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-import workers.workspace as workspace_mod
+import workers.workspace.mirror as workspace_mod
+import workers.workspace.pool as pool_mod
+import workers.workspace.repair as repair_mod
 from shared.errors import GitError, WorkspaceError
 from workers.publish import branch_ref, phase_ref, publish
 from workers.workspace import WorkspaceManager, repo_key
@@ -62,7 +64,7 @@ def manager(tmp_path: Path) -> WorkspaceManager:
 
 @pytest.fixture
 def git_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]:
-    """Every git command workers/workspace.py runs (still executed for real), in order."""
+    """Every git command the workspace package runs (still executed for real), in order."""
     calls: list[tuple[str, ...]] = []
     real = workspace_mod.git
 
@@ -70,7 +72,8 @@ def git_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(workspace_mod, "git", recording)
+    for module in (workspace_mod, pool_mod, repair_mod):
+        monkeypatch.setattr(module, "git", recording)
     yield calls
 
 
@@ -168,7 +171,7 @@ def test_reprovisioning_moves_a_reused_slot_to_a_different_sha(
         assert not (wt.path / "src" / "extra.py").exists()
 
 
-def test_a_slot_left_broken_by_a_crash_mid_git_command_is_rebuilt(
+def test_an_index_lock_left_by_a_crash_mid_git_command_is_dropped_and_the_slot_reused(
     manager: WorkspaceManager, sample_repo: Path, git_calls: list[tuple[str, ...]]
 ) -> None:
     sha = head(sample_repo)
@@ -183,7 +186,8 @@ def test_a_slot_left_broken_by_a_crash_mid_git_command_is_rebuilt(
         assert head(wt.path) == sha
         assert (wt.path / "src" / "calc.py").read_text().startswith("def add(")
         assert sh_git(wt.path, "status", "--porcelain") == ""
-    assert _worktree_adds(git_calls) == 2  # the broken slot was re-added, not used as is
+    assert not (admin / "index.lock").exists()
+    assert _worktree_adds(git_calls) == 1  # repaired in place: no second `worktree add`
 
 
 def test_a_sha_committed_to_origin_after_the_clone_is_fetched_on_demand(

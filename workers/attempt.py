@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.errors import DiskFull, GitError, PatchParseError, WorkspaceError
+from shared.errors import DiskFull, GitError, HostFault, PatchParseError, WorkspaceError
 from shared.models import utcnow
 from shared.specs import PhaseSpec
 from shared.states import AttemptOutcome
@@ -18,7 +18,7 @@ from workers.patches import parse_change, resolve
 from workers.publish import phase_ref, publish
 from workers.record import AttemptRecord, PhaseJob
 from workers.validation import ValidationRun, compare, infer_validation, run_validation
-from workers.workspace import is_disk_full
+from workers.workspace import Worktree, is_disk_full
 
 if TYPE_CHECKING:
     from workers.executor import WorkerContext
@@ -49,28 +49,44 @@ class Attempted:
 
 
 def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> Attempted:
-    """One attempt in a pooled worktree. Raises DiskFull when the host's disk, not the phase, is at fault."""
+    """One attempt in a pooled worktree. Raises HostFault (DiskFull when it is the disk) when this host
+    - its disk, its git state, its mirror or its network to the origin - and not the phase is at fault:
+    such a failure spends no attempt, since any other host might have run the phase fine."""
     started = utcnow()
     min_free = ctx.settings.min_free_disk_mb * 2**20
     ctx.workspace.require_free(min_free)
     try:
         with ctx.workspace.worktree(job.repo, job.head_sha) as wt:
-            try:
-                attempted = _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
-            except (GitError, OSError) as exc:
-                if _disk_full(ctx, exc, min_free):
-                    steps.discard(wt.path)
-                    raise DiskFull(f"{exc}") from exc
-                raise
-            if attempted.record.outcome != AttemptOutcome.SUCCESS:
-                _blame_a_full_disk(ctx, wt.path, attempted, min_free)
-            return attempted
-    except (WorkspaceError, GitError) as exc:
+            return _in_worktree(ctx, lease, job, plan, wt, started, min_free)
+    except (WorkspaceError, GitError, OSError) as exc:
         if _disk_full(ctx, exc, min_free):
             raise DiskFull(str(exc)) from exc
-        return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, str(exc)), None)
-    except OSError as exc:
-        return Attempted(_rec(plan, AttemptOutcome.INFRA_ERROR, started, f"worker OS error: {exc}"), None)
+        what = str(exc) if isinstance(exc, WorkspaceError) else f"worker git/OS error: {exc}"
+        raise HostFault(what) from exc
+
+
+def _in_worktree(
+    ctx: WorkerContext,
+    lease: Lease,
+    job: PhaseJob,
+    plan: Plan,
+    wt: Worktree,
+    started: datetime,
+    min_free: int,
+) -> Attempted:
+    try:
+        attempted = _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
+    except (GitError, OSError) as exc:
+        if _disk_full(ctx, exc, min_free):
+            steps.discard(wt.path)
+            raise DiskFull(f"{exc}") from exc
+        if not wt.intact():  # the phase's commands deleted or rewrote `.git`: their fault, not git's
+            reason = f"the phase's commands broke the worktree's .git link; nothing committed: {exc}"
+            return Attempted(_rec(plan, AttemptOutcome.SCOPE_VIOLATION, started, reason[:4000]), None)
+        raise
+    if attempted.record.outcome != AttemptOutcome.SUCCESS:
+        _blame_a_full_disk(ctx, wt.path, attempted, min_free)
+    return attempted
 
 
 def _disk_full(ctx: WorkerContext, exc: Exception, min_free: int) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.budget import BudgetExceeded
 from shared.dispatch import Dispatcher
-from shared.errors import DiskFull, Drained, LeaseLost, LlmAuthError, LlmInfraError
+from shared.errors import Drained, HostFault, LeaseLost, LlmAuthError, LlmInfraError
 from shared.models import EscalationEvent
 from shared.outbox import claim_and_enqueue
 from shared.settings import Settings
@@ -22,6 +22,7 @@ from workers.attempt import Attempted, Plan, run_attempt
 from workers.builders import LLM_BUILDERS
 from workers.doctor import DoctorAction
 from workers.escalation import escalate, trigger
+from workers.host.health import HostHealth
 from workers.lease import Lease, acquire, heartbeat
 from workers.llm.client import LlmClient, RetryPolicy
 from workers.llm.gateway import LlmGateway
@@ -39,11 +40,13 @@ class WorkerContext:
     settings: Settings
     workspace: WorkspaceManager
     dispatcher: Dispatcher
+    health: HostHealth
 
     @classmethod
     def build(cls, settings: Settings, dispatcher: Dispatcher) -> WorkerContext:
         workspace = WorkspaceManager(Path(settings.workspace_dir), settings.worktrees_per_repo)
-        return cls(settings, workspace, dispatcher)
+        threshold = 0 if settings.is_embedded else settings.host_fault_threshold
+        return cls(settings, workspace, dispatcher, HostHealth(Path(settings.workspace_dir), threshold))
 
     def owner(self) -> str:
         return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
@@ -70,6 +73,9 @@ class WorkerContext:
 def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
     """Run the phase under the run's lease; return what happened, in words, for logs and tests."""
     s = ctx.settings
+    if ctx.health.read().sick:  # hand it on untouched (no lease, no delivery) while the guard stops us
+        ctx.dispatcher.enqueue(run_id, phase_id)
+        return "handed on: this host is sick"
     lease = acquire(s.database_url, run_id, ctx.owner(), s.lease_ttl_seconds)
     if lease is None:
         return "busy: another worker holds this run"
@@ -166,11 +172,13 @@ def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -
         return "handed back: LLM provider unavailable"
     except Drained as exc:
         return _hand_over(lease, job, str(exc), then)
-    except DiskFull as exc:
-        # The host's fault: no attempt spent. The delivery counts, so a phase that fills every
-        # host's disk still ends FAILED after max_deliveries, with this reason.
+    except HostFault as exc:
+        # The host's fault: no attempt spent. The delivery counts, so a phase that fails on every
+        # host (it fills every disk, its origin is gone) still ends FAILED after max_deliveries.
         log.warning("run %s phase %s: %s; handing it back", job.run_id, job.phase_id, exc)
         record.hand_back(lease, job, f"{exc}; phase handed back")
+        if ctx.health.fault(str(exc)).sick:
+            log.error("this host is sick after repeated host faults; it stops taking phases")
         return f"handed back: {exc}"
     finally:
         if loop.gateway is not None:
@@ -189,6 +197,7 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
             return _hand_over(lease, job, f"the worker is stopping; attempt {number} left to another", then)
         plan = loop.plan(number)
         attempted = run_attempt(ctx, lease, job, plan)
+        ctx.health.ok()
         rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:
             return _finish_success(ctx, lease, job, rec, then)
@@ -202,8 +211,6 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
                 lease, job, f"the Doctor marked the failure fatal: {(recovery.doctor or {}).get('diagnosis')}"
             )
             return "failed: fatal"
-        if rec.outcome == AttemptOutcome.INFRA_ERROR:
-            break  # a full disk or a missing repo does not get better by retrying here
     record.fail(lease, job, f"{max_attempts} attempt(s) used; last: {loop.failure}"[:4000])
     return f"failed: {loop.failure}"
 

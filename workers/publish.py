@@ -16,6 +16,8 @@ from sqlalchemy import update
 from shared.db import transaction
 from shared.git import git
 from shared.models import Run
+from workers.workspace.locks import retrying_locks
+from workers.workspace.mirror import local_origin
 
 
 def phase_ref(run_id: int, phase_index: int, epoch: int) -> str:
@@ -32,12 +34,19 @@ def publish(
     """Point `ref` at `sha` here and, when `push`, in the origin; `drop` is a remote ref deleted in the
     same all-or-nothing push (one already gone is no error, so a retried move still moves).
     `force=False` refuses to move the remote ref anywhere but forward (GitError)."""
-    git("update-ref", ref, sha, git_dir=mirror)
+    retrying_locks(lambda: git("update-ref", ref, sha, git_dir=mirror), lambda: [mirror])
     if push:
         specs = [f"{sha}:{ref}", *([f":{drop}"] if drop else [])]
         flags = ["--atomic"] if drop else []
         flags += ["--force"] if force else []
-        git("push", "--quiet", "--no-verify", *flags, "origin", *specs, git_dir=mirror)
+        push_args = ("push", "--quiet", "--no-verify", *flags, "origin", *specs)
+        retrying_locks(lambda: git(*push_args, git_dir=mirror), lambda: _repos(mirror))
+
+
+def _repos(mirror: Path) -> list[Path]:
+    """Where a push takes locks that a killed push may have left: the mirror and a local origin."""
+    origin = local_origin(mirror)
+    return [mirror, *([origin] if origin is not None else [])]
 
 
 def move_branch(

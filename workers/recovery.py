@@ -8,7 +8,6 @@ from typing import Any
 
 from shared.errors import LlmError
 from shared.specs import PhaseSpec
-from shared.states import AttemptOutcome
 from workers.attempt import Attempted
 from workers.doctor import DoctorAction, DoctorAnswerError, cap_log, parse_diagnosis
 from workers.hardening import match_failure
@@ -44,8 +43,6 @@ def analyse(
     attempt: int,
 ) -> Recovery:
     rec = attempted.record
-    if rec.outcome == AttemptOutcome.INFRA_ERROR:
-        return Recovery()
     text = failure_text(attempted)
     hit = match_failure(text, exit_code=attempted.exit_code, scope=phase.scope)
     if hit is not None:

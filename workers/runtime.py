@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -14,6 +15,8 @@ from shared.dispatch import Dispatcher
 from shared.outbox import lagging_branches, reconcile
 from shared.settings import Settings
 from workers import drain
+from workers.celery_app import QUEUE
+from workers.host.guard import HostGuard
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
 
@@ -62,19 +65,34 @@ class Reconciler:
                 log.warning("reconciler pass failed: %s", exc)
 
 
+def _switch(app: Celery, node: str) -> Callable[[bool], None]:
+    """Start or stop this worker's consuming of the phase queue, through Celery's own control channel
+    (the consumer's event loop is not ours to touch from another thread)."""
+
+    def consume(on: bool) -> None:
+        control = app.control.add_consumer if on else app.control.cancel_consumer
+        replies = control(QUEUE, destination=[node], reply=True, timeout=5)
+        log.info("%s %s: %s", "add_consumer" if on else "cancel_consumer", node, replies)
+
+    return consume
+
+
 def install(app: Celery, settings: Settings, dispatcher: Dispatcher) -> None:
     """Hook the reconciler and pruning into a prefork worker's lifecycle (main process only)."""
-    state: dict[str, Reconciler] = {}
+    threads: list[Reconciler | HostGuard] = []
     drain.configure(settings.workspace_dir / "drain")
 
     def _ready(sender: Any = None, **_: Any) -> None:
         WorkspaceManager(settings.workspace_dir, settings.worktrees_per_repo).prune()
-        state["r"] = Reconciler(settings, dispatcher)
-        state["r"].start()
+        threads.append(Reconciler(settings, dispatcher))
+        if settings.host_fault_threshold > 0:
+            threads.append(HostGuard(settings, sender.hostname, _switch(app, sender.hostname)))
+        for thread in threads:
+            thread.start()
 
     def _shutdown(sender: Any = None, **_: Any) -> None:
-        if "r" in state:
-            state["r"].stop()
+        for thread in threads:
+            thread.stop()
 
     def _stopping(sender: Any = None, **_: Any) -> None:
         log.info("worker stopping: running phases get %.0f s to finish", settings.drain_seconds)
