@@ -65,10 +65,16 @@ def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = No
 
 @contextmanager
 def worker_process(
-    settings: Settings, name: str, logdir: Path, concurrency: int | None = None, workspace: Path | None = None
+    settings: Settings,
+    name: str,
+    logdir: Path,
+    concurrency: int | None = None,
+    workspace: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Proc]:
-    """A real `autopack worker` (Celery prefork) subprocess; waits until it consumes."""
-    env = settings_env(settings, AUTOPACK_LOG_LEVEL="INFO")  # readiness is read from the INFO log
+    """A real `autopack worker` (Celery prefork) subprocess; waits until it consumes. `env` adds to
+    (or overrides) its environment, e.g. a PATH with tests/support/gitshim.py in front."""
+    env = settings_env(settings, AUTOPACK_LOG_LEVEL="INFO", **(env or {}))  # readiness: the INFO log
     if workspace is not None:  # a different "host": its own mirrors and worktrees
         env["AUTOPACK_WORKSPACE_DIR"] = str(workspace)
     args = [AUTOPACK, "worker", "--hostname", f"{name}@%h"]

@@ -1,0 +1,93 @@
+"""A `git` in front of the real one, for workers under test: it fails or kills at a named git step.
+
+Put `GitShim.bin` first on a worker's PATH and `GITSHIM_DIR` in its environment. Control files in
+that directory steer it, per step (`reset`, `clean`, `worktree-add`, `commit`, `update-ref`, `push`,
+`push-branch` for the atomic push that moves a run branch, `fetch`, …):
+- `fail-<step>` exists: the step fails as a broken host's git would (exit 128), while the file exists;
+- `kill-<step>` exists: the first such call claims it, starts the real git, waits the seconds the file
+  holds, then SIGKILLs that git (and its children) together with the worker process that ran it, as a
+  host crash or an OOM kill of the worker's cgroup would. Only calls made by a prefork child fire, so
+  the worker's main process (its reconciler) is never the one killed. The claimed file is renamed
+  `fired-<step>.<pid>`: proof, for the test, that the kill happened.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCRIPT = r"""#!/usr/bin/env bash
+real=__REAL__
+args=("$@"); i=0; step=""
+while [ $i -lt ${#args[@]} ]; do
+  case "${args[$i]}" in
+    -c|-C|--git-dir) i=$((i+2));;
+    -*) i=$((i+1));;
+    worktree) step="worktree-${args[$((i+1))]}"; break;;
+    *) step="${args[$i]}"; break;;
+  esac
+done
+if [ "$step" = push ] && [[ " $* " == *" --atomic "* ]]; then step=push-branch; fi
+d="${GITSHIM_DIR:-}"
+if [ -n "$d" ] && [ -n "$step" ]; then
+  if [ -e "$d/fail-$step" ]; then
+    echo "fatal: git $step: simulated host fault (input/output error)" >&2
+    exit 128
+  fi
+  grandparent=$(ps -o ppid= -p "$PPID" | tr -d ' ')
+  if tr '\0' ' ' < "/proc/$grandparent/cmdline" 2>/dev/null | grep -q "autopack worker" \
+     && mv "$d/kill-$step" "$d/fired-$step.$$" 2>/dev/null; then
+    "$real" "$@" &
+    g=$!
+    sleep "$(cat "$d/fired-$step.$$")"
+    pkill -9 -P "$g" 2>/dev/null
+    kill -9 "$g" "$PPID" 2>/dev/null
+    exit 137
+  fi
+fi
+exec "$real" "$@"
+"""
+
+
+@dataclass
+class GitShim:
+    root: Path
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def control(self) -> Path:
+        return self.root / "control"
+
+    @classmethod
+    def install(cls, root: Path, real: str = "/usr/bin/git") -> GitShim:
+        shim = cls(root)
+        shim.bin.mkdir(parents=True, exist_ok=True)
+        shim.control.mkdir(parents=True, exist_ok=True)
+        script = shim.bin / "git"
+        script.write_text(_SCRIPT.replace("__REAL__", real))
+        script.chmod(0o755)
+        return shim
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": f"{self.bin}:{os.environ['PATH']}", "GITSHIM_DIR": str(self.control)}
+
+    def fail(self, step: str, on: bool = True) -> None:
+        flag = self.control / f"fail-{step}"
+        if on:
+            flag.write_text("")
+        else:
+            flag.unlink(missing_ok=True)
+
+    def kill(self, step: str, after_seconds: float) -> None:
+        (self.control / f"kill-{step}").write_text(f"{after_seconds:.4f}\n")
+
+    def fired(self) -> list[str]:
+        """The steps whose kill happened, in no particular order."""
+        return sorted(p.name.split(".")[0].removeprefix("fired-") for p in self.control.glob("fired-*"))
+
+    def armed(self) -> list[str]:
+        return sorted(p.name.removeprefix("kill-") for p in self.control.glob("kill-*"))
