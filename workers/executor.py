@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -22,6 +23,7 @@ from workers.attempt import Attempted, Plan, run_attempt
 from workers.builders import LLM_BUILDERS
 from workers.doctor import DoctorAction
 from workers.escalation import escalate, trigger
+from workers.host.guard import GUARD_PERIOD_SECONDS
 from workers.host.health import HostHealth
 from workers.lease import Lease, acquire, heartbeat
 from workers.llm.client import LlmClient, RetryPolicy
@@ -73,7 +75,10 @@ class WorkerContext:
 def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
     """Run the phase under the run's lease; return what happened, in words, for logs and tests."""
     s = ctx.settings
-    if ctx.health.read().sick:  # hand it on untouched (no lease, no delivery) while the guard stops us
+    if ctx.health.read().sick:
+        # Hand it on untouched (no lease, no delivery), but only once the guard has stopped this worker
+        # consuming: re-enqueued at once, it would come straight back here.
+        time.sleep(GUARD_PERIOD_SECONDS * 1.5)
         ctx.dispatcher.enqueue(run_id, phase_id)
         return "handed on: this host is sick"
     lease = acquire(s.database_url, run_id, ctx.owner(), s.lease_ttl_seconds)

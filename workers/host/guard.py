@@ -1,8 +1,8 @@
 """The guard: a thread in the worker's main process that takes a sick host out of the queue and back.
 
-Every second it reads the host's fault counter (health.py). Sick: it stops consuming the phase queue
-(`cancel_consumer`, so Celery's heartbeat, events and control go on and the worker stays visible),
-says why in the log and in the database (`/fleet`), and probes the host (probe.py) every
+Every `GUARD_PERIOD_SECONDS` it reads the host's fault counter (health.py). Sick: it stops consuming
+the phase queue (`cancel_consumer`, so Celery's heartbeat, events and control go on and the worker
+stays visible), says why in the log and in the database (`/fleet`), and probes the host (probe.py) every
 `host_probe_seconds`, doubling the wait after each failed probe up to ten times that. A passing probe
 starts consuming again. The counter lives in a file, so a sick host that restarts stays out until a
 probe passes.
@@ -25,6 +25,9 @@ from workers.host.probe import probe
 from workers.workspace import WorkspaceManager
 
 log = logging.getLogger(__name__)
+
+GUARD_PERIOD_SECONDS = 1.0
+"""How often the guard reads the fault counter: a sick host stops consuming within about this long."""
 
 Switch = Callable[[bool], None]
 """consume(True) starts consuming the phase queue, consume(False) stops."""
@@ -51,7 +54,7 @@ class HostGuard:
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(GUARD_PERIOD_SECONDS):
             try:
                 self.check(time.monotonic())
             except Exception as exc:  # a DB outage must not kill the guard; next second tries again
