@@ -1,5 +1,5 @@
-"""The short chaos batch (the full one is `make chaos`): kills, fencing, a Redis restart, a full disk,
-invariants."""
+"""The short chaos batch (the full one is `make chaos`): kills, kills inside git, fencing, a Redis
+restart, a full disk, invariants."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
-from tests.chaos.harness import (
-    ChaosConfig,
-    chaos_settings,
-    check_invariants,
-    disk_for,
-    faults_complete,
-    render,
-    run_chaos,
-)
+from tests.chaos.batch import run_chaos
+from tests.chaos.checks import check_invariants, faults_complete, render
+from tests.chaos.config import ChaosConfig, chaos_settings
+from tests.chaos.services import disk_for
 
 pytestmark = pytest.mark.fleet
 
@@ -33,6 +28,7 @@ def test_short_chaos_batch_keeps_every_invariant(
         redis_restarts=1,
         pg_restarts=0,
         disk_fills=1,
+        git_kills=3,
         seed=random.SystemRandom().randrange(1 << 31),
         max_runs=20,
         settle_timeout=60,

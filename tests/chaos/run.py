@@ -18,20 +18,10 @@ import redis
 from api.sample_repo import make_sample_repo
 from shared.db import engine_for, upgrade
 from shared.settings import Settings
-from tests.chaos.harness import (
-    ChaosConfig,
-    Check,
-    chaos_settings,
-    check_invariants,
-    disk_for,
-    faults_complete,
-    log,
-    render,
-    run_chaos,
-    services_guard,
-    start_postgres,
-    start_redis,
-)
+from tests.chaos.batch import run_chaos
+from tests.chaos.checks import Check, check_invariants, faults_complete, render
+from tests.chaos.config import ChaosConfig, chaos_settings, log
+from tests.chaos.services import disk_for, services_guard, start_postgres, start_redis
 from tests.conftest import PG_ADMIN, REDIS_URL, create_database, drop_database
 
 
@@ -45,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis-restarts", type=int, default=1)
     ap.add_argument("--pg-restarts", type=int, default=1)
     ap.add_argument("--disk-fills", type=int, default=1, help="fill a worker's tmpfs workspace to ENOSPC")
+    ap.add_argument("--git-kills", type=int, default=10, help="SIGKILL a worker inside a random git step")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, repo, workspaces)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -56,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_restarts=args.redis_restarts,
         pg_restarts=args.pg_restarts,
         disk_fills=args.disk_fills,
+        git_kills=args.git_kills,
         seed=seed,
     )
     print(f"chaos seed: {seed} (rerun with --seed {seed})", flush=True)

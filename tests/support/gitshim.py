@@ -85,6 +85,9 @@ class GitShim:
     def kill(self, step: str, after_seconds: float) -> None:
         (self.control / f"kill-{step}").write_text(f"{after_seconds:.4f}\n")
 
+    def disarm(self, step: str) -> None:
+        (self.control / f"kill-{step}").unlink(missing_ok=True)
+
     def fired(self) -> list[str]:
         """The steps whose kill happened, in no particular order."""
         return sorted(p.name.split(".")[0].removeprefix("fired-") for p in self.control.glob("fired-*"))

@@ -1,0 +1,104 @@
+"""One chaos batch: a real API and fleet, runs submitted in waves while the fault thread works, until
+every run has ended."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from api.client import ApiClient
+from api.serve import free_port
+from shared.db import transaction
+from shared.keys import create_key
+from shared.settings import Settings
+from tests.chaos.config import ChaosConfig, Db, batch_spec, chaos_settings, killer_spec, log, run_spec
+from tests.chaos.faults import Chaos, ChaosState
+from tests.chaos.fleet import FIRST_USE_STEPS, Fleet
+from tests.chaos.services import services_guard
+from tests.support.procs import api_process
+
+
+@dataclass
+class BatchResult:
+    cfg: ChaosConfig
+    run_ids: list[int]
+    killer_id: int
+    state: ChaosState
+    seconds: float
+    repo: Path
+    workspaces: list[Path]
+
+
+def run_chaos(
+    cfg: ChaosConfig, base: Settings, repo: Path, root: Path, disk: Path | None = None
+) -> BatchResult:
+    """Run the batch under faults; return once every run is terminal (or the settle timeout passed)."""
+    settings = chaos_settings(base)
+    t0 = time.monotonic()
+    db = Db(settings.database_url)
+    with transaction(settings.database_url) as session:
+        _, key = create_key(session, "chaos")
+    fleet = Fleet(settings, root, cfg.workers, cfg.concurrency, disk)
+    services = threading.Lock()
+    chaos = Chaos(cfg, settings, fleet, db, services)
+    ids: list[int] = []
+    log(f"seed={cfg.seed} runs>={cfg.runs} workers={cfg.workers}x{cfg.concurrency}")
+    with services_guard(settings.database_url):
+        for name in fleet.names:  # workers boot while the API does
+            fleet.start(name, wait=False)
+        try:
+            with api_process(settings, free_port(), root) as url:
+                client = ApiClient(url, key)
+                fleet.start_all(started=True)
+                log("fleet ready")
+
+                def submit(spec: dict[str, Any]) -> int:
+                    with services:
+                        return int(client.submit(spec)["id"])
+
+                killer_id = submit(killer_spec(repo))
+                ids.append(submit(run_spec(repo, 0)))  # the source the replayed runs re-emit
+                wait_terminal(db, ids, 60)
+                for _ in range(cfg.wave):
+                    ids.append(submit(batch_spec(repo, len(ids), ids[0])))
+                chaos.thread.start()
+                while not chaos.state.done.is_set() or len(ids) < cfg.runs:
+                    busy = db.rows("SELECT count(*) AS n FROM runs WHERE state IN ('QUEUED', 'RUNNING')")[0].n
+                    wanted = len(ids) < cfg.max_runs or (chaos.state.need_work.is_set() and busy < 2)
+                    if wanted and busy < cfg.workers * cfg.concurrency * 2:
+                        for _ in range(cfg.wave):
+                            ids.append(submit(batch_spec(repo, len(ids), ids[0])))
+                    time.sleep(0.5)
+                chaos.thread.join()
+                log(f"faults done ({len(ids)} runs submitted); waiting for every run to end")
+                wait_terminal(db, [*ids, killer_id], cfg.settle_timeout)
+                # One more reconciler period: nothing may wake up and change a finished run.
+                time.sleep(settings.reconcile_interval_seconds * 2)
+        finally:
+            fleet.stop_all()
+    chaos.state.disk_handbacks = fleet.disk_handbacks() if disk else 0
+    chaos.state.first_use_kills = [s for s in fleet.git_kills() if s in FIRST_USE_STEPS]
+    return BatchResult(
+        cfg,
+        ids,
+        killer_id,
+        chaos.state,
+        time.monotonic() - t0,
+        repo,
+        [fleet.workspace(n) for n in fleet.names],
+    )
+
+
+def wait_terminal(db: Db, ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = db.rows(
+            "SELECT count(*) AS n FROM runs WHERE id = ANY(:ids) AND state IN ('QUEUED', 'RUNNING')", ids=ids
+        )
+        if left[0].n == 0:
+            return
+        time.sleep(0.5)
+    log(f"not every run terminal after {timeout}s")

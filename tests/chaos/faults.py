@@ -1,0 +1,251 @@
+"""The fault thread: SIGKILLs, SIGSTOPs until a takeover, kills inside git steps, service restarts and
+a full disk, in a seeded random order while the batch runs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+
+from shared.settings import Settings
+from tests.chaos.config import ChaosConfig, Db, log
+from tests.chaos.fleet import Fleet, signal_tree
+from tests.chaos.services import fill_disk, restart_postgres, restart_redis
+
+
+@dataclass
+class Fenced:
+    run_id: int
+    owner: str
+    epoch: int
+    stopped_at: datetime
+    taken_over_by: str | None = None
+    new_epoch: int | None = None
+
+
+@dataclass
+class ChaosState:
+    kills: int = 0
+    stops: int = 0
+    redis_restarts: int = 0
+    pg_restarts: int = 0
+    disk_fills: int = 0
+    disk_handbacks: int = 0
+    git_kills: list[str] = field(default_factory=list)
+    """The git step of each kill inside git the fault thread made happen."""
+    first_use_kills: list[str] = field(default_factory=list)
+    """Kills inside `clone` / `worktree add`, armed before the hosts first used them."""
+    fenced: list[Fenced] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    need_work: threading.Event = field(default_factory=threading.Event)
+    in_transaction: int = 0
+    """Freezes that caught the holder inside a Postgres transaction (thawed at once, round retried)."""
+
+
+GIT_STEPS = [
+    "fetch",
+    "reset",
+    "clean",
+    "status",
+    "add",
+    "diff",
+    "commit",
+    "update-ref",
+    "push",
+    "push-branch",
+]
+"""The git steps a phase runs on a warm host (`clone` and `worktree add` happen once per host and slot)."""
+
+
+class Chaos:
+    def __init__(self, cfg: ChaosConfig, settings: Settings, fleet: Fleet, db: Db, services: threading.Lock):
+        self.cfg = cfg
+        self.settings = settings
+        self.fleet = fleet
+        self.db = db
+        self.services = services  # held while Redis/Postgres restart: no submissions then
+        self.rng = random.Random(cfg.seed)
+        self.state = ChaosState()
+        self.thread = threading.Thread(target=self._main, name="chaos-faults", daemon=True)
+
+    def _plan(self) -> list[str]:
+        plan = ["kill"] * self.cfg.kills + ["stop"] * self.cfg.stops + ["disk"] * self.cfg.disk_fills
+        plan += ["git"] * self.cfg.git_kills
+        self.rng.shuffle(plan)
+        for svc in ["redis"] * self.cfg.redis_restarts + ["pg"] * self.cfg.pg_restarts:
+            plan.insert(self.rng.randint(len(plan) // 4, max(len(plan) // 4, 3 * len(plan) // 4)), svc)
+        return plan
+
+    def _main(self) -> None:
+        try:
+            for fault in self._plan():
+                time.sleep(self.rng.uniform(0.2, 1.0))
+                try:
+                    getattr(self, f"_{fault}")()
+                except Exception as exc:  # a fault that could not be injected is reported, not fatal
+                    self.state.errors.append(f"{fault}: {exc!r}")
+                    log(f"fault {fault} failed: {exc!r}")
+        finally:
+            self.state.done.set()
+
+    def _kill(self) -> None:
+        """SIGKILL a random worker that is up (one still booting from the last kill is not a target)."""
+        deadline = time.monotonic() + 60
+        while not (up := [n for n in self.fleet.names if self.fleet.ready(n)]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no worker came up within 60s")
+            time.sleep(0.2)
+        name = self.rng.choice(up)
+        self.fleet.kill(name)
+        self.state.kills += 1
+        log(f"SIGKILL {name} (#{self.state.kills}), restarted")
+
+    def _git(self) -> None:
+        """Arm a kill inside a random git step of a random worker and wait until a phase reaches it."""
+        name = self.rng.choice(self.fleet.names)
+        step = self.rng.choice(GIT_STEPS)
+        shim = self.fleet.shims[name]
+        before = len(shim.fired())
+        shim.kill(step, self.rng.uniform(0.0, 0.03))
+        self.state.need_work.set()
+        try:
+            deadline = time.monotonic() + 60
+            while len(shim.fired()) <= before:
+                if time.monotonic() > deadline:
+                    shim.disarm(step)
+                    raise RuntimeError(f"no phase on {name} reached git {step} within 60s")
+                time.sleep(0.1)
+        finally:
+            self.state.need_work.clear()
+        self.state.git_kills.append(step)
+        log(f"SIGKILL of {name}'s child inside git {step} (#{len(self.state.git_kills)})")
+
+    def _redis(self) -> None:
+        with self.services:
+            restart_redis()
+        self.state.redis_restarts += 1
+        log("Redis restarted")
+
+    def _pg(self) -> None:
+        with self.services:
+            restart_postgres(self.settings.database_url)
+        self.state.pg_restarts += 1
+        log("Postgres restarted")
+
+    def _disk(self) -> None:
+        """Fill the small disk until a write fails with ENOSPC, keep it full until its worker has handed
+        a phase back, then free it."""
+        assert self.fleet.small_disk is not None
+        ballast = self.fleet.small_disk / "ballast"
+        before = self.fleet.disk_handbacks()
+        fill_disk(ballast)
+        self.state.need_work.set()
+        try:
+            deadline = time.monotonic() + 60
+            while self.fleet.disk_handbacks() <= before:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no phase reached the full disk within 60s")
+                time.sleep(0.2)
+        finally:
+            ballast.unlink()
+            self.state.need_work.clear()
+        self.state.disk_fills += 1
+        log(f"disk of {self.fleet.names[-1]} filled to ENOSPC until it handed a phase back, then freed")
+
+    def _stop(self) -> None:
+        """SIGSTOP a lease holder until another worker holds its run, then SIGCONT it."""
+        ttl = self.settings.lease_ttl_seconds
+        with self.fleet.lock:  # no kill/restart of workers while one of them is frozen
+            for _ in range(20):
+                if self._freeze(ttl):
+                    return
+            raise RuntimeError("could not freeze a holder outside a transaction in 20 tries")
+
+    def _candidates(self) -> list[Any]:
+        deadline = time.monotonic() + 60  # all workers may be rebooting after kills
+        self.state.need_work.set()
+        try:
+            while time.monotonic() < deadline:
+                held = self.db.rows(
+                    "SELECT r.id, r.lease_owner, r.lease_epoch FROM runs r JOIN phases p ON p.run_id = r.id"
+                    " WHERE r.lease_owner IS NOT NULL AND r.lease_expires_at > now()"
+                    " AND p.state = 'EXECUTING' AND r.name LIKE 'chaos-%' AND r.name <> 'chaos-killer'"
+                )
+                candidates = [r for r in held if self.fleet.owner_of(int(r.lease_owner.split("/")[1]))]
+                if candidates:
+                    return candidates
+                time.sleep(0.1)
+        finally:
+            self.state.need_work.clear()
+        raise RuntimeError("no executing lease holder to stop within 60s")
+
+    def _in_transaction(self, pid: int) -> bool:
+        """Does the frozen process hold an open Postgres transaction (and so maybe the run's row lock)?"""
+        try:
+            ports = [
+                c.laddr.port
+                for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.raddr and c.raddr.port == 5432
+            ]
+        except psutil.Error:
+            return False
+        if not ports:
+            return False
+        rows = self.db.rows(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE client_port = ANY(:ports)"
+            " AND (state <> 'idle' OR xact_start IS NOT NULL)",
+            ports=ports,
+        )
+        return bool(rows[0].n)
+
+    def _freeze(self, ttl: float) -> bool:
+        candidates = self._candidates()
+        run_id, owner, epoch = self.rng.choice(candidates)
+        child = int(owner.split("/")[1])
+        stopped_at = datetime.now(UTC)
+        frozen = signal_tree(child, signal.SIGSTOP)
+        try:
+            if self._in_transaction(child):
+                self.state.in_transaction += 1
+                log(f"froze {owner} inside a DB transaction; thawed, retrying the round")
+                return False
+            now = self.db.rows("SELECT lease_owner, lease_epoch FROM runs WHERE id = :id", id=run_id)[0]
+            if now.lease_epoch != epoch:  # it finished (and released) before the signal landed
+                log(f"run {run_id}: lease moved on before SIGSTOP; round retried")
+                return False
+            fenced = Fenced(run_id, owner, epoch, stopped_at)
+            wait_until = time.monotonic() + ttl + 20
+            while time.monotonic() < wait_until:
+                row = self.db.rows(
+                    "SELECT lease_owner, lease_epoch, state FROM runs WHERE id = :id", id=run_id
+                )
+                if row and row[0].lease_epoch > epoch and (row[0].lease_owner or "") != owner:
+                    fenced.taken_over_by, fenced.new_epoch = row[0].lease_owner, row[0].lease_epoch
+                    break
+                time.sleep(0.2)
+            if fenced.taken_over_by is None:
+                waits = self.db.rows(
+                    "SELECT pid, state, wait_event_type, left(query, 60) AS q FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' OR state = 'idle in transaction'"
+                )
+                raise RuntimeError(f"run {run_id}: nobody took over from frozen {owner}; pg: {waits}")
+            # Let the new holder get going (and possibly record) before the old one wakes up.
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            self.state.fenced.append(fenced)
+            self.state.stops += 1
+            log(f"SIGSTOP {owner} epoch {epoch} on run {run_id}; taken over at epoch {fenced.new_epoch}")
+            return True
+        finally:
+            signal_tree(child, signal.SIGCONT)
+            for pid in frozen:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
