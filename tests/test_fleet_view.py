@@ -156,8 +156,17 @@ def test_metrics_report_state_counts_queue_durations_takeovers_and_infra_retries
             inf=json.dumps(failures),
         )
 
+    from shared.hosts import report
+    from shared.states import HostState
+
+    report(url, "sick@a", HostState.SICK, reason="git worktree add failed", faults=3)
+    report(url, "well@b", HostState.HEALTHY)
+    report(url, "well@c", HostState.HEALTHY)
+
     m = metrics(client)
 
+    assert m[key("autopack_hosts", state="SICK")] == 1
+    assert m[key("autopack_hosts", state="HEALTHY")] == 2
     assert m[key("autopack_runs", state="DONE_SUCCESS")] == 1
     assert m[key("autopack_runs", state="RUNNING")] == 1
     assert m[key("autopack_runs", state="QUEUED")] == 1
