@@ -22,30 +22,14 @@ from api.serve import free_port
 from shared.db import transaction
 from shared.keys import create_key
 from shared.settings import Settings
-from tests.support.gitshim import GitShim
+from tests.support.gitshim import WORKER_STEPS, GitShim
 from tests.support.procs import api_process, worker_process
 from tests.support.scenario import branch_subjects, wait_terminal
 from workers.workspace import WorkspaceManager
 
 pytestmark = pytest.mark.fleet
 
-# Every git step a phase's execution runs, in order of first use (the worker never runs `checkout`:
-# it moves a slot with `reset --hard`). A host's first phase of a repository clones its mirror; a
-# later one whose commit the mirror lacks fetches.
-STEPS = [
-    "clone",
-    "worktree-add",
-    "reset",
-    "clean",
-    "rev-parse",
-    "status",
-    "add",
-    "diff",
-    "commit",
-    "update-ref",
-    "push",
-    "push-branch",
-]
+STEPS = [s for s in WORKER_STEPS if s != "fetch"]  # round 0 clones; round 1 fetches instead
 
 
 def spec(repo: Path, k: int) -> dict[str, Any]:

@@ -131,6 +131,13 @@ def test_pruning_drops_a_locked_record_whose_worktree_a_kill_never_created(
     assert not record.exists()
 
 
+def _provisioned_mirror(repo: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A host's mirror of `repo` after one provisioning, and the commit it was provisioned at."""
+    sha = git(repo, "rev-parse", "HEAD")
+    with WorkspaceManager(tmp_path / "workspace", slots=1).worktree(str(repo), sha) as wt:
+        return wt.mirror.path, sha
+
+
 def _stale(lock: Path) -> Path:
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text("")
@@ -141,10 +148,7 @@ def _stale(lock: Path) -> Path:
 def test_a_branch_move_succeeds_past_ref_locks_a_killed_push_left_in_the_mirror_and_the_origin(
     sample_repo: Path, tmp_path: Path
 ) -> None:
-    manager = WorkspaceManager(tmp_path / "workspace", slots=1)
-    sha = git(sample_repo, "rev-parse", "HEAD")
-    with manager.worktree(str(sample_repo), sha) as wt:
-        mirror = wt.mirror.path
+    mirror, sha = _provisioned_mirror(sample_repo, tmp_path)
     ref = branch_ref(7)
     locks = [
         _stale(mirror / f"{ref}.lock"),
@@ -162,10 +166,7 @@ def test_a_branch_move_succeeds_past_ref_locks_a_killed_push_left_in_the_mirror_
 def test_a_young_ref_lock_of_a_live_update_is_waited_on_not_dropped(
     sample_repo: Path, tmp_path: Path
 ) -> None:
-    manager = WorkspaceManager(tmp_path / "workspace", slots=1)
-    sha = git(sample_repo, "rev-parse", "HEAD")
-    with manager.worktree(str(sample_repo), sha) as wt:
-        mirror = wt.mirror.path
+    mirror, sha = _provisioned_mirror(sample_repo, tmp_path)
     live = mirror / f"{branch_ref(8)}.lock"
     live.parent.mkdir(parents=True, exist_ok=True)
     live.write_text("")

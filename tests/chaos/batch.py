@@ -16,8 +16,9 @@ from shared.keys import create_key
 from shared.settings import Settings
 from tests.chaos.config import ChaosConfig, Db, batch_spec, chaos_settings, killer_spec, log, run_spec
 from tests.chaos.faults import Chaos, ChaosState
-from tests.chaos.fleet import FIRST_USE_STEPS, Fleet
+from tests.chaos.fleet import Fleet
 from tests.chaos.services import services_guard
+from tests.support.gitshim import FIRST_USE_STEPS
 from tests.support.procs import api_process
 
 

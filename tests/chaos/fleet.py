@@ -13,10 +13,8 @@ from pathlib import Path
 import psutil
 
 from shared.settings import Settings
-from tests.support.gitshim import GitShim
+from tests.support.gitshim import FIRST_USE_STEPS, GitShim
 from tests.support.procs import AUTOPACK, Proc, settings_env, spawn
-
-FIRST_USE_STEPS = ("clone", "worktree-add")
 
 
 class Fleet:

@@ -17,6 +17,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+WORKER_STEPS = (
+    "clone",
+    "fetch",
+    "worktree-add",
+    "reset",
+    "clean",
+    "rev-parse",
+    "status",
+    "add",
+    "diff",
+    "commit",
+    "update-ref",
+    "push",
+    "push-branch",
+)
+"""Every git step a worker runs for a phase (it never runs `checkout`: it moves a slot with `reset
+--hard`). `clone` and `worktree-add` run once per host and slot; `fetch` when a commit is new to the host."""
+
+FIRST_USE_STEPS = ("clone", "worktree-add")
+
 _SCRIPT = r"""#!/usr/bin/env bash
 real=__REAL__
 args=("$@"); i=0; step=""
