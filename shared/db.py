@@ -36,6 +36,10 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+IDLE_IN_TRANSACTION_MS = 30_000
+"""How long Postgres lets a session sit idle inside a transaction before ending it (see make_engine)."""
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -45,7 +49,7 @@ def make_engine(url: str) -> Engine:
         return engine
     # A holder frozen mid-transaction (SIGSTOP, a partition) must not pin the run row forever:
     # Postgres ends such a session, and a waiter gives up instead of queueing behind it.
-    options = "-c lock_timeout=15000 -c idle_in_transaction_session_timeout=30000"
+    options = f"-c lock_timeout=15000 -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
     return create_engine(
         url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": options}
     )

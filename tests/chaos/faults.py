@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from shared.db import IDLE_IN_TRANSACTION_MS
 from shared.settings import Settings
 from tests.chaos.config import ChaosConfig, Db, log
 from tests.chaos.fleet import Fleet, signal_tree
@@ -214,6 +215,7 @@ class Chaos:
         stopped_at = datetime.now(UTC)
         frozen = signal_tree(child, signal.SIGSTOP)
         try:
+            time.sleep(0.2)  # a query sent just before the signal lands in pg_stat_activity by now
             if self._in_transaction(child):
                 self.state.in_transaction += 1
                 log(f"froze {owner} inside a DB transaction; thawed, retrying the round")
@@ -223,7 +225,9 @@ class Chaos:
                 log(f"run {run_id}: lease moved on before SIGSTOP; round retried")
                 return False
             fenced = Fenced(run_id, owner, epoch, stopped_at)
-            wait_until = time.monotonic() + ttl + 20
+            # A holder frozen inside a transaction that the check above missed pins the run row until
+            # Postgres ends its session (idle_in_transaction_session_timeout, shared/db.py): wait that out.
+            wait_until = time.monotonic() + ttl + IDLE_IN_TRANSACTION_MS / 1000 + 10
             while time.monotonic() < wait_until:
                 row = self.db.rows(
                     "SELECT lease_owner, lease_epoch, state FROM runs WHERE id = :id", id=run_id
