@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, status
 from api.deps import Authed, DispatcherDep, SessionDep, SettingsDep
 from api.schemas import RunOut, RunPage
 from shared import runs
+from shared.admission import admit
 from shared.outbox import claim_and_enqueue
 from shared.specs import RunSpec
 from shared.states import RunState
@@ -24,6 +25,7 @@ def submit_run(
     dispatcher: DispatcherDep,
     later: BackgroundTasks,
 ) -> RunOut:
+    admit(spec, settings)
     run = runs.create_run(session, spec)
     session.commit()
     # After the response: a slow or dead broker must not hold the client; the outbox row is the promise.
