@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict
 
 from shared.models import Phase, Run
+
+MAX_ID = 2**31 - 1
+"""Ids are 32-bit integers in the database; a bigger one is a 422, never a driver error."""
+
+RunId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class AttemptOut(BaseModel):

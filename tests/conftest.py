@@ -142,8 +142,9 @@ def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api_key(fleet_settings: Settings) -> str:
+    """The operator's key: admin, so it sees every run and /fleet (tests/test_keys.py covers owners)."""
     with transaction(fleet_settings.database_url) as session:
-        _, plain = create_key(session, "tests")
+        _, plain = create_key(session, "tests", admin=True)
     return plain
 
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query, status
 
-from api.deps import Authed, DispatcherDep, SessionDep, SettingsDep
-from api.schemas import RunOut, RunPage
+from api.deps import Authed, CallerDep, DispatcherDep, SessionDep, SettingsDep
+from api.schemas import MAX_ID, RunId, RunOut, RunPage
 from shared import runs
 from shared.admission import admit
 from shared.outbox import claim_and_enqueue
@@ -23,10 +23,11 @@ def submit_run(
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
+    caller: CallerDep,
     later: BackgroundTasks,
 ) -> RunOut:
     admit(spec, settings)
-    run = runs.create_run(session, spec)
+    run = runs.create_run(session, spec, owner=caller.owner)
     session.commit()
     # After the response: a slow or dead broker must not hold the client; the outbox row is the promise.
     later.add_task(claim_and_enqueue, settings.database_url, dispatcher, run.id, run.phases[0].id, None)
@@ -34,21 +35,22 @@ def submit_run(
 
 
 @router.get("/{run_id}")
-def read_run(run_id: int, session: SessionDep) -> RunOut:
-    return RunOut.of(runs.get_run(session, run_id), with_attempts=True)
+def read_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> RunOut:
+    return RunOut.of(runs.get_run(session, run_id, caller), with_attempts=True)
 
 
 @router.get("")
 def list_runs(
     session: SessionDep,
+    caller: CallerDep,
     state: RunState | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: int | None = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> RunPage:
-    page, next_cursor = runs.list_runs(session, state=state, limit=limit, cursor=cursor)
+    page, next_cursor = runs.list_runs(session, state=state, limit=limit, cursor=cursor, caller=caller)
     return RunPage(items=[RunOut.of(r) for r in page], next_cursor=next_cursor)
 
 
 @router.post("/{run_id}/cancel")
-def cancel_run(run_id: int, session: SessionDep) -> RunOut:
-    return RunOut.of(runs.cancel_run(session, run_id), with_attempts=True)
+def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> RunOut:
+    return RunOut.of(runs.cancel_run(session, run_id, caller), with_attempts=True)
