@@ -16,6 +16,26 @@ MAX_ID = 2**31 - 1
 RunId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
+class ErrorOut(BaseModel):
+    """Every error but 422: what went wrong, in words."""
+
+    detail: str
+
+
+ERRORS: dict[int, str] = {
+    400: "the body is not UTF-8 JSON",
+    401: "missing or invalid X-API-Key",
+    403: "the route needs an admin key",
+    404: "no such run, or another owner's",
+    413: "request body over AUTOPACK_MAX_BODY_BYTES",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes, so clients (and schemathesis) know them."""
+    return {code: {"model": ErrorOut, "description": ERRORS[code]} for code in codes}
+
+
 class AttemptOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

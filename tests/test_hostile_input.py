@@ -117,6 +117,31 @@ def test_a_goal_may_be_longer_than_other_strings(small: TestClient, sample_repo:
     assert small.post("/runs", json=spec).status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"max_tokens": 10**30}, "max_tokens"),
+        ({"max_usd": 1e300}, "max_usd"),
+        ({"replay_of": 2**40}, "replay_of"),
+    ],
+)
+def test_numbers_the_database_cannot_hold_are_422_naming_the_field(
+    client: TestClient, sample_repo: Path, config: dict[str, Any], field: str
+) -> None:
+    spec = sample_spec(sample_repo, 0)
+    spec["config"].update(config)
+    assert loc_of(client.post("/runs", json=spec))[-1] == field
+
+
+@pytest.mark.parametrize(
+    "path", ["/runs/2147483648", "/runs/2147483648/cancel", "/runs/99999999999999999999/metrics"]
+)
+def test_an_id_beyond_32_bits_is_422_not_a_database_error(client: TestClient, path: str) -> None:
+    resp = client.post(path) if path.endswith("cancel") else client.get(path)
+    assert resp.status_code == 422
+    assert client.get("/runs", params={"cursor": 2**40}).status_code == 422
+
+
 # --- repositories -------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.deps import AdminOnly, Authed, SessionDep, SettingsDep
+from api.schemas import errors
 from shared.fleet import (
     ActiveTask,
     FleetCollector,
@@ -30,7 +31,7 @@ from workers.celery_app import QUEUE
 INSPECT_TIMEOUT = 1.0
 
 # Every owner's runs, workers and leases: the operator's view, so admin keys only.
-router = APIRouter(tags=["fleet"], dependencies=[Authed, AdminOnly])
+router = APIRouter(tags=["fleet"], dependencies=[Authed, AdminOnly], responses=errors(401, 403))
 
 
 @router.get("/fleet")

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import Authed, CallerDep, SessionDep
-from api.schemas import RunId
+from api.schemas import RunId, errors
 from shared.runs import require_visible
 from shared.telemetry import run_metrics
 
-router = APIRouter(prefix="/runs", tags=["metrics"], dependencies=[Authed])
+router = APIRouter(prefix="/runs", tags=["metrics"], dependencies=[Authed], responses=errors(401, 404))
 
 
 @router.get("/{run_id}/metrics")

@@ -7,17 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, status
 
 from api.deps import Authed, CallerDep, DispatcherDep, SessionDep, SettingsDep
-from api.schemas import MAX_ID, RunId, RunOut, RunPage
+from api.schemas import MAX_ID, RunId, RunOut, RunPage, errors
 from shared import runs
 from shared.admission import admit
 from shared.outbox import claim_and_enqueue
 from shared.specs import RunSpec
 from shared.states import RunState
 
-router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authed])
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authed], responses=errors(401))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(400, 413))
 def submit_run(
     spec: RunSpec,
     session: SessionDep,
@@ -34,7 +34,7 @@ def submit_run(
     return RunOut.of(runs.get_run(session, run.id))
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses=errors(404))
 def read_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> RunOut:
     return RunOut.of(runs.get_run(session, run_id, caller), with_attempts=True)
 
@@ -51,6 +51,6 @@ def list_runs(
     return RunPage(items=[RunOut.of(r) for r in page], next_cursor=next_cursor)
 
 
-@router.post("/{run_id}/cancel")
+@router.post("/{run_id}/cancel", responses=errors(404))
 def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> RunOut:
     return RunOut.of(runs.cancel_run(session, run_id, caller), with_attempts=True)
