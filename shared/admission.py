@@ -106,11 +106,13 @@ def _checked_url(repo: str) -> str:
             raise InvalidSpec("repo", f"URL scheme must be one of {', '.join(sorted(URL_SCHEMES))}")
         if parts.password is not None:
             raise InvalidSpec("repo", "credentials do not belong in the URL (use a git credential helper)")
+        if parts.query or parts.fragment:
+            raise InvalidSpec("repo", "must not carry a query or a fragment")
         path = parts.path
     else:
         path = repo.split(":", 1)[1]  # scp-like user@host:path
-    if ".." in path.split("/"):
-        raise InvalidSpec("repo", "must not contain '..'")
+    if ".." in path.split("/") or "%2e" in path.lower():
+        raise InvalidSpec("repo", "must not contain '..' (plain or percent-encoded)")
     return repo
 
 

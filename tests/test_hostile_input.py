@@ -196,16 +196,20 @@ def test_the_embedded_default_allows_temp_dirs_and_dot_autopack_only(tmp_path: P
         check_repo(str(Path.home() / "code"), embedded)
 
 
-def test_url_patterns_allow_an_organisation_but_not_a_lookalike() -> None:
+def test_url_patterns_allow_an_organisation_but_no_lookalike_or_escape() -> None:
     settings = Settings(
         broker_url="redis://x:6379/0",
-        allowed_repos="https://github.com/acme/*, git@github.com:acme/*",
+        allowed_repos="https://github.com/acme/**, git@github.com:acme/**",
         _env_file=None,  # type: ignore[call-arg]
     )
     check_repo("https://github.com/acme/app.git", settings)
     check_repo("git@github.com:acme/app.git", settings)
+    check_repo("https://github.com/acme/team/app.git", settings)
     for bad in (
         "https://github.com/acme/app/../../evil/x",
+        "https://github.com/acme/%2E%2E/%2e%2e/evil/app",
+        "https://github.com/acme/app?next=x",
+        "git@github.com:acme/../evil/app",
         "https://github.com/acme-evil/app",
         "https://github.com/evil/acme/app",
         "https://user:token@github.com/acme/app",
