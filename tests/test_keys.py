@@ -135,23 +135,35 @@ def test_keys_never_appear_in_logs_or_in_any_row(
     assert key not in dump and key[10:] not in dump
 
 
-def test_the_migration_makes_each_existing_key_its_own_owner_and_not_admin() -> None:
+@pytest.fixture(params=["postgres", "sqlite"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/keys.db"
+        return
     name = f"autopack_keys_migration_{os.getpid()}"
     url = create_database(name)
-    try:
-        command.upgrade(alembic_config(url), "0002")
-        with sa.create_engine(url, poolclass=sa.pool.NullPool).begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO api_keys (name, prefix, key_hash, created_at) "
-                    "VALUES ('old-ci', 'apk_abcdef', :h, now())"
-                ),
-                {"h": "0" * 64},
-            )
-        command.upgrade(alembic_config(url), "head")
-        with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
-            row = conn.execute(sa.text("SELECT owner, admin FROM api_keys")).one()
-        assert (row.owner, row.admin) == ("old-ci", False)
-    finally:
-        engine_for(url).dispose()
-        drop_database(name)
+    yield url
+    engine_for(url).dispose()
+    drop_database(name)
+
+
+def test_the_migration_makes_each_existing_key_its_own_owner_and_not_admin_and_reverts(empty_db: str) -> None:
+    command.upgrade(alembic_config(empty_db), "0002")
+    with sa.create_engine(empty_db, poolclass=sa.pool.NullPool).begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_keys (name, prefix, key_hash, created_at) "
+                "VALUES ('old-ci', 'apk_abcdef', :h, CURRENT_TIMESTAMP)"
+            ),
+            {"h": "0" * 64},
+        )
+    command.upgrade(alembic_config(empty_db), "head")
+    with sa.create_engine(empty_db, poolclass=sa.pool.NullPool).connect() as conn:
+        row = conn.execute(sa.text("SELECT owner, admin FROM api_keys")).one()
+    assert (row.owner, bool(row.admin)) == ("old-ci", False)
+    command.downgrade(alembic_config(empty_db), "0002")  # and back, keeping the key
+    with sa.create_engine(empty_db, poolclass=sa.pool.NullPool).connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM api_keys")).scalar_one() == "old-ci"
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("runs")}
+    assert "owner" not in columns
