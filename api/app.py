@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.limits import BodyLimit
 from api.routes import fleet, health, metrics, runs
 from api.version import VERSION
 from shared.db import require_migrated
@@ -27,6 +28,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(fleet.router)
     app.include_router(fleet.metrics_router(settings, celery))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _errors(app)
     return app
 
@@ -34,7 +36,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(InvalidSpec)
     async def invalid_spec(_: Request, exc: InvalidSpec) -> JSONResponse:
-        detail = [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_spec"}]
+        detail = [{"loc": ["body", *_loc(exc.field)], "msg": exc.message, "type": "invalid_spec"}]
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(NotFound)
@@ -52,3 +54,8 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse(
             status_code=503, content={"detail": f"database error: {first}", "service": "database"}
         )
+
+
+def _loc(field: str) -> list[str | int]:
+    """`phases.0.scope` as FastAPI spells a location: `["phases", 0, "scope"]`."""
+    return [int(part) if part.isdigit() else part for part in field.split(".")]

@@ -12,7 +12,7 @@ import click
 import yaml
 
 from api.client import ApiClient, ClientError
-from api.table import render_runs
+from api.table import render_keys, render_runs
 from shared.git import is_local
 from shared.settings import Settings, get_settings
 
@@ -83,7 +83,9 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("name")
-def keys_create(name: str) -> None:
+@click.option("--owner", default=None, help="Whose runs the key submits and sees (default: NAME).")
+@click.option("--admin", is_flag=True, help="Sees every owner's runs and GET /fleet.")
+def keys_create(name: str, owner: str | None, admin: bool) -> None:
     """Create a key and print it once."""
     from shared.db import require_migrated, transaction
     from shared.keys import create_key
@@ -91,9 +93,44 @@ def keys_create(name: str) -> None:
     url = get_settings().database_url
     require_migrated(url)
     with transaction(url) as session:
-        row, plain = create_key(session, name)
+        row, plain = create_key(session, name, owner=owner, admin=admin)
+        row_id, row_owner = row.id, row.owner
     click.echo(plain)
-    click.echo(f"key {row.id} ({name}) created; it is not stored and cannot be shown again", err=True)
+    click.echo(
+        f"key {row_id} ({name}, owner {row_owner}{', admin' if admin else ''}) created; "
+        "it is not stored and cannot be shown again",
+        err=True,
+    )
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: name, owner, admin, the first characters, created and revoked (never the key)."""
+    from shared.db import require_migrated, session_factory
+    from shared.keys import list_keys
+
+    url = get_settings().database_url
+    require_migrated(url)
+    with session_factory(url)() as session:
+        click.echo(render_keys(list_keys(session)))
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Revoke every live key called NAME; requests with it are refused (401) from now on."""
+    from shared.db import require_migrated, transaction
+    from shared.errors import NotFound
+    from shared.keys import revoke_key
+
+    url = get_settings().database_url
+    require_migrated(url)
+    try:
+        with transaction(url) as session:
+            n = revoke_key(session, name)
+    except NotFound as exc:
+        _fail(exc)
+    click.echo(f"revoked {n} key(s) named {name}")
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import session_factory
 from shared.dispatch import Dispatcher
-from shared.keys import verify_key
+from shared.keys import Caller, verify_key
 from shared.settings import Settings
 
 
@@ -43,12 +43,25 @@ _key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 def require_key(
     settings: SettingsDep, session: SessionDep, key: Annotated[str | None, Security(_key_header)]
-) -> None:
+) -> Caller:
+    """Who the request acts for. Looked up on every request, so a revoked key is refused at once."""
     if not settings.needs_api_key:
-        return
-    if verify_key(session, key) is None:
+        return Caller.anonymous()
+    row = verify_key(session, key)
+    if row is None:
         detail = "missing X-API-Key header" if not key else "invalid API key"
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "APIKey"})
+    return Caller.of(row)
 
 
 Authed = Depends(require_key)
+CallerDep = Annotated[Caller, Depends(require_key)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    if not caller.admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin key")
+    return caller
+
+
+AdminOnly = Depends(require_admin)

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict
 
 from shared.models import Phase, Run
+
+MAX_ID = 2**31 - 1
+"""Ids are 32-bit integers in the database; a bigger one is a 422, never a driver error."""
+
+RunId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+class ErrorOut(BaseModel):
+    """Every error but 422: what went wrong, in words."""
+
+    detail: str
+
+
+ERRORS: dict[int, str] = {
+    400: "the body is not UTF-8 JSON",
+    401: "missing or invalid X-API-Key",
+    403: "the route needs an admin key",
+    404: "no such run, or another owner's",
+    413: "request body over AUTOPACK_MAX_BODY_BYTES",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes, so clients (and schemathesis) know them."""
+    return {code: {"model": ErrorOut, "description": ERRORS[code]} for code in codes}
 
 
 class AttemptOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import sys
@@ -22,6 +23,8 @@ from workers.embedded import embedded_fleet
 
 
 def serve(settings: Settings, host: str | None, port: int | None) -> None:
+    host = host or settings.api_host
+    refuse_open_access(settings, host)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.is_embedded:
         upgrade(settings.database_url)  # a laptop's SQLite file: nothing to coordinate, migrate in place
@@ -32,7 +35,32 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
         except (DatabaseNotMigrated, ServiceUnavailable) as exc:
             print(f"autopack api: {exc}", file=sys.stderr)
             sys.exit(2)
-        uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="info")
+        uvicorn.run(app, host=host, port=port or settings.api_port, log_level="info")
+
+
+def refuse_open_access(settings: Settings, host: str) -> None:
+    """Exit unless keys are required or only this machine can connect: whoever reaches the API can
+    submit runs, and runs execute commands."""
+    if settings.needs_api_key or is_loopback(host):
+        return
+    print(
+        f"autopack api: refusing to serve without authentication on {host}: anyone who can reach it could "
+        "run commands on the workers. Either set AUTOPACK_AUTH_REQUIRED=true (and create a key with "
+        "`autopack keys create NAME`), or bind to loopback "
+        "(AUTOPACK_API_HOST=127.0.0.1 or --host 127.0.0.1).",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses that cannot be reached from another machine (0.0.0.0 and names are not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port() -> int:

@@ -1,28 +1,51 @@
 """API keys: shown once at creation, stored only as a SHA-256 hash (keys are 256-bit random, so a
-fast hash is enough; there is nothing to brute-force)."""
+fast hash is enough; there is nothing to brute-force). A key acts for its `owner`; runs belong to
+the owner that submitted them, and only an admin key sees other owners' runs."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.models import ApiKey
+from shared.errors import NotFound
+from shared.models import ApiKey, utcnow
 
 PREFIX = "apk_"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for. `owner` None = no auth (embedded): like an admin, sees everything."""
+
+    owner: str | None
+    admin: bool
+
+    @classmethod
+    def anonymous(cls) -> Caller:
+        return cls(owner=None, admin=True)
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Caller:
+        return cls(owner=key.owner, admin=key.admin)
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """Store a new key; return the row and the plaintext, which is never stored or logged."""
+def create_key(
+    session: Session, name: str, *, owner: str | None = None, admin: bool = False
+) -> tuple[ApiKey, str]:
+    """Store a new key (owner defaults to its name); return the row and the plaintext, which is never
+    stored or logged."""
     plain = PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name, prefix=plain[:10], key_hash=hash_key(plain))
+    row = ApiKey(name=name, owner=owner or name, admin=admin, prefix=plain[:10], key_hash=hash_key(plain))
     session.add(row)
     session.flush()
     return row, plain
@@ -39,3 +62,18 @@ def verify_key(session: Session, presented: str | None) -> ApiKey | None:
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
     return row
+
+
+def list_keys(session: Session) -> Sequence[ApiKey]:
+    return session.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+
+
+def revoke_key(session: Session, name: str) -> int:
+    """Revoke every live key called `name` (the next request with one is 401); return how many."""
+    done = session.execute(
+        update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    revoked: int = getattr(done, "rowcount", 0)
+    if revoked == 0:
+        raise NotFound(f"no live key named {name!r}")
+    return revoked

@@ -70,10 +70,14 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
+    """A key, by its SHA-256 only. Its runs belong to `owner`; an `admin` key sees every owner's runs."""
+
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str] = mapped_column(String(100))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -99,6 +103,8 @@ class Run(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     campaign_id: Mapped[int | None] = mapped_column(index=True)
+    # The submitting key's owner; NULL when submitted without auth (embedded) or before owners existed.
+    owner: Mapped[str | None] = mapped_column(String(100), index=True)
     parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     # The per-run lease: owner + expiry + an epoch bumped on every grant (the fencing token).
     lease_owner: Mapped[str | None] = mapped_column(String(200))

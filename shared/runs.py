@@ -6,11 +6,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
+from shared.keys import Caller
 from shared.models import Phase, Run, utcnow
 from shared.specs import RunSpec
 from shared.states import PHASE_TERMINAL, PhaseState, RunState, check_phase_move, check_run_move
@@ -19,7 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def create_run(
-    session: Session, spec: RunSpec, *, campaign_id: int | None = None, parent_run_id: int | None = None
+    session: Session,
+    spec: RunSpec,
+    *,
+    owner: str | None = None,
+    campaign_id: int | None = None,
+    parent_run_id: int | None = None,
 ) -> Run:
     """Resolve the base ref and store the run with its phases (not yet committed, not yet dispatched)."""
     try:
@@ -38,6 +44,7 @@ def create_run(
         spec_hash=spec.spec_hash(),
         config=spec.config.model_dump(mode="json"),
         state=RunState.QUEUED,
+        owner=owner,
         campaign_id=campaign_id,
         parent_run_id=parent_run_id,
         lease_epoch=0,
@@ -52,20 +59,35 @@ def create_run(
     return run
 
 
-def get_run(session: Session, run_id: int) -> Run:
-    run = session.scalars(
-        select(Run).where(Run.id == run_id).options(selectinload(Run.phases).selectinload(Phase.attempts))
-    ).first()
+def visible_to(query: Select[Run], caller: Caller | None) -> Select[Run]:
+    """Only the caller's own runs, unless it is an admin (or internal code, `caller` None)."""
+    if caller is None or caller.admin:
+        return query
+    return query.where(Run.owner == caller.owner)
+
+
+def get_run(session: Session, run_id: int, caller: Caller | None = None) -> Run:
+    """The run with its phases and attempts; NotFound also when it belongs to another owner."""
+    query = select(Run).where(Run.id == run_id)
+    query = visible_to(query, caller).options(selectinload(Run.phases).selectinload(Phase.attempts))
+    run = session.scalars(query).first()
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
 
 
+def require_visible(session: Session, run_id: int, caller: Caller | None) -> None:
+    """NotFound unless the run exists and the caller may see it."""
+    if session.scalars(visible_to(select(Run), caller).where(Run.id == run_id)).first() is None:
+        raise NotFound(f"run {run_id} not found")
+
+
 def list_runs(
-    session: Session, *, state: RunState | None, limit: int, cursor: int | None
+    session: Session, *, state: RunState | None, limit: int, cursor: int | None, caller: Caller | None = None
 ) -> tuple[Sequence[Run], int | None]:
     """Newest first; `cursor` is the id to continue below. Returns the page and the next cursor."""
-    query = select(Run).options(selectinload(Run.phases)).order_by(Run.id.desc()).limit(limit + 1)
+    query = visible_to(select(Run), caller)
+    query = query.options(selectinload(Run.phases)).order_by(Run.id.desc()).limit(limit + 1)
     if state is not None:
         query = query.where(Run.state == state)
     if cursor is not None:
@@ -75,12 +97,12 @@ def list_runs(
     return page, (page[-1].id if len(rows) > limit else None)
 
 
-def cancel_run(session: Session, run_id: int) -> Run:
+def cancel_run(session: Session, run_id: int, caller: Caller | None = None) -> Run:
     """Ask a run to stop. With no live lease it stops now; otherwise its worker stops it between steps.
 
     Bumping the epoch fences any stale holder: it can no longer record a result for this run.
     """
-    run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()).first()
+    run = session.scalars(visible_to(select(Run).where(Run.id == run_id), caller).with_for_update()).first()
     if run is None:
         raise NotFound(f"run {run_id} not found")
     if RunState(run.state).terminal:

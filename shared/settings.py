@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,29 @@ class Settings(BaseSettings):
 
     api_port: int = 8000
     """Port `autopack api` binds to."""
+
+    allowed_repos: Annotated[list[str] | None, NoDecode] = None
+    """Comma-separated glob patterns a run's `repo` must match: absolute paths (matched after symlinks
+    are resolved) and git URLs, e.g. `/srv/repos/**,https://github.com/acme/*`. `*` stays within one
+    `/`-separated part, `**` crosses them. Unset = embedded: local paths under the system temp dir and
+    `./.autopack/` (where `autopack demo` makes its sample repo); fleet: none at all, so a fleet accepts
+    no repository until the operator lists them. The workspace dir and Autopack's own checkout are
+    refused whatever the patterns say."""
+
+    max_body_bytes: int = 1_048_576
+    """Largest request body the API reads; a bigger one is refused with 413 before it is parsed."""
+
+    max_phases_per_run: int = 100
+    """Phases one run may have (422 on `phases` beyond it)."""
+
+    max_list_items: int = 200
+    """Entries any list of a run spec may have: scope, deliverables, validation, models (422 naming it)."""
+
+    max_string_chars: int = 4000
+    """Characters any string of a run spec may have, except a phase's `goal` (422 naming the field)."""
+
+    max_goal_chars: int = 20000
+    """Characters a phase's `goal` (the task text an LLM builder is given) may have."""
 
     worker_concurrency: int = 2
     """Phases one worker process executes at once (prefork children; threads when embedded)."""
@@ -137,6 +162,23 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Log level of the API and workers."""
 
+    @field_validator("allowed_repos", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return parts or None  # an empty line in .env means unset, as in .env.example
+        return value
+
+    @property
+    def repo_patterns(self) -> list[str]:
+        """The patterns in force: `allowed_repos`, or the default of this mode (see its docstring)."""
+        if self.allowed_repos is not None:
+            return self.allowed_repos
+        if not self.is_embedded:
+            return []
+        return [f"{Path(tempfile.gettempdir()).resolve()}/**", f"{Path('.autopack').resolve()}/**"]
+
     @property
     def is_embedded(self) -> bool:
         """True when the broker lives in this process, so workers must too."""
@@ -165,10 +207,21 @@ def render_env_example() -> str:
     ]
     for name, default in env_defaults().items():
         doc = Settings.model_fields[name.removeprefix("AUTOPACK_").lower()].description or ""
-        lines += ["", f"# {doc}", f"{name}={default}"]
+        lines += ["", *(f"# {line}" for line in doc.splitlines()), f"{name}={default}"]
     lines += ["", "# Required by compose.yaml (no defaults on purpose; FLOWER_BASIC_AUTH is user:password)."]
     lines += [f"{name}=" for name in COMPOSE_SECRETS]
     return "\n".join(lines) + "\n"
+
+
+def env_value(value: Any) -> str:
+    """A setting's value as its `AUTOPACK_*` variable spells it (lists comma-separated)."""
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def env_defaults() -> dict[str, str]:
@@ -176,5 +229,5 @@ def env_defaults() -> dict[str, str]:
     out: dict[str, str] = {}
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        out[f"AUTOPACK_{name.upper()}"] = "" if default is None else str(default)
+        out[f"AUTOPACK_{name.upper()}"] = env_value(default)
     return out

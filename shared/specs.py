@@ -67,16 +67,17 @@ class RunConfig(BaseModel):
     context_budget_tokens: int = Field(default=20000, ge=0, le=1_000_000)
     """Estimated tokens of repository context a builder prompt may carry."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    """Cap on LLM tokens (input + output) this run may spend; unset = no cap."""
+    max_tokens: int | None = Field(default=None, ge=1, le=10**12)
+    """Cap on LLM tokens (input + output) this run may spend; unset = no cap. Bounded so the budget
+    ledger's SQL comparisons never overflow."""
 
-    max_usd: float | None = Field(default=None, gt=0)
+    max_usd: float | None = Field(default=None, gt=0, le=1_000_000)
     """Cap on LLM cost in USD this run may spend; unset = no cap."""
 
     doctor: bool = True
     """Ask the Doctor about failures no deterministic pattern explains."""
 
-    replay_of: int | None = None
+    replay_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """For `builder: replay`: the run whose recorded builder outputs are re-emitted."""
 
 

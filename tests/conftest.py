@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from workers.celery_app import create_app as create_celery
 PG_ADMIN = os.environ.get("AUTOPACK_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AUTOPACK_TEST_REDIS", "redis://127.0.0.1:6379/15")
 PYTHON = sys.executable
+TEMP_REPOS = f"{Path(tempfile.gettempdir()).resolve()}/**"
+"""The tests' repositories live in temp dirs; a fleet allows none until told."""
 
 
 def _admin() -> sa.Engine:
@@ -131,6 +134,7 @@ def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
         reconcile_interval_seconds=1,
         redispatch_after_seconds=5,
         auth_required=True,
+        allowed_repos=[TEMP_REPOS],
         log_level="WARNING",
         _env_file=None,  # type: ignore[call-arg]
     )
@@ -138,8 +142,9 @@ def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api_key(fleet_settings: Settings) -> str:
+    """The operator's key: admin, so it sees every run and /fleet (tests/test_keys.py covers owners)."""
     with transaction(fleet_settings.database_url) as session:
-        _, plain = create_key(session, "tests")
+        _, plain = create_key(session, "tests", admin=True)
     return plain
 
 

@@ -63,7 +63,7 @@ def pids(worker: Proc) -> set[str]:
 
 def key_for(settings: Settings) -> str:
     with transaction(settings.database_url) as session:
-        return create_key(session, "hosts")[1]
+        return create_key(session, "hosts", admin=True)[1]
 
 
 def broken_host(tmp_path: Path) -> GitShim:

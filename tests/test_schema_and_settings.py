@@ -74,3 +74,44 @@ def test_visibility_timeout_outlasts_the_hard_time_limit() -> None:
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["task_ignore_result"]
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["task_soft_time_limit"] < conf["task_time_limit"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "api.example.com"])
+def test_api_refuses_to_serve_without_auth_on_a_non_loopback_address(tmp_path: Path, host: str) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/a.db", _env_file=None)  # type: ignore[call-arg]
+    done = subprocess.run(
+        [AUTOPACK, "api", "--host", host, "--port", "1"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"refusing to serve without authentication on {host}" in done.stderr
+    assert "AUTOPACK_AUTH_REQUIRED=true" in done.stderr
+    assert not (tmp_path / "a.db").exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize(
+    ("host", "auth_required", "refused"),
+    [
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+        ("::1", None, False),
+        ("[::1]", None, False),
+        ("0.0.0.0", True, False),
+        ("0.0.0.0", None, True),
+        ("10.0.0.5", False, True),
+    ],
+)
+def test_only_loopback_or_required_keys_may_serve(
+    host: str, auth_required: bool | None, refused: bool
+) -> None:
+    from api.serve import refuse_open_access
+
+    settings = Settings(auth_required=auth_required, _env_file=None)  # type: ignore[call-arg]
+    if refused:
+        with pytest.raises(SystemExit):
+            refuse_open_access(settings, host)
+    else:
+        refuse_open_access(settings, host)

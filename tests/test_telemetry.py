@@ -289,7 +289,7 @@ def test_metrics_per_call_per_phase_and_run_total_reconcile(db_url: str, run: tu
 @pytest.fixture
 def client(fleet_settings: Settings) -> Iterator[TestClient]:
     with transaction(fleet_settings.database_url) as session:
-        _, key = create_key(session, "tests")
+        _, key = create_key(session, "tests", admin=True)  # the runs here are made without an owner
     # As tests/test_api.py builds it, but with a bare Celery app: this route never dispatches, and
     # registering the worker tasks imports the whole LLM pipeline (~4 s).
     app = create_app(fleet_settings, Celery("autopack-test"))

@@ -13,7 +13,8 @@ from celery import Celery
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.deps import Authed, SessionDep, SettingsDep
+from api.deps import AdminOnly, Authed, SessionDep, SettingsDep
+from api.schemas import errors
 from shared.fleet import (
     ActiveTask,
     FleetCollector,
@@ -29,7 +30,8 @@ from workers.celery_app import QUEUE
 
 INSPECT_TIMEOUT = 1.0
 
-router = APIRouter(tags=["fleet"], dependencies=[Authed])
+# Every owner's runs, workers and leases: the operator's view, so admin keys only.
+router = APIRouter(tags=["fleet"], dependencies=[Authed, AdminOnly], responses=errors(401, 403))
 
 
 @router.get("/fleet")

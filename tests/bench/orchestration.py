@@ -7,6 +7,7 @@ the dispatch gap before it (previous phase finished_at, or the run's created_at 
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ def fleet_settings(db_url: str, redis_url: str, workspace: Path, push: bool = Tr
         workspace_dir=workspace,
         worker_concurrency=2,
         auth_required=True,
+        allowed_repos=[f"{Path(tempfile.gettempdir()).resolve()}/**"],  # run.py works in a temp dir
         push_results=push,
         reconcile_interval_seconds=1,
         redispatch_after_seconds=5,

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 broker_url=REDIS_URL,
                 workspace_dir=root / "workspace",
                 auth_required=True,
+                allowed_repos=[f"{root.resolve()}/**"],
                 _env_file=None,  # type: ignore[call-arg]
             )
             repo = make_sample_repo(root / "origin")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.settings import Settings
+from shared.settings import Settings, env_value
 
 AUTOPACK = str(Path(sys.executable).with_name("autopack"))
 
@@ -25,9 +25,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         value = getattr(settings, name)
         if value is None:
             continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"AUTOPACK_{name.upper()}"] = str(value)
+        env[f"AUTOPACK_{name.upper()}"] = env_value(value)
     env.update(extra)
     return env
 
