@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
-from shared.runs import finish_cancelled, move_run
+from shared.runs import finish_cancelled, finish_if_done
 from shared.states import PHASE_TERMINAL, PhaseState, RunState
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,8 @@ def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
             return None
         pending = [p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL]
         if not pending:  # its worker died between recording the last phase and finishing the run
-            move_run(run, RunState.DONE_SUCCESS)
-            run.finished_at = now
-            run.lease_epoch += 1
+            if finish_if_done(run):  # not while its branch is behind: a later pass, after the move
+                run.lease_epoch += 1
             return None
         return pending[0].id
 

@@ -268,3 +268,20 @@ def test_one_efficiency_row_per_phase_outcome_with_exact_spend(harness: Harness)
     assert run["state"] == "DONE_SUCCESS"
     (row,) = harness.rows("SELECT outcome, tokens_spent, attempts FROM efficiency_metrics")
     assert (row.outcome, row.tokens_spent, row.attempts) == ("COMPLETE", 2 * (1200 + 80), 2)
+
+
+@pytest.mark.parametrize(
+    "harness",
+    [
+        route_by_system(
+            {"AUTOPACK-DOCTOR": [doctor("skip_phase", "the greeting belongs to another phase")]},
+            default=[answer(BROKEN), answer(GOOD_DIFF)],
+        )
+    ],
+    indirect=True,
+)
+def test_a_run_whose_phase_the_doctor_skipped_ends_done_failed_naming_that_phase(harness: Harness) -> None:
+    run = harness.run({"validation": [GREET_TEST]}, {"validation": ["true"]})
+    assert [p["state"] for p in run["phases"]] == ["SKIPPED", "COMPLETE"]  # the later phase still ran
+    assert run["state"] == "DONE_FAILED"
+    assert run["failure_reason"].startswith("phase 0 (p0) was skipped: skipped on the Doctor's advice")
