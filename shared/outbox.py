@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from shared.budget import charge_orphaned
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
@@ -53,7 +54,14 @@ def reconcile(db_url: str, dispatcher: Dispatcher, redispatch_after: float) -> i
     Returns how many phases were enqueued. Cheap when nothing is wrong: one query finds the runs that
     need action, and a phase whose message still waits in the queue (a backlog, not a loss) is left
     alone without a transaction, so a long queue is neither flooded with duplicates nor rescanned.
+    Budget reservations a dead holder left behind are charged first (one UPDATE).
     """
+    with transaction(db_url) as session:
+        charged = charge_orphaned(session)
+    if charged:
+        log.warning(
+            "charged the reserved worst case of calls left in flight by dead holders: runs %s", charged
+        )
     candidates = _runs_needing_action(db_url, redispatch_after)
     waiting = dispatcher.waiting() if candidates else None
     enqueued = 0
