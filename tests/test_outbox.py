@@ -354,3 +354,27 @@ def test_reconcile_ends_a_run_with_a_skipped_phase_done_failed_naming_it(
         assert run.failure_reason == (
             "phase 1 (test-greeting) was skipped: skipped on the Doctor's advice: no tests needed"
         )
+
+
+def test_a_worker_whose_branch_move_failed_leaves_its_finished_run_running_for_the_reconciler(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    with transaction(db_url) as session:
+        session.execute(update(Phase).where(Phase.id != phase_ids[-1]).values(state=PhaseState.COMPLETE))
+    lease = acquire(db_url, run_id, "worker-a", ttl=30)
+    assert lease is not None
+    job = record.start(lease, phase_ids[-1], max_deliveries=3)
+    assert isinstance(job, PhaseJob)
+    moved = "e" * 40
+    with transaction(db_url) as session:  # the last phase recorded; its branch move then failed
+        session.execute(update(Phase).where(Phase.id == phase_ids[-1]).values(state=PhaseState.COMPLETE))
+        session.execute(update(Run).where(Run.id == run_id).values(head_sha=moved))
+
+    record.finish_run(lease, job)
+    assert load_run(db_url, run_id)[0] == RunState.RUNNING
+
+    with transaction(db_url) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(branch_sha=moved))
+    record.finish_run(lease, job)
+    assert load_run(db_url, run_id)[0] == RunState.DONE_SUCCESS
