@@ -15,7 +15,12 @@ spend the provider did not report still happened, and a cap is a promise that ca
 A caller that knows nothing was billed (the request never reached the provider) passes 0 instead.
 This is the budget ledger only; usage telemetry (`shared.telemetry`) keeps unknown figures NULL.
 
-Prices are USD per million tokens, like `workers.llm.client.ModelPrice`.
+A reservation taken under a lease (`epoch`) is settled only while the run's lease epoch is unchanged.
+A holder that died mid-call never settles: once its lease has expired, `charge_orphaned` (run by the
+reconciler) moves what is still reserved to spent — the call may have been billed — and bumps the epoch,
+so a holder that was only paused finds its late `settle` fenced off instead of counting the call twice.
+
+Prices are USD per million tokens, like `shared.llm_catalog.ModelPrice`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import AutopackError, NotFound
-from shared.models import Run
+from shared.errors import AutopackError, LeaseLost, NotFound
+from shared.models import Run, utcnow
 
 PER_MILLION = Decimal(1_000_000)
 USD_QUANTUM = Decimal("0.000001")  # runs.usd_* are Numeric(14, 6)
@@ -53,6 +58,20 @@ class BudgetExceeded(AutopackError):
         self.worst_case = worst
 
 
+class UnpricedModel(BudgetExceeded):
+    """A USD cap cannot be enforced on a model whose price is unknown: refused rather than reserved at $0.
+
+    Submit refuses such a spec already; this guards the workers against a price table changed since."""
+
+    def __init__(self, run_id: int, model: str, limit: Decimal) -> None:
+        AutopackError.__init__(
+            self, f"run {run_id}: usd cap {limit} cannot be enforced: {model!r} has no known price"
+        )
+        self.run_id = run_id
+        self.cap = "usd"
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class Reservation:
     """What one `reserve` added to the run's reserved figures; hand it to `settle` exactly once."""
@@ -60,6 +79,8 @@ class Reservation:
     run_id: int
     tokens: int
     usd: Decimal
+    epoch: int | None = None
+    """The lease epoch it was taken under; None for a reservation outside any lease."""
 
 
 @dataclass(frozen=True)
@@ -99,23 +120,29 @@ def reserve(
     usd: Decimal,
     max_tokens: int | None,
     max_usd: Decimal | None,
+    epoch: int | None = None,
 ) -> Reservation:
-    """Reserve a call's worst case against the run's caps (None = no cap) or raise `BudgetExceeded`."""
+    """Reserve a call's worst case against the run's caps (None = no cap) or raise `BudgetExceeded`;
+    with `epoch`, only while the run's lease is still at that epoch (else `LeaseLost`)."""
     if tokens < 0 or usd < 0:
         raise ValueError("a reservation must be >= 0")
     stmt = (
         update(Run)
-        .where(Run.id == run_id, *_fits(tokens, usd, max_tokens, max_usd))
+        .where(Run.id == run_id, *_fits(tokens, usd, max_tokens, max_usd), *_fence(epoch))
         .values(tokens_reserved=Run.tokens_reserved + tokens, usd_reserved=Run.usd_reserved + usd)
         .execution_options(synchronize_session=False)
     )
     if _rowcount(session.execute(stmt)) == 0:
+        if epoch is not None and _epoch(session, run_id) != epoch:
+            raise LeaseLost(f"run {run_id}: lease epoch {epoch} is no longer current; nothing reserved")
         raise _refusal(session, run_id, tokens, usd, max_tokens, max_usd)
-    return Reservation(run_id=run_id, tokens=tokens, usd=usd)
+    return Reservation(run_id=run_id, tokens=tokens, usd=usd, epoch=epoch)
 
 
-def settle(session: Session, reservation: Reservation, *, tokens: int | None, usd: Decimal | None) -> None:
-    """Release `reservation` and add the call's actual spend (None: charge the reserved worst case)."""
+def settle(session: Session, reservation: Reservation, *, tokens: int | None, usd: Decimal | None) -> bool:
+    """Release `reservation` and add the call's actual spend (None: charge the reserved worst case).
+
+    False when the reservation's lease epoch has passed: `charge_orphaned` charged it already."""
     spent_tokens = reservation.tokens if tokens is None else tokens
     spent_usd = reservation.usd if usd is None else usd
     stmt = (
@@ -127,15 +154,42 @@ def settle(session: Session, reservation: Reservation, *, tokens: int | None, us
             tokens_spent=Run.tokens_spent + spent_tokens,
             usd_spent=Run.usd_spent + spent_usd,
         )
+        .where(*_fence(reservation.epoch))
         .execution_options(synchronize_session=False)
     )
-    if _rowcount(session.execute(stmt)) == 0:
-        raise NotFound(f"run {reservation.run_id} not found")
+    if _rowcount(session.execute(stmt)) == 1:
+        return True
+    if reservation.epoch is not None and _epoch(session, reservation.run_id) is not None:
+        return False
+    raise NotFound(f"run {reservation.run_id} not found")
 
 
-def release(session: Session, reservation: Reservation) -> None:
+def charge_orphaned(session: Session) -> list[int]:
+    """Runs whose lease is free or expired but still hold reservations (a holder died mid-call): charge
+    those as spent and bump the epoch to fence the holder off. Returns the runs charged."""
+    now = utcnow()
+    stmt = (
+        update(Run)
+        .where(
+            or_(Run.tokens_reserved != 0, Run.usd_reserved != 0),
+            or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+        )
+        .values(
+            tokens_spent=Run.tokens_spent + Run.tokens_reserved,
+            usd_spent=Run.usd_spent + Run.usd_reserved,
+            tokens_reserved=0,
+            usd_reserved=0,
+            lease_epoch=Run.lease_epoch + 1,
+        )
+        .returning(Run.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.scalars(stmt))
+
+
+def release(session: Session, reservation: Reservation) -> bool:
     """Give a reservation back unspent: the call was never sent."""
-    settle(session, reservation, tokens=0, usd=Decimal(0))
+    return settle(session, reservation, tokens=0, usd=Decimal(0))
 
 
 def ledger(session: Session, run_id: int) -> Ledger:
@@ -146,6 +200,14 @@ def ledger(session: Session, run_id: int) -> Ledger:
     if row is None:
         raise NotFound(f"run {run_id} not found")
     return Ledger(int(row[0]), int(row[1]), Decimal(row[2]), Decimal(row[3]))
+
+
+def _fence(epoch: int | None) -> list[ColumnElement[bool]]:
+    return [] if epoch is None else [Run.lease_epoch == epoch]
+
+
+def _epoch(session: Session, run_id: int) -> int | None:
+    return session.scalar(select(Run.lease_epoch).where(Run.id == run_id))
 
 
 def _fits(

@@ -14,10 +14,11 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from shared.budget import charge_orphaned
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
-from shared.runs import finish_cancelled, move_run
+from shared.runs import finish_cancelled, finish_if_done
 from shared.states import PHASE_TERMINAL, PhaseState, RunState
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,14 @@ def reconcile(db_url: str, dispatcher: Dispatcher, redispatch_after: float) -> i
     Returns how many phases were enqueued. Cheap when nothing is wrong: one query finds the runs that
     need action, and a phase whose message still waits in the queue (a backlog, not a loss) is left
     alone without a transaction, so a long queue is neither flooded with duplicates nor rescanned.
+    Budget reservations a dead holder left behind are charged first (one UPDATE).
     """
+    with transaction(db_url) as session:
+        charged = charge_orphaned(session)
+    if charged:
+        log.warning(
+            "charged the reserved worst case of calls left in flight by dead holders: runs %s", charged
+        )
     candidates = _runs_needing_action(db_url, redispatch_after)
     waiting = dispatcher.waiting() if candidates else None
     enqueued = 0
@@ -111,9 +119,8 @@ def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
             return None
         pending = [p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL]
         if not pending:  # its worker died between recording the last phase and finishing the run
-            move_run(run, RunState.DONE_SUCCESS)
-            run.finished_at = now
-            run.lease_epoch += 1
+            if finish_if_done(run):  # not while its branch is behind: a later pass, after the move
+                run.lease_epoch += 1
             return None
         return pending[0].id
 

@@ -131,6 +131,28 @@ def move_run(run: Run, new: RunState) -> None:
     run.state = new
 
 
+def finish_if_done(run: Run) -> bool:
+    """End a run whose phases are all terminal; False (nothing changed) while any is not, or while its
+    result branch has not reached the recorded head.
+
+    A run with a skipped phase ends DONE_FAILED, naming it: its branch lacks a change the spec asked for,
+    and the states have no "partial success" (campaigns would count it a success). DONE_SUCCESS promises
+    the branch is where the record says, so it waits for the branch move (the reconciler retries it)."""
+    if any(PhaseState(p.state) not in PHASE_TERMINAL for p in run.phases):
+        return False
+    skipped = [p for p in run.phases if PhaseState(p.state) == PhaseState.SKIPPED]
+    if skipped:
+        first = skipped[0]
+        move_run(run, RunState.DONE_FAILED)
+        run.failure_reason = f"phase {first.index} ({first.name}) was skipped: {first.failure_reason}"[:4000]
+    elif run.head_sha != run.base_sha and run.branch_sha != run.head_sha:
+        return False
+    else:
+        move_run(run, RunState.DONE_SUCCESS)
+    run.finished_at = utcnow()
+    return True
+
+
 def finish_cancelled(session: Session, run: Run) -> None:
     now = utcnow()
     move_run(run, RunState.CANCELLED)

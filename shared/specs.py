@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from shared.llm_catalog import MODEL_OUTPUT_LIMITS, has_price, output_limit
+
 
 def _repo_relative(path: str) -> str:
     """Scope-like paths are repo-relative, POSIX, without `..`, and never inside `.git`."""
@@ -79,6 +81,37 @@ class RunConfig(BaseModel):
 
     replay_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """For `builder: replay`: the run whose recorded builder outputs are re-emitted."""
+
+    @model_validator(mode="after")
+    def _models_fit_the_catalog(self) -> RunConfig:
+        """Refuse at submit what a worker could only fail on later: an unknown model (a typo, or a model
+        the fleet cannot budget), an output budget the model rejects, a USD cap on an unknown price."""
+        for field, model in self._models():
+            if output_limit(model) is None:
+                families = ", ".join(sorted(MODEL_OUTPUT_LIMITS))
+                raise ValueError(f"{field}: unknown model {model!r}; known model families: {families}")
+        if self.builder != "anthropic":
+            return self  # script and replay runs call no model for their changes
+        for i, model in enumerate(self.models.builder):
+            limit = output_limit(model)
+            if limit is not None and self.max_output_tokens > limit:
+                raise ValueError(
+                    f"max_output_tokens: {self.max_output_tokens} is above the {limit} output tokens "
+                    f"{model!r} (models.builder.{i}) accepts"
+                )
+        if self.max_usd is not None:
+            for field, model in self._models():
+                if not has_price(model):
+                    raise ValueError(
+                        f"{field}: {model!r} has no known price, so the max_usd cap cannot be enforced "
+                        "on it; choose a priced model or drop max_usd"
+                    )
+        return self
+
+    def _models(self) -> list[tuple[str, str]]:
+        """(field, model) of every model this run may call."""
+        used = [(f"models.builder.{i}", m) for i, m in enumerate(self.models.builder)]
+        return used + ([("models.doctor", self.models.doctor)] if self.doctor else [])
 
 
 class PhaseSpec(BaseModel):

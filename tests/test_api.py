@@ -154,3 +154,51 @@ def test_openapi_docs_are_served(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/runs", "/runs/{run_id}", "/runs/{run_id}/cancel", "/health"} <= set(paths)
+
+
+def llm_spec(repo: Path, **config: Any) -> dict[str, Any]:
+    spec = sample_spec(repo, 0)
+    spec["config"] = {"builder": "anthropic", **config}
+    return spec
+
+
+def refusal(resp: Any) -> str:
+    """The one validation message of a 422 on `config`."""
+    assert resp.status_code == 422, resp.text
+    (detail,) = resp.json()["detail"]
+    assert detail["loc"] == ["body", "config"]
+    return str(detail["msg"])
+
+
+def test_unknown_model_is_422_naming_the_field_and_stores_nothing(
+    client: TestClient, sample_repo: Path, fleet_settings: Settings
+) -> None:
+    models = {"builder": ["claude-haiku-4-5", "claude-hiaku-4-5"], "doctor": "claude-sonnet-4-6"}
+    msg = refusal(client.post("/runs", json=llm_spec(sample_repo, models=models)))
+    assert "models.builder.1" in msg and "'claude-hiaku-4-5'" in msg and "unknown model" in msg
+    msg = refusal(client.post("/runs", json=llm_spec(sample_repo, models={"doctor": "gpt-4o"})))
+    assert "models.doctor" in msg and "'gpt-4o'" in msg
+    assert run_count(fleet_settings.database_url) == 0
+
+
+def test_max_output_tokens_above_a_builder_models_limit_is_422_naming_both(
+    client: TestClient, sample_repo: Path, fleet_settings: Settings
+) -> None:
+    models = {"builder": ["claude-haiku-4-5", "claude-3-5-haiku"]}  # 64000 and 8192 output tokens
+    msg = refusal(client.post("/runs", json=llm_spec(sample_repo, models=models, max_output_tokens=10000)))
+    assert "max_output_tokens" in msg and "8192" in msg and "models.builder.1" in msg
+    assert run_count(fleet_settings.database_url) == 0
+    ok = client.post("/runs", json=llm_spec(sample_repo, models=models, max_output_tokens=8192))
+    assert ok.status_code == 201, ok.text
+
+
+def test_model_without_a_known_price_is_422_under_a_usd_cap_and_accepted_without_one(
+    client: TestClient, sample_repo: Path, fleet_settings: Settings
+) -> None:
+    # A new version of a known family: its output limit is known, its price is not.
+    models = {"builder": ["claude-sonnet-4-9"], "doctor": "claude-sonnet-4-6"}
+    msg = refusal(client.post("/runs", json=llm_spec(sample_repo, models=models, max_usd=1.0)))
+    assert "models.builder.0" in msg and "no known price" in msg and "max_usd" in msg
+    assert run_count(fleet_settings.database_url) == 0
+    capped_by_tokens = llm_spec(sample_repo, models=models, max_tokens=100000)
+    assert client.post("/runs", json=capped_by_tokens).status_code == 201

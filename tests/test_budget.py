@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from api.sample_repo import sample_spec
-from shared.budget import BudgetExceeded, Reservation, ledger, release, reserve, settle, worst_case
+from shared.budget import (
+    BudgetExceeded,
+    Reservation,
+    UnpricedModel,
+    ledger,
+    release,
+    reserve,
+    settle,
+    worst_case,
+)
 from shared.db import transaction
+from shared.errors import LlmInfraError, LlmRequestError
+from shared.models import Run, utcnow
+from shared.outbox import reconcile
 from shared.runs import create_run
 from shared.specs import RunSpec
+from tests.support.simulator import MessagesSimulator, Scripted
+from tests.test_outbox import RecordingDispatcher
+from workers.lease import Lease, acquire
+from workers.llm.client import DEFAULT_PRICE_TABLE, LlmClient, RetryPolicy
+from workers.llm.gateway import LlmGateway, estimate_tokens
 
 
 @pytest.fixture
@@ -101,3 +120,103 @@ def test_eight_racing_reservations_of_100_under_a_cap_of_450_exactly_four_succee
             settle(session, reservation, tokens=100, usd=Decimal(0))
     with transaction(db_url) as session:
         assert (ledger(session, run_id).tokens_spent, ledger(session, run_id).tokens_reserved) == (400, 0)
+
+
+# --- reservations of calls that never settled ------------------------------------------------------
+
+
+def expire_lease(db_url: str, run_id: int) -> None:
+    with transaction(db_url) as session:
+        past = utcnow() - timedelta(seconds=1)
+        session.execute(update(Run).where(Run.id == run_id).values(lease_expires_at=past))
+
+
+def test_reservation_of_a_crashed_call_is_charged_by_the_reconciler_once_the_lease_expires(
+    db_url: str, run_id: int
+) -> None:
+    lease = acquire(db_url, run_id, "worker-that-dies", ttl=30)
+    assert lease is not None
+    with transaction(db_url) as session:
+        held = reserve(
+            session, run_id, tokens=500, usd=Decimal("0.25"), max_tokens=1000, max_usd=None, epoch=lease.epoch
+        )
+    dispatcher = RecordingDispatcher(waiting=set())
+    reconcile(db_url, dispatcher, redispatch_after=60)
+    with transaction(db_url) as session:
+        assert ledger(session, run_id).tokens_reserved == 500  # the lease is live: the call may be running
+
+    expire_lease(db_url, run_id)
+    reconcile(db_url, dispatcher, redispatch_after=60)
+    with transaction(db_url) as session:
+        now = ledger(session, run_id)
+    # Released from "reserved", and charged: the provider may have run the call to the end.
+    assert (now.tokens_reserved, now.usd_reserved) == (0, Decimal(0))
+    assert (now.tokens_spent, now.usd_spent) == (500, Decimal("0.25"))
+
+    with transaction(db_url) as session:  # the holder was only paused: its late settle counts nothing twice
+        assert settle(session, held, tokens=120, usd=Decimal("0.01")) is False
+        assert ledger(session, run_id) == now
+    with pytest.raises(Exception, match="no longer current"), transaction(db_url) as session:
+        reserve(session, run_id, tokens=1, usd=Decimal(0), max_tokens=None, max_usd=None, epoch=lease.epoch)
+
+
+# --- the gateway: what a failed call settles --------------------------------------------------------
+
+
+@pytest.fixture
+def pg_run(pg: str, repo: Path) -> tuple[str, int, Lease]:
+    with transaction(pg) as session:
+        run = create_run(session, RunSpec.model_validate(sample_spec(repo, 0)))
+    lease = acquire(pg, run.id, "gateway-test", ttl=30)
+    assert lease is not None
+    return pg, run.id, lease
+
+
+def gateway(
+    pg_run: tuple[str, int, Lease],
+    sim: MessagesSimulator,
+    tokens: int | None = None,
+    usd: Decimal | None = None,
+) -> LlmGateway:
+    db_url, run_id, lease = pg_run
+    client = LlmClient("sk-test", sim.base_url, 0.5, RetryPolicy(max_retries=0))
+    return LlmGateway(db_url, client, run_id, 1, lease.epoch, tokens, usd)
+
+
+MESSAGES = [{"role": "user", "content": "add greet()"}]
+
+
+def call(gw: LlmGateway, model: str = "claude-haiku-4-5") -> None:
+    gw.call(role="builder", attempt=1, model=model, system="sys", messages=MESSAGES, max_tokens=2000)
+
+
+def run_ledger(pg_run: tuple[str, int, Lease]) -> tuple[int, int, Decimal, Decimal]:
+    with transaction(pg_run[0]) as session:
+        now = ledger(session, pg_run[1])
+    return now.tokens_spent, now.tokens_reserved, now.usd_spent, now.usd_reserved
+
+
+def test_a_call_that_timed_out_settles_its_reserved_worst_case(pg_run: tuple[str, int, Lease]) -> None:
+    with MessagesSimulator([Scripted(delay=2.0)]) as sim, pytest.raises(LlmInfraError, match="timeout"):
+        call(gateway(pg_run, sim, tokens=100000))
+    price = DEFAULT_PRICE_TABLE.price_for("claude-haiku-4-5")
+    assert price is not None
+    tokens, usd = worst_case(estimate_tokens("sys", MESSAGES), 2000, price.input, price.output)
+    assert run_ledger(pg_run) == (tokens, 0, usd, Decimal(0))
+
+
+def test_a_request_the_provider_rejected_settles_at_zero(pg_run: tuple[str, int, Lease]) -> None:
+    rejected = Scripted(status=400, error_message="max_tokens: 2000 > 1024, the maximum")
+    with MessagesSimulator([rejected]) as sim, pytest.raises(LlmRequestError, match="the maximum"):
+        call(gateway(pg_run, sim, tokens=100000))
+    assert run_ledger(pg_run) == (0, 0, Decimal(0), Decimal(0))
+
+
+def test_a_model_without_a_price_is_refused_under_a_usd_cap_before_any_request(
+    pg_run: tuple[str, int, Lease],
+) -> None:
+    with MessagesSimulator([Scripted()]) as sim:
+        with pytest.raises(UnpricedModel, match="no known price"):
+            call(gateway(pg_run, sim, usd=Decimal(5)), model="claude-sonnet-4-9")
+        assert sim.requests == []
+    assert run_ledger(pg_run) == (0, 0, Decimal(0), Decimal(0))

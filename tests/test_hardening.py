@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -418,3 +421,81 @@ def test_a_traceback_from_inline_code_is_not_a_scope_mismatch() -> None:
         "AssertionError: greeting is wrong\n"
     )
     assert match_failure(output, exit_code=1, scope=["src/"]) is None
+
+
+# --- linear time: a huge log never starves the lease heartbeat -----------------------------------
+
+
+class Ticker:
+    """A thread that wakes every 5 ms and records the longest it was kept from running (by the GIL)."""
+
+    def __init__(self) -> None:
+        self.longest_gap = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(0.005):
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+
+    def __enter__(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed_match(label: str, output: str, **kw: Any) -> tuple[Mitigation | None, float, float]:
+    with Ticker() as ticker:
+        started = time.monotonic()
+        found = match_failure(output, **kw)
+        took = time.monotonic() - started
+    size = len(output) / 2**20
+    print(f"\n{label}: {size:.1f} MiB in {took:.2f} s, longest GIL hold {ticker.longest_gap:.3f} s")
+    return found, took, ticker.longest_gap
+
+
+# Each piece once sent a pattern into super-linear backtracking: `ENOENT.*?([^\s'"]*package\.json)` (cubic),
+# `\d+ deselected` over a digit run and `collected 0 items(?!.*error)` repeated (quadratic).
+WORST_PIECES = ("ENOENT", "1" * 4096, "collected 0 items ", "a" * 4096, "x: ", "'", "(", "at ", "/tmp/wt/")
+MAX_GIL_HOLD = 0.5  # seconds: the lease heartbeat runs every few seconds, so a hold this short is harmless
+
+
+def test_one_megabyte_line_is_matched_quickly_without_holding_the_gil(tmp_path: Path) -> None:
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "package.json").write_text("{}")
+    blob = "".join(WORST_PIECES) * (2**20 // len("".join(WORST_PIECES)))
+    line = f"npm error code ENOENT {blob} error path {tmp_path}/package.json"
+    found, took, hold = timed_match(
+        "1 MB single line", line, exit_code=254, scope=["web/"], worktree=tmp_path
+    )
+    assert took < 10 and hold < MAX_GIL_HOLD
+    assert (
+        found is not None and found.pattern is FailurePattern.WRONG_WORKING_DIRECTORY
+    )  # the tail still counts
+    assert "'package.json'" in found.advice and len(found.evidence) <= 4096 + 7
+
+
+def test_ten_megabyte_log_is_matched_quickly_and_its_last_line_still_counts(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    noisy = [
+        "cat: data.csv: No such file or directory",  # a missing file that is nowhere deeper either
+        "collected 0 items / 1 error",
+        "1" * 3000 + " passed",
+        "    at Object.<anonymous> (" + "(" * 2000 + "/tmp/wt/x.js:1:2",
+        "ENOENT " + "b" * 5000,
+        "src/greet.py:1: in <module>",
+    ]
+    lines = noisy * (10 * 2**20 // len("\n".join(noisy)) + 1)
+    # The lowest-priority pattern's evidence comes last, so every pattern scans the whole log first.
+    output = "\n".join(lines) + "\nPermissionError: [Errno 13] Permission denied: '/etc/app.conf'\n"
+    assert len(output) > 10 * 2**20
+    found, took, hold = timed_match("10 MB log", output, exit_code=5, scope=SCOPE, worktree=tmp_path)
+    assert took < 20 and hold < MAX_GIL_HOLD
+    assert found is not None and found.pattern is FailurePattern.PERMISSION_ERROR
+    assert "'/etc/app.conf'" in found.advice

@@ -82,6 +82,21 @@ def harness(request: pytest.FixtureRequest, llm_settings: Settings, sample_repo:
             yield Harness(settings, sim, ApiClient(url, None), sample_repo)
 
 
+@pytest.fixture
+def pg_harness(
+    request: pytest.FixtureRequest, llm_settings: Settings, pg: str, sample_repo: Path
+) -> Iterator[Harness]:
+    """The same harness with the record on real Postgres (the embedded broker and workers stay)."""
+    with MessagesSimulator(request.param) as sim:
+        settings = llm_settings.model_copy(update={"anthropic_base_url": sim.base_url, "database_url": pg})
+        with embedded_fleet(settings, 2) as celery, api_in_thread(settings, celery) as url:
+            yield Harness(settings, sim, ApiClient(url, None), sample_repo)
+
+
+def on_postgres(script: Any) -> Any:
+    return pytest.mark.parametrize("pg_harness", [script], indirect=True)
+
+
 def script(*answers: Scripted) -> Any:
     return pytest.mark.parametrize("harness", [list(answers)], indirect=True)
 
@@ -268,3 +283,50 @@ def test_one_efficiency_row_per_phase_outcome_with_exact_spend(harness: Harness)
     assert run["state"] == "DONE_SUCCESS"
     (row,) = harness.rows("SELECT outcome, tokens_spent, attempts FROM efficiency_metrics")
     assert (row.outcome, row.tokens_spent, row.attempts) == ("COMPLETE", 2 * (1200 + 80), 2)
+
+
+@on_postgres(
+    route_by_system(
+        {"AUTOPACK-DOCTOR": [doctor("skip_phase", "the greeting belongs to another phase")]},
+        default=[answer(BROKEN), answer(GOOD_DIFF)],
+    )
+)
+def test_a_run_whose_phase_the_doctor_skipped_ends_done_failed_naming_that_phase(pg_harness: Harness) -> None:
+    run = pg_harness.run({"validation": [GREET_TEST]}, {"validation": ["true"]})
+    assert [p["state"] for p in run["phases"]] == ["SKIPPED", "COMPLETE"]  # the later phase still ran
+    assert run["state"] == "DONE_FAILED"
+    assert run["failure_reason"].startswith("phase 0 (p0) was skipped: skipped on the Doctor's advice")
+
+
+TOO_LONG = Scripted(status=400, error_message="prompt is too long: 212000 tokens > 200000 maximum")
+
+
+@on_postgres([TOO_LONG, TOO_LONG])
+def test_a_request_the_provider_rejects_fails_the_attempt_with_the_providers_reason(
+    pg_harness: Harness,
+) -> None:
+    run = pg_harness.run({}, doctor=False)
+    assert run["state"] == "DONE_FAILED"  # not left EXECUTING until "worker died"
+    attempts = run["phases"][0]["attempt_log"]
+    assert [a["outcome"] for a in attempts] == ["BUILD_FAILED", "BUILD_FAILED"]
+    assert "rejected the request (400 invalid_request_error)" in attempts[0]["failure_reason"]
+    assert "prompt is too long" in run["failure_reason"] and "2 attempt(s) used" in run["failure_reason"]
+    assert pg_harness.rows("SELECT tokens_spent, tokens_reserved FROM runs")[0] == (0, 0)
+
+
+EXPENSIVE = {"input_tokens": 50000, "output_tokens": 10}
+
+
+@on_postgres([answer(BROKEN, usage=EXPENSIVE)])
+def test_a_budget_refusal_of_the_doctor_keeps_the_failed_attempts_record(pg_harness: Harness) -> None:
+    # The builder's call fits; after it spent 50,010 tokens, the Doctor's worst case (its prompt
+    # + 1,024 output tokens) cannot fit in the 1,000 left.
+    run = pg_harness.run(
+        {"validation": [GREET_TEST]}, max_attempts=1, max_output_tokens=256, max_tokens=50010 + 1000
+    )
+    assert run["state"] == "DONE_FAILED"
+    (attempt,) = run["phases"][0]["attempt_log"]
+    assert attempt["outcome"] == "VALIDATION_FAILED"
+    (stored,) = pg_harness.rows("SELECT doctor FROM attempts")
+    assert "the budget refused" in str(stored.doctor) and "tokens cap 51010" in str(stored.doctor)
+    assert len(pg_harness.sim.requests) == 1  # the Doctor was never called

@@ -308,3 +308,73 @@ def test_the_celery_dispatcher_sees_the_phase_messages_waiting_in_redis(redis_ur
     assert dispatcher.waiting() == {(7, 70), (8, 80)}
     redis.Redis.from_url(redis_url).rpop("autopack")  # a worker took the oldest (kombu BRPOPs)
     assert dispatcher.waiting() == {(8, 80)}
+
+
+def test_reconcile_does_not_mark_a_run_done_success_while_its_branch_move_has_failed(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, _ = make_run(db_url, sample_repo)
+    moved = "f" * 40  # the recorded head the result branch never reached (branch_sha stays NULL)
+    with transaction(db_url) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(state=RunState.RUNNING, head_sha=moved))
+        session.execute(update(Phase).where(Phase.run_id == run_id).values(state=PhaseState.COMPLETE))
+    dispatcher = RecordingDispatcher(waiting=set())
+
+    reconcile(db_url, dispatcher, redispatch_after=60)
+    assert load_run(db_url, run_id)[0] == RunState.RUNNING
+
+    with transaction(db_url) as session:  # what move_branch writes once the branch is there
+        session.execute(update(Run).where(Run.id == run_id).values(branch_sha=moved))
+    reconcile(db_url, dispatcher, redispatch_after=60)
+    assert load_run(db_url, run_id)[0] == RunState.DONE_SUCCESS
+    assert dispatcher.calls == []
+
+
+def test_reconcile_ends_a_run_with_a_skipped_phase_done_failed_naming_it(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    with transaction(db_url) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(state=RunState.RUNNING))
+        session.execute(update(Phase).where(Phase.run_id == run_id).values(state=PhaseState.COMPLETE))
+        session.execute(
+            update(Phase)
+            .where(Phase.id == phase_ids[1])
+            .values(
+                state=PhaseState.SKIPPED, failure_reason="skipped on the Doctor's advice: no tests needed"
+            )
+        )
+
+    reconcile(db_url, RecordingDispatcher(waiting=set()), redispatch_after=60)
+
+    with transaction(db_url) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        assert run.state == RunState.DONE_FAILED
+        assert run.failure_reason == (
+            "phase 1 (test-greeting) was skipped: skipped on the Doctor's advice: no tests needed"
+        )
+
+
+def test_a_worker_whose_branch_move_failed_leaves_its_finished_run_running_for_the_reconciler(
+    db_url: str, sample_repo: Path
+) -> None:
+    run_id, phase_ids = make_run(db_url, sample_repo)
+    with transaction(db_url) as session:
+        session.execute(update(Phase).where(Phase.id != phase_ids[-1]).values(state=PhaseState.COMPLETE))
+    lease = acquire(db_url, run_id, "worker-a", ttl=30)
+    assert lease is not None
+    job = record.start(lease, phase_ids[-1], max_deliveries=3)
+    assert isinstance(job, PhaseJob)
+    moved = "e" * 40
+    with transaction(db_url) as session:  # the last phase recorded; its branch move then failed
+        session.execute(update(Phase).where(Phase.id == phase_ids[-1]).values(state=PhaseState.COMPLETE))
+        session.execute(update(Run).where(Run.id == run_id).values(head_sha=moved))
+
+    record.finish_run(lease, job)
+    assert load_run(db_url, run_id)[0] == RunState.RUNNING
+
+    with transaction(db_url) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(branch_sha=moved))
+    record.finish_run(lease, job)
+    assert load_run(db_url, run_id)[0] == RunState.DONE_SUCCESS

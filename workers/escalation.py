@@ -6,24 +6,15 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
+from shared.llm_catalog import DEFAULT_OUTPUT_LIMIT, output_limit
+
 FACTOR = Decimal("1.25")
 NEAR_FULL = 0.95
 
-# Largest output (max_tokens) each model family accepts; longest prefix wins.
-MODEL_OUTPUT_LIMITS = {
-    "claude-haiku-4-5": 64000,
-    "claude-sonnet-4": 64000,
-    "claude-opus-4-5": 64000,
-    "claude-opus-4": 32000,
-    "claude-3-7-sonnet": 64000,
-    "claude-3-5": 8192,
-}
-DEFAULT_OUTPUT_LIMIT = 8192
-
 
 def model_limit(model: str) -> int:
-    matches = [p for p in MODEL_OUTPUT_LIMITS if model.startswith(p)]
-    return MODEL_OUTPUT_LIMITS[max(matches, key=len)] if matches else DEFAULT_OUTPUT_LIMIT
+    limit = output_limit(model)
+    return DEFAULT_OUTPUT_LIMIT if limit is None else limit
 
 
 def trigger(truncated: bool, output_tokens: int | None, max_tokens: int) -> str | None:

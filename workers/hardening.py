@@ -3,6 +3,12 @@
 `match_failure` reads a failed attempt's build/validation output and, when a known pattern fits, returns a
 `Mitigation`: which pattern, concrete advice for the next attempt (naming the module, file or path), and the
 line that proved it. Patterns are small functions tried in `PATTERNS` order; the first match wins.
+
+Every pattern runs in time linear in the output's size, and the output is cut to `MAX_SCAN_CHARS` and each
+line to `MAX_LINE_CHARS` first: `re` holds the GIL for a whole search, so one backtracking search over a
+long line (minified JS, a progress bar, a dumped blob) would starve the lease heartbeat thread for minutes.
+A pattern that needs "X, and later on the line Y" is written as string searches plus anchored regexes,
+never as `X.*Y` with a backtracking group in between.
 """
 
 from __future__ import annotations
@@ -31,6 +37,38 @@ class Mitigation:
     evidence: str
 
 
+MAX_SCAN_CHARS = 2 * 2**20
+"""Output examined: its first quarter and last three quarters of this (a failure's evidence sits near the
+start, like `collected 0 items`, or near the end, like a traceback). Validation output is capped far below
+this already; a builder's raw answer or a pasted log may not be."""
+
+MAX_LINE_CHARS = 4096
+"""Characters of one line examined: its head and tail. Evidence lines are short; longer lines are blobs."""
+
+
+class _NameIndex:
+    """Where each file and directory name occurs in the worktree, walked once per failure (not per line)."""
+
+    def __init__(self, worktree: Path) -> None:
+        self.worktree = worktree
+        self._paths: dict[str, list[str]] | None = None
+
+    def paths(self, name: str) -> list[str]:
+        """Repo-relative paths named `name`, in the order a sorted top-down walk meets them."""
+        if self._paths is None:
+            self._paths = self._walk()
+        return self._paths.get(name, [])
+
+    def _walk(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for root, dirs, files in os.walk(self.worktree):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+            base = Path(root).relative_to(self.worktree)
+            for name in [*sorted(files), *dirs]:
+                found.setdefault(name, []).append((base / name).as_posix())
+        return found
+
+
 @dataclass(frozen=True)
 class Failure:
     """What a pattern looks at: the output split into ANSI-free lines, plus the facts around it."""
@@ -39,19 +77,37 @@ class Failure:
     exit_code: int | None
     scope: list[str]
     worktree: Path | None
+    names: _NameIndex | None = None
 
 
 Pattern = Callable[[Failure], Mitigation | None]
+Finder = Callable[[str], re.Match[str] | None]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def _first(lines: list[str], regex: re.Pattern[str]) -> tuple[str, re.Match[str]] | None:
+def _first(lines: list[str], find: re.Pattern[str] | Finder) -> tuple[str, re.Match[str]] | None:
+    search = find.search if isinstance(find, re.Pattern) else find
     for line in lines:
-        match = regex.search(line)
+        match = search(line)
         if match:
             return line.strip(), match
     return None
+
+
+def _cap(text: str, limit: int, head: int, marker: str) -> str:
+    """`text` if it fits `limit`, else its first `head` and last `limit - head` characters around `marker`."""
+    if len(text) <= limit:
+        return text
+    return text[:head] + marker + text[len(text) - (limit - head) :]
+
+
+def _lines(output: str) -> list[str]:
+    """The output as ANSI-free lines, within the scan and line caps (so every pattern stays cheap)."""
+    text = _cap(output, MAX_SCAN_CHARS, MAX_SCAN_CHARS // 4, "\n[... output cut ...]\n")
+    half = MAX_LINE_CHARS // 2
+    # The marker has spaces around it, so a token cut in two never joins its head and tail into a path.
+    return [_cap(_ANSI.sub("", line), MAX_LINE_CHARS, half, " [...] ") for line in text.splitlines()]
 
 
 # --- missing Python dependency ---------------------------------------------------------------------
@@ -160,15 +216,28 @@ def missing_node_module(failure: Failure) -> Mitigation | None:
 
 # --- no tests collected ----------------------------------------------------------------------------
 
-_COLLECTED_NONE = re.compile(r"collected 0 items(?!.*error)|no tests ran")
-_DESELECTED = re.compile(r"\d+ deselected")
+_COLLECTED_ZERO = re.compile(r"collected 0 items")
+_NO_TESTS_RAN = re.compile(r"no tests ran")
+_DESELECTED = re.compile(r"\d deselected")  # one digit is proof enough; `\d+` backtracks over digit runs
+
+
+def _collected_none(line: str) -> re.Match[str] | None:
+    """`collected 0 items` with no `error` after it on the line (`collected 0 items / 1 error` is a failed
+    collection), or `no tests ran`. Only the last `collected 0 items` can qualify: `error` after an earlier
+    one is after the last one too. A `(?!.*error)` lookahead would rescan the line at every occurrence."""
+    last = line.rfind("collected 0 items")
+    if last >= 0 and "error" not in line[last + len("collected 0 items") :]:
+        return _COLLECTED_ZERO.match(line, last)
+    return _NO_TESTS_RAN.search(line)
+
+
 _PYTEST_HINT = re.compile(r"pytest|test session starts", re.IGNORECASE)
 
 
 def no_tests_collected(failure: Failure) -> Mitigation | None:
     if failure.exit_code not in (None, 5):
         return None  # 5 is pytest's "nothing collected"; any other code failed for another reason
-    found = _first(failure.lines, _COLLECTED_NONE)
+    found = _first(failure.lines, _collected_none)
     if found is None and failure.exit_code == 5:
         found = _first(failure.lines, _DESELECTED) or _first(failure.lines, _PYTEST_HINT)
     if found is None:
@@ -185,13 +254,21 @@ def no_tests_collected(failure: Failure) -> Mitigation | None:
 
 _CANT_OPEN = re.compile(r"can't open file '([^']+)'")
 _PYTEST_NOT_FOUND = re.compile(r"ERROR: file or directory not found: (\S+)")
-_ENOENT_PACKAGE_JSON = re.compile(r"ENOENT.*?([^\s'\"]*package\.json)")
+# A token that ends in package.json, matched only from a token's start: `ENOENT.*?([^\s'"]*package\.json)`
+# took cubic time (every ENOENT x every later start x the token's length), about a minute on one 64 KB line.
+_PACKAGE_JSON_TOKEN = re.compile(r"(?<![^\s'\"])([^\s'\"]*package\.json)")
 _NO_SUCH_FILE = re.compile(
     r"No such file or directory: '([^']+)'"  # Python FileNotFoundError
     r"|(?:^|\s)([^\s:'\"]+): No such file or directory"  # bash/cat/ls style
     r"|ENOENT: no such file or directory, \w+ '([^']+)'"  # Node
 )
 _SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__"}
+
+
+def _enoent_package_json(line: str) -> re.Match[str] | None:
+    """A `...package.json` path somewhere after `ENOENT` on the line (npm's missing-manifest error)."""
+    enoent = line.find("ENOENT")
+    return None if enoent < 0 else _PACKAGE_JSON_TOKEN.search(line, enoent + len("ENOENT"))
 
 
 def _relative(path: str, worktree: Path | None) -> str | None:
@@ -210,26 +287,19 @@ def _relative(path: str, worktree: Path | None) -> str | None:
     return "/".join(parts)
 
 
-def _under_subdirectory(rel: str, worktree: Path) -> str | None:
+def _under_subdirectory(rel: str, names: _NameIndex) -> str | None:
     """The repo-relative path of a file `<subdir>/<rel>` when `rel` itself is missing at the root."""
-    if (worktree / rel).exists():
+    if (names.worktree / rel).exists():
         return None
-    name = PurePosixPath(rel).name
-    for root, dirs, files in os.walk(worktree):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-        if name in files or name in dirs:
-            found = (Path(root) / name).relative_to(worktree).as_posix()
-            if found.endswith("/" + rel):
-                return found
-    return None
+    return next((p for p in names.paths(PurePosixPath(rel).name) if p.endswith("/" + rel)), None)
 
 
 def _deeper(path: str, failure: Failure) -> tuple[str, str] | None:
     """(repo-relative path, where it really is) when `path` is missing at the root but exists deeper."""
     rel = _relative(path, failure.worktree)
-    if rel is None or failure.worktree is None:
+    if rel is None or failure.names is None:
         return None
-    found = _under_subdirectory(rel, failure.worktree)
+    found = _under_subdirectory(rel, failure.names)
     return None if found is None else (rel, found)
 
 
@@ -246,18 +316,23 @@ def _cwd_advice(path: str, deeper: tuple[str, str] | None) -> str:
 
 
 def wrong_working_directory(failure: Failure) -> Mitigation | None:
-    for regex in (_CANT_OPEN, _PYTEST_NOT_FOUND, _ENOENT_PACKAGE_JSON):
-        found = _first(failure.lines, regex)
+    finders: tuple[re.Pattern[str] | Finder, ...] = (_CANT_OPEN, _PYTEST_NOT_FOUND, _enoent_package_json)
+    for finder in finders:
+        found = _first(failure.lines, finder)
         if found:
             path = found[1].group(1)
             advice = _cwd_advice(path, _deeper(path, failure))
             return Mitigation(FailurePattern.WRONG_WORKING_DIRECTORY, advice, found[0])
     # A bare "No such file or directory" is a working-directory problem only if the file lives deeper.
+    tried: set[str] = set()  # a log repeating one missing path thousands of times costs one lookup
     for line in failure.lines:
         match = _NO_SUCH_FILE.search(line)
         path = next((g for g in match.groups() if g), None) if match else None
-        deeper = _deeper(path, failure) if path else None
-        if path and deeper:
+        if path is None or path in tried:
+            continue
+        tried.add(path)
+        deeper = _deeper(path, failure)
+        if deeper:
             return Mitigation(FailurePattern.WRONG_WORKING_DIRECTORY, _cwd_advice(path, deeper), line.strip())
     return None
 
@@ -409,7 +484,8 @@ def match_failure(
     `worktree`, when given, lets path-based patterns resolve absolute paths and look for a file that is
     missing at the root but present in a subdirectory.
     """
-    failure = Failure(_ANSI.sub("", output).splitlines(), exit_code, scope, worktree)
+    names = _NameIndex(worktree) if worktree is not None else None
+    failure = Failure(_lines(output), exit_code, scope, worktree, names)
     for pattern in PATTERNS:
         mitigation = pattern(failure)
         if mitigation is not None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
-from shared.runs import finish_cancelled, move_phase, move_run
+from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
 from shared.specs import PhaseSpec
 from shared.states import (
     PHASE_TERMINAL,
@@ -197,13 +197,13 @@ def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
 
 
 def finish_run(lease: Lease, job: PhaseJob) -> None:
-    """After the last phase's branch move: the run is done. Idempotent."""
+    """After the last phase's branch move: the run is done, unless the move failed (then the reconciler
+    moves the branch and finishes the run). Idempotent."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
         run, _ = _load(session, job.run_id, job.phase_id)
-        if run.state == RunState.RUNNING and all(PhaseState(p.state) in PHASE_TERMINAL for p in run.phases):
-            move_run(run, RunState.DONE_SUCCESS)
-            run.finished_at = utcnow()
+        if run.state == RunState.RUNNING:
+            finish_if_done(run)
 
 
 def skip(lease: Lease, job: PhaseJob, reason: str) -> int | None:
@@ -223,8 +223,7 @@ def _advance(run: Run, phase: Phase) -> int | None:
     if following:
         following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
         return following[0].id
-    move_run(run, RunState.DONE_SUCCESS)
-    run.finished_at = utcnow()
+    finish_if_done(run)  # a skipped phase: the run ends DONE_FAILED, naming it
     return None
 
 

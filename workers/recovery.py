@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from shared.budget import BudgetExceeded
 from shared.errors import LlmError
 from shared.specs import PhaseSpec
 from workers.attempt import Attempted
@@ -67,6 +68,10 @@ def _ask_doctor(
             max_tokens=DOCTOR_MAX_TOKENS,
         )
         found = parse_diagnosis(response.text)
+    except BudgetExceeded as exc:
+        # Refused before any spend. Raising would lose the failed attempt's record; the next builder
+        # call meets the same cap and fails the phase on it if it does not fit either.
+        return Recovery(doctor={"error": f"not asked, the budget refused: {exc}"[:500]})
     except DoctorAnswerError as exc:
         return Recovery(doctor={"error": exc.reason}, doctor_called=True)
     except LlmError as exc:  # the Doctor is advice: its outage must not fail the phase

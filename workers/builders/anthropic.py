@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.errors import LlmRequestError
 from workers.builders.base import BuildRequest, BuildResult
 from workers.context import select_context
 from workers.llm.prompts import builder_prompt, prompt_summary
@@ -21,14 +22,20 @@ class AnthropicBuilder:
             advice=request.advice,
         )
         summary = prompt_summary(context, attempt=request.attempt, advice=request.advice)
-        response = request.gateway.call(
-            role="builder",
-            attempt=request.attempt,
-            model=request.model,
-            system=system,
-            messages=messages,
-            max_tokens=request.max_tokens,
-        )
+        try:
+            response = request.gateway.call(
+                role="builder",
+                attempt=request.attempt,
+                model=request.model,
+                system=system,
+                messages=messages,
+                max_tokens=request.max_tokens,
+            )
+        except LlmRequestError as exc:
+            # The provider refused this request (prompt too long, a parameter it rejects): the attempt
+            # fails with its reason, recorded like any build failure, and the phase goes on or ends.
+            reason = str(exc)
+            return BuildResult(ok=False, output="", failure_reason=reason, prompt_summary=summary)
         common = {"llm": response, "context": context.summary(), "prompt_summary": summary}
         if response.truncated:
             reason = (

@@ -22,6 +22,7 @@ from anthropic.types import Message, MessageParam, TextBlock
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InfraFailure, InfraKind, LlmAuthError, LlmError, LlmInfraError, LlmRequestError
+from shared.llm_catalog import ModelPrice, default_prices
 
 TRUNCATING_STOP_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
 """Stop reasons that mean the answer was cut off rather than finished."""
@@ -217,53 +218,6 @@ def token_count(usage: object, name: str) -> int | None:
 
 PER_MILLION = Decimal(1_000_000)
 COST_QUANTUM = Decimal("0.000001")  # llm_usage_events.cost_usd is Numeric(14, 6)
-
-
-class ModelPrice(BaseModel):
-    """USD per million tokens. `cache_write` is the 5-minute-TTL write price (1.25 x input)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    input: Decimal
-    output: Decimal
-    cache_write: Decimal
-    cache_read: Decimal
-
-
-def _price(input_usd: str, output_usd: str, cache_write_usd: str, cache_read_usd: str) -> ModelPrice:
-    return ModelPrice(
-        input=Decimal(input_usd),
-        output=Decimal(output_usd),
-        cache_write=Decimal(cache_write_usd),
-        cache_read=Decimal(cache_read_usd),
-    )
-
-
-def default_prices() -> dict[str, ModelPrice]:
-    """Anthropic list prices by model-name prefix (standard tier, prompts up to 200k tokens).
-
-    Only models whose price is known are listed; any other model costs None until it is added.
-    """
-    opus_4_5, opus_4 = _price("5", "25", "6.25", "0.50"), _price("15", "75", "18.75", "1.50")
-    sonnet, haiku_4_5 = _price("3", "15", "3.75", "0.30"), _price("1", "5", "1.25", "0.10")
-    return {
-        # 4.6 prices assumed equal to their 4.5 predecessors: check the pricing page before relying on them.
-        "claude-opus-4-6": opus_4_5,
-        "claude-sonnet-4-6": sonnet,
-        "claude-opus-4-5": opus_4_5,
-        "claude-opus-4-1": opus_4,
-        "claude-opus-4-0": opus_4,
-        "claude-opus-4-20250514": opus_4,
-        "claude-3-opus": opus_4,
-        "claude-sonnet-4-5": sonnet,
-        "claude-sonnet-4-0": sonnet,
-        "claude-sonnet-4-20250514": sonnet,
-        "claude-3-7-sonnet": sonnet,
-        "claude-3-5-sonnet": sonnet,
-        "claude-haiku-4-5": haiku_4_5,
-        "claude-3-5-haiku": _price("0.80", "4", "1", "0.08"),
-        "claude-3-haiku": _price("0.25", "1.25", "0.30", "0.03"),
-    }
 
 
 class PriceTable(BaseModel):

@@ -3,6 +3,11 @@
 The reservation is the call's worst case (estimated input + the full output budget) and is taken in
 one conditional UPDATE, so concurrent workers can overspend a cap by at most one call's estimate error.
 Usage rows are written even by an execution that later loses its lease: the money was spent.
+
+A call that failed settles at zero only when the provider surely did not bill it (it refused the request,
+or every try was refused or never connected); a call that timed out, or died of anything unexpected,
+settles its reserved worst case: the provider may have run it to the end. Reservations are taken under
+the lease epoch, so one left by a crashed call is charged by the reconciler (`charge_orphaned`).
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from shared.budget import reserve, settle, worst_case
+from shared.budget import UnpricedModel, reserve, settle, worst_case
 from shared.db import transaction
+from shared.errors import LlmError, LlmInfraError
 from shared.telemetry import record_usage
 from workers.llm.client import LlmClient, LlmResponse, PriceTable
 
@@ -45,6 +51,8 @@ class LlmGateway:
         """One call, reserved and recorded; raises BudgetExceeded before spending anything."""
         est_input = estimate_tokens(system, messages)
         price = self.prices.price_for(model)
+        if price is None and self.max_usd_cap is not None:
+            raise UnpricedModel(self.run_id, model, self.max_usd_cap)  # never a $0 reservation
         tokens, usd = worst_case(
             est_input,
             max_tokens,
@@ -59,14 +67,18 @@ class LlmGateway:
                 usd=usd,
                 max_tokens=self.max_tokens_cap,
                 max_usd=self.max_usd_cap,
+                epoch=self.epoch,
             )
         self.calls += 1
         key = f"run{self.run_id}:phase{self.phase_id}:e{self.epoch}:a{attempt}:{role}:{self.calls}"
         try:
             response = self.client.call(model, system, messages, max_tokens)
-        except Exception:
+        except Exception as exc:
             with transaction(self.db_url) as session:
-                settle(session, held, tokens=0, usd=Decimal(0))
+                if maybe_billed(exc):
+                    settle(session, held, tokens=None, usd=None)  # None charges the reserved worst case
+                else:
+                    settle(session, held, tokens=0, usd=Decimal(0))
             raise
         self._record(held, key, role, attempt, model, response)
         return response
@@ -98,6 +110,14 @@ class LlmGateway:
                 request_id=response.request_id,
                 cost_usd=cost,
             )
+
+
+def maybe_billed(exc: Exception) -> bool:
+    """Whether a failed call may still have been billed: a try timed out after sending the request (the
+    provider may have finished it), or the call failed in a way this module does not classify."""
+    if isinstance(exc, LlmInfraError):
+        return any(f.kind == "timeout" and f.status is None for f in exc.failures)
+    return not isinstance(exc, LlmError)
 
 
 def estimate_tokens(system: str, messages: list[dict[str, Any]]) -> int:
