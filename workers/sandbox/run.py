@@ -1,0 +1,229 @@
+"""Start a boxed command, stream its output under a cap, stop it on a limit, and say which limit."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.errors import Drained, SandboxUnavailable
+from shared.git import scrubbed_env
+from workers.sandbox import gitview
+from workers.sandbox.limits import MIB, PROCESS_MARKERS, all_markers, explain
+from workers.sandbox.policy import BoxRequest, SandboxPolicy, bwrap_argv
+from workers.sandbox.stream import CappedOutput
+
+log = logging.getLogger(__name__)
+_POLL_SECONDS = 0.5
+PACKAGE = "bubblewrap"
+
+
+@dataclass(frozen=True)
+class BoxResult:
+    exit_code: int
+    output: str
+    seconds: float
+    timed_out: bool
+    limit: str | None
+    """Which limit ended or crippled the command ("killed: memory limit 256 MiB", "output cut: …")."""
+    dropped_bytes: int
+
+
+class Backend(Protocol):
+    """How one command is isolated. `argv` may create files under `scratch` (deleted afterwards)."""
+
+    name: str
+    policy: SandboxPolicy
+
+    def argv(self, request: BoxRequest, scratch: Path) -> list[str]: ...
+
+    def process_env(self, request: BoxRequest) -> dict[str, str]: ...
+
+
+class NoSandbox:
+    """`AUTOPACK_SANDBOX=none`: a bash in its own session with the worker's environment minus its
+    secrets. Only the wall time and the output cap apply. For hosts that cannot create namespaces."""
+
+    name = "none"
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        self.policy = policy
+
+    def argv(self, request: BoxRequest, scratch: Path) -> list[str]:
+        return ["bash", "-c", request.command]
+
+    def process_env(self, request: BoxRequest) -> dict[str, str]:
+        env = scrubbed_env()
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.update(request.env)
+        return env
+
+
+class Bwrap:
+    """bubblewrap: see `workers/sandbox/__init__.py` for what the box is."""
+
+    name = "bwrap"
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        self.policy = policy
+        self.as_root = os.geteuid() == 0
+
+    def argv(self, request: BoxRequest, scratch: Path) -> list[str]:
+        binds: list[str] = []
+        layout = gitview.find_layout(request.cwd)
+        if layout is not None:
+            view = gitview.build_view(layout, scratch / "git")
+            binds = gitview.bind_args(layout, view)
+        if self.as_root:
+            for path in (request.cwd, *request.writable, scratch):
+                hand_over(path, self.policy.uid)
+        return bwrap_argv(self.policy, request, git_binds=binds, as_root=self.as_root)
+
+    def process_env(self, request: BoxRequest) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+def hand_over(root: Path, uid: int) -> None:
+    """Give `root` (a worktree, a report dir) to the box's uid so it can write there. The worker, as
+    root, still reads and deletes everything; its git calls pass `safe.directory` for this."""
+    for directory, dirs, files in os.walk(root):
+        top = directory == str(root)
+        names = [n for n in dirs + files if not (top and n == ".git")]  # its git dir is never the box's
+        for name in [directory, *(os.path.join(directory, n) for n in names)]:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(name)
+                if st.st_uid != uid:
+                    os.lchown(name, uid, uid)
+        dirs[:] = [d for d in dirs if not (d == ".git" and directory == str(root))]
+
+
+def backend_for(policy: SandboxPolicy) -> Backend:
+    return Bwrap(policy) if policy.mode == "bwrap" else NoSandbox(policy)
+
+
+def check(backend: Backend, timeout: float = 20) -> None:
+    """Run `true` in a box once; SandboxUnavailable says what to install or allow when it cannot."""
+    if backend.name == "none":
+        return
+    if shutil.which("bwrap") is None:
+        raise SandboxUnavailable(
+            f"bwrap is not installed: install the `{PACKAGE}` package (apt-get install {PACKAGE}), "
+            "or set AUTOPACK_SANDBOX=none to run phase commands unboxed"
+        )
+    with tempfile.TemporaryDirectory(prefix="autopack-sandbox-check-") as tmp:
+        result = run_boxed(backend, BoxRequest("true", Path(tmp)), timeout=timeout, max_bytes=4000)
+    if result.exit_code != 0 or result.timed_out:
+        raise SandboxUnavailable(
+            f"bwrap cannot start a box here (exit {result.exit_code}): {result.output.strip()[:500]} — "
+            "the worker needs user namespaces (container: seccomp/apparmor unconfined, see compose.yaml) "
+            f"and the `{PACKAGE}` package, or AUTOPACK_SANDBOX=none"
+        )
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="autopack-box-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_boxed(
+    backend: Backend,
+    request: BoxRequest,
+    *,
+    timeout: float,
+    max_bytes: int,
+    overdue: Callable[[], bool] = lambda: False,
+) -> BoxResult:
+    """Run `request` under `backend`; when it ends (or times out, or breaks a limit) everything it
+    started is killed: its process group, and under bwrap its whole pid namespace."""
+    policy = backend.policy
+    start = time.monotonic()
+    with _scratch() as scratch:
+        argv = backend.argv(request, scratch)
+        alarm = threading.Event()
+        markers = all_markers() if backend.name == "bwrap" else ()
+        out = CappedOutput(max_bytes, markers, policy.output_stop_bytes, alarm)
+        proc = subprocess.Popen(
+            argv,
+            cwd=request.cwd,
+            env=backend.process_env(request),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,  # the default, said aloud: no descriptor of the worker's reaches the box
+        )
+        assert proc.stdout is not None
+        reader = threading.Thread(target=out.drain, args=(proc.stdout.fileno(),), daemon=True)
+        reader.start()
+        stop = "exited"
+        try:
+            stop = _wait(proc, start + timeout, alarm, out, overdue)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
+    if stop == "drained":
+        raise Drained(f"the worker is stopping: `{request.command}` was stopped when the drain window ended")
+    limit = _limit(stop, policy, proc.returncode, out, backend.name)
+    return BoxResult(
+        proc.returncode, out.text(), time.monotonic() - start, stop == "timeout", limit, out.dropped
+    )
+
+
+def _limit(stop: str, policy: SandboxPolicy, code: int, out: CappedOutput, backend: str) -> str | None:
+    if stop == "output":
+        return f"killed: output limit {policy.output_stop_bytes // MIB} MiB ({out.total} bytes printed)"
+    if stop == "processes":
+        return f"killed: process limit {policy.limits.processes}"
+    said = explain(policy.limits, code, out.markers) if backend != "none" else None
+    if said is None and out.dropped:
+        return f"output cut: {out.dropped} bytes dropped"
+    return said
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    until: float,
+    alarm: threading.Event,
+    out: CappedOutput,
+    overdue: Callable[[], bool],
+) -> str:
+    """Why waiting ended: exited, timeout, drained, output, processes. A thread blocks in waitpid so an
+    exit is seen at once; the reader raises `alarm` on a runaway; the loop also wakes every half
+    second so a stopping worker can cut a long command."""
+
+    def reap() -> None:
+        proc.wait()
+        alarm.set()
+
+    threading.Thread(target=reap, daemon=True).start()
+    while True:
+        alarm.wait(max(0.0, min(_POLL_SECONDS, until - time.monotonic())))
+        alarm.clear()
+        if proc.returncode is not None:
+            return "exited"
+        if out.overflowed.is_set():
+            return "output"
+        if any(m in out.markers for m in PROCESS_MARKERS):
+            return "processes"  # a fork bomb: its own budget is spent, end it now rather than at timeout
+        if time.monotonic() >= until:
+            return "timeout"
+        if overdue():
+            return "drained"
