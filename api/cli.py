@@ -54,12 +54,16 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
     SIGTERM drains it: running phases get AUTOPACK_DRAIN_SECONDS to finish, then are handed back to
     the queue; the worker exits as soon as none is left.
     """
+    from shared.errors import SandboxUnavailable
     from workers.main import run_worker
 
     settings = get_settings()
     if settings.is_embedded:
         _fail(ValueError("the in-process broker cannot serve a separate worker: set AUTOPACK_BROKER_URL"))
-    run_worker(settings, concurrency, hostname)
+    try:
+        run_worker(settings, concurrency, hostname)
+    except SandboxUnavailable as exc:
+        _fail(exc)
 
 
 @cli.group()
@@ -204,7 +208,10 @@ def _secs(value: float | None) -> str:
 
 
 def _describe_fleet(view: dict[str, Any]) -> str:
-    lines = [f"fleet ({view['mode']}) at {view['generated_at']}"]
+    lines = [
+        f"fleet ({view['mode']}) at {view['generated_at']}",
+        f"sandbox: {view.get('sandbox', 'unknown')}",
+    ]
     workers = view["workers"]
     lines.append(
         f"workers: {len(workers)}"

@@ -103,6 +103,8 @@ class FleetRecord(BaseModel):
 class FleetView(FleetRecord):
     generated_at: datetime
     mode: str
+    sandbox: str
+    """How the fleet's workers isolate phase commands (`none (…)` when the operator turned it off)."""
     workers: list[WorkerView]
     workers_error: str | None
     queue: str

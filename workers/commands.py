@@ -3,6 +3,7 @@ streams, resource limits, and an environment without the worker's secrets."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,8 +12,11 @@ from pathlib import Path
 from shared.git import scrubbed_env
 from shared.settings import Settings, get_settings
 from workers import drain
-from workers.sandbox import Backend, BoxRequest, Limits, SandboxPolicy, backend_for, run_boxed
+from workers.sandbox import Backend, BoxRequest, Limits, SandboxPolicy, backend_for, check, run_boxed
 from workers.sandbox.limits import MIB
+
+log = logging.getLogger(__name__)
+_configured: list[Backend] = []
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,39 @@ def policy_from(settings: Settings) -> SandboxPolicy:
 
 @lru_cache(maxsize=1)
 def default_backend() -> Backend:
-    """The backend the settings of this process ask for (a worker builds and checks it at start)."""
-    return backend_for(policy_from(get_settings()))
+    """The backend this process's settings ask for, unless a worker configured one at start."""
+    return _configured[-1] if _configured else backend_for(policy_from(get_settings()))
+
+
+def configure_sandbox(settings: Settings) -> Backend:
+    """At worker start: build the sandbox the settings ask for and prove it starts (`bwrap … true`).
+    Raises SandboxUnavailable (naming the package) rather than run repository code unboxed."""
+    backend = backend_for(policy_from(settings))
+    check(backend)
+    if backend.name == "none":
+        log.warning(
+            "AUTOPACK_SANDBOX=none: phase commands and validation run UNBOXED, as this worker's user, "
+            "with its files and network"
+        )
+    else:
+        limits = backend.policy.limits
+        log.info(
+            "sandbox: bwrap (phase network %s; memory %d MiB, %d processes, files %d MiB)",
+            settings.phase_network,
+            limits.memory_bytes // MIB,
+            limits.processes,
+            limits.file_bytes // MIB,
+        )
+    _configured[:] = [backend]
+    default_backend.cache_clear()
+    return backend
+
+
+def sandbox_status(settings: Settings) -> str:
+    """What /health and /fleet say about the sandbox the fleet is configured with."""
+    if settings.sandbox == "none":
+        return "none (AUTOPACK_SANDBOX=none: phase commands run unboxed)"
+    return f"bwrap (phase network: {settings.phase_network})"
 
 
 def run_command(

@@ -26,6 +26,7 @@ from shared.fleet import (
 from shared.models import utcnow
 from shared.settings import Settings
 from workers.celery_app import QUEUE
+from workers.commands import sandbox_status
 
 INSPECT_TIMEOUT = 1.0
 
@@ -41,6 +42,7 @@ def read_fleet(request: Request, session: SessionDep, settings: SettingsDep) -> 
     return FleetView(
         generated_at=utcnow(),
         mode="embedded" if settings.is_embedded else "fleet",
+        sandbox=sandbox_status(settings),
         workers=workers,
         workers_error=workers_error,
         queue=QUEUE,

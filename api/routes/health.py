@@ -10,6 +10,7 @@ from api.schemas import Health
 from api.version import VERSION
 from shared.db import ping
 from shared.errors import ServiceUnavailable
+from workers.commands import sandbox_status
 
 router = APIRouter(tags=["health"])
 
@@ -31,6 +32,7 @@ def health(request: Request, settings: SettingsDep) -> Health | JSONResponse:
         "service": "autopack-api",
         "version": VERSION,
         "mode": "embedded" if settings.is_embedded else "fleet",
+        "sandbox": sandbox_status(settings),
     }
     try:
         ping(settings.database_url)
