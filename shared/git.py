@@ -82,7 +82,13 @@ def _program_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -
         elif key == "credential.helper":  # an empty helper resets the list; then the operator's again
             out += ["-c", "credential.helper="]
             out += [arg for helper in operator_helpers for arg in ("-c", f"credential.helper={helper}")]
-        else:  # git runs no clean/smudge/textconv/driver whose command is empty
+        elif key.endswith(".textconv"):  # an empty textconv is run (and fails): convert with cat
+            out += ["-c", f"{key}=cat"]
+        elif key.endswith(".command"):  # an external diff driver: one that prints nothing
+            out += ["-c", f"{key}=true"]
+        elif key.endswith(".driver"):  # a merge driver (the worker never merges): always conflicts
+            out += ["-c", f"{key}=false"]
+        else:  # git runs no clean/smudge/process filter whose command is empty
             out += ["-c", f"{key}="]
     return out
 
