@@ -7,6 +7,7 @@ machine down; the 4 GiB allocation runs only after the 512 MiB one has shown the
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -20,10 +21,21 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app
+from api.client import ApiClient
+from api.sample_repo import sample_spec
+from api.serve import free_port
+from shared.db import transaction
 from shared.git import git, resolve_ref
+from shared.keys import create_key
+from shared.settings import Settings
+from tests.support.procs import AUTOPACK, api_process, settings_env, worker_process
+from tests.support.scenario import wait_terminal
 from workers import steps
-from workers.commands import CommandResult, run_command
+from workers.celery_app import create_app as create_celery
+from workers.commands import CommandResult, configure_sandbox, run_command
 from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy
 from workers.sandbox.limits import MIB
 from workers.workspace import WorkspaceManager, Worktree
@@ -192,7 +204,10 @@ def test_with_network_off_postgres_redis_and_the_outside_are_unreachable(tmp_pat
     result = boxed(_CONNECT, tmp_path)
 
     assert "OPEN" not in result.output
-    assert "Network is unreachable" in result.output
+    # The box has a loopback of its own (bwrap brings it up), where nothing listens, and no route out.
+    assert "127.0.0.1/5432: Connection refused" in result.output
+    assert "127.0.0.1/6379: Connection refused" in result.output
+    assert "1.1.1.1/53: Network is unreachable" in result.output
 
 
 def test_a_phase_asking_for_network_gets_it_only_where_the_operator_allows(tmp_path: Path) -> None:
@@ -345,3 +360,105 @@ def test_sigkill_of_the_worker_mid_command_leaves_no_process_behind(tmp_path: Pa
 
     assert not leftovers("sleep 301.4242")
     assert not (tmp_path / "orphan.txt").exists()
+
+
+# --- the operator's switch ------------------------------------------------------------------------
+
+
+def test_sandbox_none_must_be_chosen_explicitly_and_is_logged_and_shown_on_health_and_fleet(
+    fleet_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert Settings(_env_file=None).sandbox == "bwrap"  # type: ignore[call-arg]
+    unboxed = fleet_settings.model_copy(update={"sandbox": "none"})
+    with caplog.at_level(logging.WARNING):
+        assert configure_sandbox(unboxed).name == "none"
+    try:
+        assert "AUTOPACK_SANDBOX=none" in caplog.text and "UNBOXED" in caplog.text
+        with TestClient(create_app(unboxed, create_celery(unboxed))) as api:
+            health = api.get("/health").json()
+        assert health["sandbox"].startswith("none")
+    finally:
+        configure_sandbox(fleet_settings)
+    with TestClient(create_app(fleet_settings, create_celery(fleet_settings))) as api:
+        assert api.get("/health").json()["sandbox"] == "bwrap (phase network: deny)"
+
+
+def test_fleet_view_says_which_sandbox_the_fleet_runs(client: TestClient) -> None:
+    assert client.get("/fleet").json()["sandbox"] == "bwrap (phase network: deny)"
+
+
+@pytest.mark.fleet
+def test_a_worker_that_cannot_start_a_box_refuses_to_start_and_names_the_package(
+    fleet_settings: Settings, tmp_path: Path
+) -> None:
+    no_bwrap = tmp_path / "bin"
+    no_bwrap.mkdir()
+    for tool in ("git", "bash", "sh"):
+        (no_bwrap / tool).symlink_to(shutil.which(tool) or tool)
+    env = settings_env(fleet_settings, PATH=f"{no_bwrap}:{Path(sys.executable).parent}")
+    done = subprocess.run(
+        [AUTOPACK, "worker"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.returncode != 0
+    assert "bubblewrap" in done.stderr and "apt-get install bubblewrap" in done.stderr
+    assert "ready." not in done.stdout + done.stderr
+
+
+# --- the same attacks as phases of real runs on a real worker ------------------------------------
+
+ATTACKS = {
+    "fork bomb": ("bomb() { bomb | bomb & }; bomb; sleep 60", "killed: process limit 64"),
+    "4 GiB": (f"{sys.executable} -c 'b = bytearray(4 * 2**30)'", "memory limit 256 MiB: an allocation"),
+    "2 GiB file": ("head -c 2G /dev/zero > src/big.bin", "killed: file size limit 64 MiB"),
+    "yes": ("yes", "killed: output limit 64 MiB"),
+    # The box's loopback is its own, with nothing listening on it.
+    "postgres": ("exec 3<>/dev/tcp/127.0.0.1/5432", "127.0.0.1/5432: Connection refused"),
+    "redis": ("exec 3<>/dev/tcp/127.0.0.1/6379", "127.0.0.1/6379: Connection refused"),
+    # The box's own processes carry the phase's AUTOPACK_PHASE_NAME/RUN/ATTEMPT; never the worker's secrets.
+    "worker environ": ("cat /proc/*/environ | tr '\\0' '\\n' | grep -E '(DATABASE|BROKER)_URL'", "exit 1"),
+}
+
+
+@pytest.mark.fleet
+def test_attacks_as_phase_commands_fail_their_runs_naming_the_limit_while_a_neighbour_succeeds(
+    fleet_settings: Settings, sample_repo: Path, tmp_path: Path
+) -> None:
+    settings = fleet_settings.model_copy(
+        update={
+            "sandbox_memory_mb": 256,
+            "sandbox_max_processes": 64,
+            "sandbox_max_file_mb": 64,
+            "sandbox_output_stop_mb": 64,
+            "command_timeout_seconds": 60,
+        }
+    )
+    with transaction(settings.database_url) as session:
+        _, key = create_key(session, "sandbox-test")
+    with (
+        api_process(settings, free_port(), tmp_path) as url,
+        worker_process(settings, "boxed", tmp_path, concurrency=2),
+    ):
+        client = ApiClient(url, key)
+        calm = client.submit(sample_spec(sample_repo, 0, sys.executable))["id"]
+        attacks = {
+            name: client.submit(
+                {
+                    "repo": str(sample_repo),
+                    "name": name,
+                    "config": {"builder": "script", "max_attempts": 1, "doctor": False},
+                    "phases": [{"name": "attack", "scope": ["src/"], "command": command}],
+                }
+            )["id"]
+            for name, (command, _) in ATTACKS.items()
+        }
+        runs = {r["id"]: r for r in wait_terminal(client, [calm, *attacks.values()], timeout=300)}
+
+    assert runs[calm]["state"] == "DONE_SUCCESS", runs[calm]
+    for name, run_id in attacks.items():
+        run = runs[run_id]
+        (attempt,) = run["phases"][0]["attempt_log"]
+        assert run["state"] == "DONE_FAILED", name
+        assert attempt["outcome"] == "BUILD_FAILED", name
+        assert ATTACKS[name][1] in attempt["failure_reason"], (name, attempt["failure_reason"][:500])
+        assert "postgresql" not in attempt["failure_reason"]
