@@ -28,9 +28,10 @@ from api.client import ApiClient
 from api.sample_repo import sample_spec
 from api.serve import free_port
 from shared.db import transaction
+from shared.errors import GitError
 from shared.git import git, resolve_ref
 from shared.keys import create_key
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 from tests.support.procs import AUTOPACK, api_process, settings_env, worker_process
 from tests.support.scenario import wait_terminal
 from workers import steps
@@ -462,3 +463,38 @@ def test_attacks_as_phase_commands_fail_their_runs_naming_the_limit_while_a_neig
         assert attempt["outcome"] == "BUILD_FAILED", name
         assert ATTACKS[name][1] in attempt["failure_reason"], (name, attempt["failure_reason"][:500])
         assert "postgresql" not in attempt["failure_reason"]
+
+
+# --- the worker's own git calls -------------------------------------------------------------------
+
+
+def test_the_worker_s_git_ignores_a_user_gitconfig_and_keeps_the_operator_s_helpers_over_the_repo_s(
+    sample_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = tmp_path / "ran"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f"[alias]\n\tst = !touch {ran}\n[core]\n\tsshCommand = touch {ran}\n")
+    monkeypatch.setenv("HOME", str(home))
+    git("config", "credential.helper", f"!touch {ran}", cwd=sample_repo)
+    git("config", "core.sshCommand", f"touch {ran}", cwd=sample_repo)
+
+    helpers = git("config", "--get-all", "credential.helper", cwd=sample_repo).splitlines()
+    assert helpers[-1] == ""  # the repository's helper is followed by a reset, and nothing after it
+    assert git("config", "--get", "core.sshCommand", cwd=sample_repo).strip() == "ssh"
+    with pytest.raises(GitError, match="is not a git command"):
+        git("st", cwd=sample_repo)  # ~/.gitconfig is not read at all
+
+    operator = tmp_path / "operator.gitconfig"
+    operator.write_text("[credential]\n\thelper = cache\n[core]\n\tsshCommand = ssh -oBatchMode=yes\n")
+    get_settings.cache_clear()
+    monkeypatch.setenv("AUTOPACK_GIT_CONFIG_GLOBAL", str(operator))
+    try:
+        helpers = git("config", "--get-all", "credential.helper", cwd=sample_repo).splitlines()
+        ssh = git("config", "--get-all", "core.sshCommand", cwd=sample_repo).splitlines()
+    finally:
+        get_settings.cache_clear()
+    # Effective values are the last ones: the operator's helper after a reset, the operator's ssh.
+    assert helpers[-2:] == ["", "cache"]
+    assert ssh[-1] == "ssh -oBatchMode=yes"
+    assert not ran.exists()
