@@ -39,6 +39,7 @@ from workers.celery_app import create_app as create_celery
 from workers.commands import CommandResult, configure_sandbox, run_command
 from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy
 from workers.sandbox.limits import MIB
+from workers.validation import run_one
 from workers.workspace import WorkspaceManager, Worktree
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -498,3 +499,30 @@ def test_the_worker_s_git_ignores_a_user_gitconfig_and_keeps_the_operator_s_help
     assert helpers[-2:] == ["", "cache"]
     assert ssh[-1] == "ssh -oBatchMode=yes"
     assert not ran.exists()
+
+
+@pytest.mark.parametrize("trap", ["os.symlink({outside!r}, path)", "os.mkfifo(path)"])
+def test_a_junit_report_replaced_by_a_symlink_or_fifo_is_ignored_not_followed_or_waited_on(
+    trap: str, tmp_path: Path
+) -> None:
+    # A file of the worker's that parses as a report: followed, it would show up as test results.
+    outside = tmp_path.parent / f"{tmp_path.name}-worker-file.xml"
+    outside.write_text('<testsuite><testcase classname="leaked" name="secret"/></testsuite>')
+    trap = trap.format(outside=str(outside))
+    # The repository's own conftest replaces the report after pytest wrote it.
+    (tmp_path / "conftest.py").write_text(
+        "import os\n\n\ndef pytest_unconfigure(config):\n"
+        f"    path = config.option.xmlpath\n    os.remove(path)\n    {trap}\n"
+    )
+    (tmp_path / "test_x.py").write_text("def test_x():\n    pass\n")
+    started = time.monotonic()
+    result = run_one(
+        f"PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 {sys.executable} -m pytest -q",
+        tmp_path,
+        timeout=30,
+        max_bytes=10_000,
+    )
+
+    assert result.ok, result.output
+    assert time.monotonic() - started < 25
+    assert result.counts is None  # no report rather than /etc/passwd, and no hang on the FIFO

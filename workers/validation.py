@@ -12,6 +12,7 @@ import configparser
 import json
 import os
 import shlex
+import stat
 import tempfile
 import tomllib
 import xml.etree.ElementTree as ET
@@ -171,10 +172,18 @@ def parse_junit(xml_text: str) -> JUnitReport:
 
 
 def _read_junit(path: Path) -> JUnitReport | None:
+    """The report, read only if it is a regular file of sane size: the boxed command could write the
+    directory, and a symlink (to a worker's file) or a FIFO (blocking the worker) is not a report."""
     try:
-        if path.stat().st_size > _MAX_JUNIT_BYTES:
-            return None
-        return parse_junit(path.read_text(errors="replace"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_JUNIT_BYTES:
+                return None
+            return parse_junit(fh.read(_MAX_JUNIT_BYTES + 1).decode(errors="replace"))
     except (OSError, ET.ParseError):
         return None
 
