@@ -220,7 +220,10 @@ def _describe_fleet(view: dict[str, Any]) -> str:
     for w in workers:
         tasks = ", ".join(f"run {t['run_id']} phase {t['phase_id']}" for t in w["active"]) or "idle"
         state = "up" if w["alive"] else "DOWN"
-        lines.append(f"  {w['name']:<32} {state:<4} {w['pool'] or '?'} x{w['concurrency'] or '?'}  {tasks}")
+        sandbox = f"  sandbox {w['sandbox'].split(' ')[0]}" if w.get("sandbox") else ""
+        lines.append(
+            f"  {w['name']:<32} {state:<4} {w['pool'] or '?'} x{w['concurrency'] or '?'}{sandbox}  {tasks}"
+        )
     queue = view["queue_length"] if view["queue_length"] is not None else f"unknown ({view['queue_error']})"
     lines.append(f"queue {view['queue']}: {queue} message(s)")
     lines.append(f"executing: {len(view['executing'])}")

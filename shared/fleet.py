@@ -44,6 +44,8 @@ class WorkerView(BaseModel):
     pid: int | None = None
     tasks_total: int | None = None
     active: list[ActiveTask] = []
+    sandbox: str | None = None
+    """The sandbox this worker runs phase commands in, as it reports it (None: it did not say)."""
 
 
 class ExecutingPhase(BaseModel):

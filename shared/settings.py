@@ -178,6 +178,13 @@ class Settings(BaseSettings):
         return self.broker_url.startswith("memory://")
 
     @property
+    def sandbox_summary(self) -> str:
+        """What /health and /fleet say about the sandbox (workers report their own on /fleet)."""
+        if self.sandbox == "none":
+            return "none (AUTOPACK_SANDBOX=none: phase commands run unboxed)"
+        return f"bwrap (phase network: {self.phase_network})"
+
+    @property
     def needs_api_key(self) -> bool:
         return self.is_embedded is False if self.auth_required is None else self.auth_required
 

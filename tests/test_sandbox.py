@@ -455,6 +455,9 @@ def test_attacks_as_phase_commands_fail_their_runs_naming_the_limit_while_a_neig
             for name, (command, _) in ATTACKS.items()
         }
         runs = {r["id"]: r for r in wait_terminal(client, [calm, *attacks.values()], timeout=300)}
+        (boxed_worker,) = client.fleet()["workers"]
+
+    assert boxed_worker["sandbox"] == "bwrap (phase network: deny)"  # the worker's own word on /fleet
 
     assert runs[calm]["state"] == "DONE_SUCCESS", runs[calm]
     for name, run_id in attacks.items():

@@ -108,13 +108,6 @@ def configure_sandbox(settings: Settings) -> Backend:
     return backend
 
 
-def sandbox_status(settings: Settings) -> str:
-    """What /health and /fleet say about the sandbox the fleet is configured with."""
-    if settings.sandbox == "none":
-        return "none (AUTOPACK_SANDBOX=none: phase commands run unboxed)"
-    return f"bwrap (phase network: {settings.phase_network})"
-
-
 def run_command(
     command: str,
     cwd: Path,

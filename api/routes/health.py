@@ -10,7 +10,6 @@ from api.schemas import Health
 from api.version import VERSION
 from shared.db import ping
 from shared.errors import ServiceUnavailable
-from workers.commands import sandbox_status
 
 router = APIRouter(tags=["health"])
 
@@ -32,7 +31,7 @@ def health(request: Request, settings: SettingsDep) -> Health | JSONResponse:
         "service": "autopack-api",
         "version": VERSION,
         "mode": "embedded" if settings.is_embedded else "fleet",
-        "sandbox": sandbox_status(settings),
+        "sandbox": settings.sandbox_summary,
     }
     try:
         ping(settings.database_url)
