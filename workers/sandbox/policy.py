@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -121,6 +122,14 @@ def parent_dirs(targets: Sequence[str], read_only: Sequence[Path]) -> list[str]:
     return [arg for name in made for arg in ("--perms", "0755", "--dir", name)]
 
 
+@lru_cache(maxsize=8)
+def _read_only_args(policy: SandboxPolicy, path_value: str) -> tuple[list[str], tuple[Path, ...]]:
+    """The read-only part of the box, the same for every command of a worker: computed once."""
+    visible = visible_paths(policy, path_value)
+    args = parent_dirs([str(p) for p in visible], visible) + mount_args(visible, policy.hidden_paths)
+    return args, tuple(visible)
+
+
 def box_env(request: BoxRequest, path_value: str) -> dict[str, str]:
     """The allowlist: PATH, LANG and friends from the worker, a private HOME and TMPDIR, then the
     phase's own variables. Nothing else of the worker's environment (its secrets) gets in."""
@@ -164,15 +173,14 @@ def bwrap_argv(
         argv += ["--cap-add", "CAP_DAC_READ_SEARCH"]  # to chdir into the worktree, handed to the uid
     else:
         argv.append("--unshare-user")
-    visible = visible_paths(policy, path_value)
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "1777", "--size", size, "--tmpfs", TMP_IN_BOX]
     # As root, bwrap's tmpfs belongs to root; the command's uid must still own its HOME.
     argv += ["--perms", "1777" if as_root else "0700", "--size", size, "--tmpfs", HOME_IN_BOX]
+    static, visible = _read_only_args(policy, path_value)
+    argv += static
     writable = [cwd, *(str(p) for p in request.writable)]
-    targets = [str(p) for p in visible] + writable + list(git_binds[2::3])
-    argv += parent_dirs(targets, visible)
-    argv += mount_args(visible, policy.hidden_paths)
+    argv += parent_dirs([*writable, *git_binds[2::3]], visible)
     for path in writable:
         argv += ["--bind", path, path]
     argv += [*git_binds, "--chdir", cwd, "--clearenv"]
