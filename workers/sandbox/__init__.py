@@ -33,9 +33,10 @@ What a bwrap box is:
   RLIMIT_NOFILE, RLIMIT_CPU, set with prlimit inside the box; plus the wall time and the output caps.
 """
 
+from workers.sandbox.backends import Bwrap, NoSandbox, backend_for, check
 from workers.sandbox.limits import Limits
 from workers.sandbox.policy import BoxRequest, SandboxPolicy
-from workers.sandbox.run import Backend, BoxResult, Bwrap, NoSandbox, backend_for, check, run_boxed
+from workers.sandbox.run import Backend, BoxResult, run_boxed
 
 __all__ = [
     "Backend",
