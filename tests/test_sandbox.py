@@ -37,7 +37,7 @@ from tests.support.scenario import wait_terminal
 from workers import steps
 from workers.celery_app import create_app as create_celery
 from workers.commands import CommandResult, configure_sandbox, run_command
-from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy
+from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy, gitview
 from workers.sandbox.limits import MIB
 from workers.validation import run_one
 from workers.workspace import WorkspaceManager, Worktree
@@ -529,3 +529,40 @@ def test_a_junit_report_replaced_by_a_symlink_or_fifo_is_ignored_not_followed_or
     assert result.ok, result.output
     assert time.monotonic() - started < 25
     assert result.counts is None  # no report rather than /etc/passwd, and no hang on the FIFO
+
+
+def test_a_version_manager_shim_on_path_finds_its_manager_inside_the_box(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyenv's shims exec `<root>/libexec/pyenv`: the box must show the tool root, not only shims/.
+    root = tmp_path / "tool"
+    (root / "shims").mkdir(parents=True)
+    (root / "libexec").mkdir()
+    (root / "libexec" / "manager").write_text("#!/bin/sh\necho managed\n")
+    (root / "shims" / "tool").write_text(f"#!/bin/sh\nexec {root}/libexec/manager\n")
+    for script in (root / "libexec" / "manager", root / "shims" / "tool"):
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{root / 'shims'}:{os.environ['PATH']}")
+    (tmp_path / "wt").mkdir()
+
+    assert boxed("tool", tmp_path / "wt").output == "managed\n"
+
+
+def test_the_git_view_survives_refs_packed_away_while_it_is_copied(
+    pool: tuple[Path, Worktree, Worktree], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another phase's reconciler packs loose refs (deleting them) while a box's view is being built.
+    _, mine, _ = pool
+    git("update-ref", "refs/autopack/run-1/phase-0-e1", "HEAD", git_dir=mine.mirror.path)
+    real_copy = shutil.copy2
+
+    def packed_meanwhile(src: str, dst: object) -> object:
+        if "refs/autopack" in str(src):
+            os.remove(src)
+        return real_copy(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "copy2", packed_meanwhile)
+    layout = gitview.find_layout(mine.path)
+    assert layout is not None
+    view = gitview.build_view(layout, tmp_path / "view")
+    assert (view / "HEAD").is_file() and not (view / "refs/autopack/run-1/phase-0-e1").exists()

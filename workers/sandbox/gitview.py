@@ -16,6 +16,8 @@ The copy is deleted when the command ends; nothing written there ever reaches th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -80,17 +82,9 @@ def build_view(layout: GitLayout, into: Path) -> Path:
     common = layout.common
     into.mkdir(parents=True, exist_ok=True)
     for name in _COPIED:
-        src = common / name
-        if src.is_dir():
-            shutil.copytree(src, into / name, symlinks=True)
-        elif src.is_file():
-            shutil.copy2(src, into / name)
-    if (common / "refs").is_dir():
-        shutil.copytree(
-            common / "refs", into / "refs", symlinks=True, ignore=shutil.ignore_patterns("*.lock")
-        )
-    else:
-        (into / "refs").mkdir()
+        _copy(common / name, into / name)
+    (into / "refs").mkdir()
+    _copy(common / "refs", into / "refs")
     if layout.admin is None:  # a plain repository keeps its index next to HEAD
         for name in ("index", "ORIG_HEAD"):
             if (common / name).is_file():
@@ -105,6 +99,22 @@ def build_view(layout: GitLayout, into: Path) -> Path:
     (into / "objects" / "info").mkdir(parents=True)
     (into / "objects" / "info" / "alternates").write_text(OBJECTS_IN_BOX + "\n")
     return into
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy a file or a tree that other phases on this host change while we read it: a loose ref
+    packed (deleted) mid-walk is skipped, lock files are never copied."""
+    if not src.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(src, dst)
+        return
+    for directory, _, files in os.walk(src):
+        target = dst / Path(directory).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if not name.endswith(".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copy2(os.path.join(directory, name), target / name)
 
 
 def bind_args(layout: GitLayout, view: Path) -> list[str]:

@@ -63,14 +63,15 @@ def interpreter_paths() -> list[Path]:
 
 
 def path_dirs(path_value: str) -> list[Path]:
-    """Directories of PATH that exist, each with its venv root when it is a venv's bin/."""
+    """Directories of PATH that exist, each with its venv root when it is a venv's bin/, and with its
+    tool root when it is a version manager's shims/ (pyenv, rbenv, asdf: a shim runs the manager)."""
     out: list[Path] = []
     for entry in path_value.split(os.pathsep):
         directory = Path(entry)
         if not entry or not directory.is_absolute() or not directory.is_dir():
             continue
         out.append(directory)
-        if (directory.parent / "pyvenv.cfg").is_file():
+        if (directory.parent / "pyvenv.cfg").is_file() or directory.name == "shims":
             out.append(directory.parent)
     return out
 
