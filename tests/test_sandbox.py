@@ -121,13 +121,16 @@ def test_another_worktree_the_workspace_and_a_dotenv_are_invisible(
     before = (other.path / "src" / "calc.py").read_text()
     command = (
         f"echo pwned > {other.path}/src/calc.py; cat {workspace}/secret.env; ls {other.path};"
-        f" ls {workspace}/worktrees; echo mine > src/mine.txt"
+        f" echo SLOTS $(ls {mine.path.parent}); echo PROJECT $(ls -A {Path.cwd()}); echo mine > src/mine.txt"
     )
     result = boxed(command, mine.path, box(workspace))
 
     assert (other.path / "src" / "calc.py").read_text() == before
     assert f"{other.path}/src/calc.py: No such file or directory" in result.output
     assert "leak" not in result.output
+    assert f"SLOTS {mine.path.name}\n" in result.output  # its own slot, no sibling
+    # The worker's project directory (its .env, its code) shows only the venv the box runs Python from.
+    assert "PROJECT .venv\n" in result.output
     assert (mine.path / "src" / "mine.txt").read_text() == "mine\n"  # its own worktree stays writable
 
 
