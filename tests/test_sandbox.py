@@ -39,6 +39,7 @@ from workers.celery_app import create_app as create_celery
 from workers.commands import CommandResult, configure_sandbox, run_command
 from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy, gitview
 from workers.sandbox.limits import MIB
+from workers.sandbox.run import prune_scratch
 from workers.validation import run_one
 from workers.workspace import WorkspaceManager, Worktree
 
@@ -569,3 +570,17 @@ def test_the_git_view_survives_refs_packed_away_while_it_is_copied(
     assert layout is not None
     view = gitview.build_view(layout, tmp_path / "view")
     assert (view / "HEAD").is_file() and not (view / "refs/autopack/run-1/phase-0-e1").exists()
+
+
+def test_scratch_left_by_a_killed_worker_is_removed_at_the_next_start_and_a_live_one_s_is_kept(
+    tmp_path: Path,
+) -> None:
+    gone = subprocess.Popen(["true"])  # a pid that has exited and been reaped
+    gone.wait()
+    stale = tmp_path / f"autopack-box-{gone.pid}-abc"
+    live = tmp_path / f"autopack-box-{os.getpid()}-def"
+    for path in (stale, live):
+        (path / "git").mkdir(parents=True)
+
+    assert prune_scratch(tmp_path) == 1
+    assert not stale.exists() and live.exists()

@@ -14,6 +14,7 @@ from shared.settings import Settings, get_settings
 from workers import drain
 from workers.sandbox import Backend, BoxRequest, Limits, SandboxPolicy, backend_for, check, run_boxed
 from workers.sandbox.limits import MIB
+from workers.sandbox.run import prune_scratch
 
 log = logging.getLogger(__name__)
 _configured: list[Backend] = []
@@ -89,6 +90,7 @@ def configure_sandbox(settings: Settings) -> Backend:
     Raises SandboxUnavailable (naming the package) rather than run repository code unboxed."""
     backend = backend_for(policy_from(settings))
     check(backend)
+    prune_scratch()
     if backend.name == "none":
         log.warning(
             "AUTOPACK_SANDBOX=none: phase commands and validation run UNBOXED, as this worker's user, "

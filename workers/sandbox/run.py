@@ -22,6 +22,7 @@ from workers.sandbox.policy import BoxRequest, SandboxPolicy
 from workers.sandbox.stream import CappedOutput
 
 _POLL_SECONDS = 0.5
+SCRATCH_PREFIX = "autopack-box-"
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,33 @@ class Backend(Protocol):
 
 @contextmanager
 def _scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="autopack-box-"))
+    # Named by pid: a worker SIGKILLed mid-command cannot remove its own, so the next start does.
+    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_scratch(root: Path | None = None) -> int:
+    """Remove scratch dirs (git views) of processes that are gone; returns how many."""
+    removed = 0
+    for path in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_boxed(
