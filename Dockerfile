@@ -32,8 +32,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM python:${PYTHON_VERSION}-slim AS runtime
 
 # git: workers clone, fetch, commit and push in worktrees. openssh-client: for ssh:// remotes.
+# bubblewrap: the box every phase command and validation runs in (workers/sandbox); its limits are
+# set with prlimit, from util-linux, which the base image already has.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+    && apt-get install -y --no-install-recommends git openssh-client ca-certificates bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 # Non-root user. Its home holds git's config; the workspace directory exists (and is owned by it)

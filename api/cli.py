@@ -54,12 +54,16 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
     SIGTERM drains it: running phases get AUTOPACK_DRAIN_SECONDS to finish, then are handed back to
     the queue; the worker exits as soon as none is left.
     """
+    from shared.errors import SandboxUnavailable
     from workers.main import run_worker
 
     settings = get_settings()
     if settings.is_embedded:
         _fail(ValueError("the in-process broker cannot serve a separate worker: set AUTOPACK_BROKER_URL"))
-    run_worker(settings, concurrency, hostname)
+    try:
+        run_worker(settings, concurrency, hostname)
+    except SandboxUnavailable as exc:
+        _fail(exc)
 
 
 @cli.group()
@@ -241,7 +245,10 @@ def _secs(value: float | None) -> str:
 
 
 def _describe_fleet(view: dict[str, Any]) -> str:
-    lines = [f"fleet ({view['mode']}) at {view['generated_at']}"]
+    lines = [
+        f"fleet ({view['mode']}) at {view['generated_at']}",
+        f"sandbox: {view.get('sandbox', 'unknown')}",
+    ]
     workers = view["workers"]
     lines.append(
         f"workers: {len(workers)}"
@@ -250,7 +257,10 @@ def _describe_fleet(view: dict[str, Any]) -> str:
     for w in workers:
         tasks = ", ".join(f"run {t['run_id']} phase {t['phase_id']}" for t in w["active"]) or "idle"
         state = "up" if w["alive"] else "DOWN"
-        lines.append(f"  {w['name']:<32} {state:<4} {w['pool'] or '?'} x{w['concurrency'] or '?'}  {tasks}")
+        sandbox = f"  sandbox {w['sandbox'].split(' ')[0]}" if w.get("sandbox") else ""
+        lines.append(
+            f"  {w['name']:<32} {state:<4} {w['pool'] or '?'} x{w['concurrency'] or '?'}{sandbox}  {tasks}"
+        )
     queue = view["queue_length"] if view["queue_length"] is not None else f"unknown ({view['queue_error']})"
     lines.append(f"queue {view['queue']}: {queue} message(s)")
     lines.append(f"executing: {len(view['executing'])}")

@@ -129,3 +129,5 @@ class Health(BaseModel):
     mode: str
     database: str
     broker: str
+    sandbox: str
+    """How phase commands are isolated: `bwrap (…)`, or `none (…)` when the operator turned it off."""

@@ -135,3 +135,8 @@ class LlmInfraError(LlmError):
             f"LLM call failed after {len(self.failures)} tries; last: {last.kind} "
             f"(status {last.status}): {last.message}"
         )
+
+
+class SandboxUnavailable(AutopackError):
+    """The worker cannot create the sandbox its phase commands must run in; the message says what to
+    install or allow. The worker refuses to start rather than run repository code unboxed."""

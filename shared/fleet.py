@@ -45,6 +45,8 @@ class WorkerView(BaseModel):
     pid: int | None = None
     tasks_total: int | None = None
     active: list[ActiveTask] = []
+    sandbox: str | None = None
+    """The sandbox this worker runs phase commands in, as it reports it (None: it did not say)."""
 
 
 class ExecutingPhase(BaseModel):
@@ -106,6 +108,8 @@ class FleetRecord(BaseModel):
 class FleetView(FleetRecord):
     generated_at: datetime
     mode: str
+    sandbox: str
+    """How the fleet's workers isolate phase commands (`none (…)` when the operator turned it off)."""
     workers: list[WorkerView]
     workers_error: str | None
     queue: str

@@ -11,15 +11,24 @@ from shared.errors import GitError
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
-# Never prompt for credentials, never read the system config.
+# Never prompt for credentials, never read the system config; the global config is the operator's
+# file when set (AUTOPACK_GIT_CONFIG_GLOBAL), else none: a user's ~/.gitconfig is not the fleet's.
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_CONFIG_NOSYSTEM": "1",
     "LC_ALL": "C",
+    "GIT_PAGER": "cat",
 }
-# A builder's command can write into the mirror a worktree points at; code it plants there (hooks,
-# core.fsmonitor) must never run from the worker's own git calls, and never with the worker's secrets.
+# Repository config is written by whoever wrote the repository, and with AUTOPACK_SANDBOX=none a
+# phase's command can write the mirror's config itself. Programs it names must never run from the
+# worker's own git calls (with the worker's secrets): hooks and fsmonitor are off outright; ext::
+# remotes, signing and external diffs too.
 _SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+_SAFE += ["-c", "protocol.ext.allow=never", "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false"]
+_SAFE += ["-c", "diff.external=", "-c", "core.askPass="]
+# A root worker hands each worktree to the sandbox's uid while a command runs (workers/sandbox); git's
+# ownership check would then refuse the worker's own worktrees. The worker only runs git on paths it made.
+_SAFE += ["-c", "safe.directory=*"]
 # Phases on one host update refs of the same mirror concurrently (and the reconciler packs them):
 # wait up to a second for a ref lock, as git does for packed-refs, instead of failing after 100 ms.
 _SAFE += ["-c", "core.filesRefLockTimeout=1000"]
@@ -31,12 +40,68 @@ def scrubbed_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(SECRET_PREFIXES)}
 
 
+# Keys whose value is a program (or picks one) and whose name the repository chooses, so no fixed `-c`
+# can name them: each one set in repository ("local"/"worktree") scope is overridden per call.
+_PROGRAM_KEYS = (
+    r"^(filter\..+\.(clean|smudge|process|required)|diff\..+\.(textconv|command)|merge\..+\.driver"
+    r"|credential\.(.+\.)?helper|core\.sshcommand)$"
+)
+_REPO_SCOPES = ("local", "worktree")
+
+
+def git_env() -> dict[str, str]:
+    """The environment of the worker's own git calls: no secrets, no prompts, only the operator's config."""
+    from shared.settings import get_settings  # settings import nothing of ours; git is imported early
+
+    global_config = get_settings().git_config_global
+    return {**scrubbed_env(), **_ENV, "GIT_CONFIG_GLOBAL": str(global_config or os.devnull)}
+
+
+def _program_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -> list[str]:
+    """`-c` overrides that disable every program-naming key the repository's config sets (includes
+    followed), keeping what the operator's global config sets for credential helpers and ssh."""
+    done = subprocess.run(
+        [*base, "config", "--show-scope", "-z", "--get-regexp", _PROGRAM_KEYS],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    fields = done.stdout.split("\0")
+    entries = [(fields[i], *fields[i + 1].partition("\n")[::2]) for i in range(0, len(fields) - 1, 2)]
+    out: list[str] = []
+    operator_helpers = [v for scope, key, v in entries if scope == "global" and key == "credential.helper"]
+    operator_ssh = [v for scope, key, v in entries if scope == "global" and key == "core.sshcommand"]
+    for key in dict.fromkeys(k for scope, k, _ in entries if scope in _REPO_SCOPES):
+        if key.endswith(".required"):
+            out += ["-c", f"{key}=false"]
+        elif key == "core.sshcommand":  # empty would be run as a command; "ssh" is git's own default
+            out += ["-c", f"core.sshCommand={(operator_ssh or ['ssh'])[-1]}"]
+        elif key == "credential.helper":  # an empty helper resets the list; then the operator's again
+            out += ["-c", "credential.helper="]
+            out += [arg for helper in operator_helpers for arg in ("-c", f"credential.helper={helper}")]
+        elif key.endswith(".textconv"):  # an empty textconv is run (and fails): convert with cat
+            out += ["-c", f"{key}=cat"]
+        elif key.endswith(".command"):  # an external diff driver: one that prints nothing
+            out += ["-c", f"{key}=true"]
+        elif key.endswith(".driver"):  # a merge driver (the worker never merges): always conflicts
+            out += ["-c", f"{key}=false"]
+        else:  # git runs no clean/smudge/process filter whose command is empty
+            out += ["-c", f"{key}="]
+    return out
+
+
 def git(*args: str, cwd: Path | None = None, git_dir: Path | None = None, timeout: float = 300) -> str:
-    cmd = ["git", *_SAFE]
+    base = ["git", *_SAFE]
     if git_dir is not None:
-        cmd += ["--git-dir", str(git_dir)]
-    cmd += list(args)
-    env = {**scrubbed_env(), **_ENV}
+        base += ["--git-dir", str(git_dir)]
+    env = git_env()
+    try:
+        cmd = [*base, *_program_overrides(base, cwd, env), *args]
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        raise GitError(f"cannot read git config: {exc}") from exc
     try:
         done = subprocess.run(
             cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -110,6 +110,49 @@ class Settings(BaseSettings):
     max_log_bytes: int = 65536
     """Captured output kept per command; the rest is cut, and the cut is said."""
 
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    """Isolation of every command that runs repository or builder code (script commands, validation,
+    baselines). `bwrap` = bubblewrap box (workers/sandbox); `none` = unboxed, only for hosts that cannot
+    create namespaces: a worker says so at start, and /health and /fleet show it."""
+
+    phase_network: Literal["deny", "allow"] = "deny"
+    """Whether a phase that asks for `network: true` gets a network in its box; without it, a box has
+    no network at all (not even the host's loopback Postgres and Redis)."""
+
+    sandbox_memory_mb: int = 2048
+    """Address space of each boxed process (RLIMIT_AS). Runtimes that reserve large virtual ranges
+    (JVM, Go, V8) need more than they use."""
+
+    sandbox_max_processes: int = 256
+    """Processes and threads one boxed command may have at once; a fork bomb ends its command."""
+
+    sandbox_max_file_mb: int = 1024
+    """Largest file a boxed command may write."""
+
+    sandbox_max_open_files: int = 1024
+    """Open file descriptors per boxed process."""
+
+    sandbox_cpu_seconds: int = 1800
+    """CPU time per boxed process; `command_timeout_seconds` bounds the wall time separately."""
+
+    sandbox_tmp_mb: int = 512
+    """Size of a box's private /tmp and of its private $HOME (each is a tmpfs of this size)."""
+
+    sandbox_uid: int = 65534
+    """Host uid boxed commands run as when the worker runs as root (a non-root worker's commands keep
+    its uid, in a user namespace of their own)."""
+
+    sandbox_read_only_paths: list[Path] = []
+    """Extra host paths a box sees read-only (toolchains outside /usr and /opt), as a JSON list."""
+
+    sandbox_output_stop_mb: int = 1024
+    """A boxed command that prints more than this is ended: a runaway, not a log. 0 = never."""
+
+    git_config_global: Path | None = None
+    """Git config file for the worker's own git calls (credential helpers, sshCommand, url rewrites).
+    Unset = none: the worker's git reads no global or system config, and ignores repository config
+    that could run a program."""
+
     worktrees_per_repo: int = 8
     """Pooled worktrees per repository per host; a phase reuses a free one instead of creating one."""
 
@@ -183,6 +226,13 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """True when the broker lives in this process, so workers must too."""
         return self.broker_url.startswith("memory://")
+
+    @property
+    def sandbox_summary(self) -> str:
+        """What /health and /fleet say about the sandbox (workers report their own on /fleet)."""
+        if self.sandbox == "none":
+            return "none (AUTOPACK_SANDBOX=none: phase commands run unboxed)"
+        return f"bwrap (phase network: {self.phase_network})"
 
     @property
     def needs_api_key(self) -> bool:

@@ -129,6 +129,9 @@ class PhaseSpec(BaseModel):
     protected_paths: list[RepoPath] = Field(default_factory=list)
     allow_deletions: bool = False
     """Let an LLM change delete more files than the `max_deletions` setting allows."""
+    network: bool = False
+    """The phase's commands need the network (package installs, a service). Honoured only where the
+    operator set `AUTOPACK_PHASE_NETWORK=allow`; otherwise their box has no network at all."""
 
 
 class RunSpec(BaseModel):
@@ -158,4 +161,7 @@ class RunSpec(BaseModel):
     def spec_hash(self) -> str:
         """Identity of what the run asks for (not how), for pairing replayed runs."""
         body = self.model_dump(mode="json", exclude={"config", "name"})
+        for phase in body["phases"]:
+            if not phase["network"]:  # runs submitted before the field existed keep their hash
+                del phase["network"]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

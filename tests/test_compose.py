@@ -401,3 +401,14 @@ def test_dockerfile_runs_the_api_as_a_non_root_user_with_git_installed() -> None
     assert any(
         word == "ENV" and "AUTOPACK_WORKSPACE_DIR=/var/lib/autopack/workspace" in rest for word, rest in final
     )
+
+
+def test_the_image_has_bubblewrap_and_the_worker_may_create_its_sandbox_namespaces(
+    compose: dict[str, Any],
+) -> None:
+    final = _dockerfile_instructions()
+    assert any(word == "RUN" and re.search(r"apt-get install .*\bbubblewrap\b", rest) for word, rest in final)
+    options = set(compose["services"]["worker"]["security_opt"])
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= options
+    assert "cap_add" not in compose["services"]["worker"]  # the box needs no capability
+    assert "security_opt" not in compose["services"]["api"]  # only the worker runs repository code

@@ -430,3 +430,15 @@ def test_scale_down_waits_at_least_one_drain_window(
 ) -> None:
     behavior = scaled_object["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert behavior["stabilizationWindowSeconds"] >= _drain_seconds(worker)
+
+
+def test_worker_container_may_create_the_namespaces_of_its_sandbox_without_any_capability(
+    worker: dict[str, Any],
+) -> None:
+    context = _container(worker)["securityContext"]
+    assert context["seccompProfile"] == {"type": "Unconfined"}  # RuntimeDefault refuses unshare/mount
+    assert context["appArmorProfile"] == {"type": "Unconfined"}  # the default profile refuses mount
+    assert context["procMount"] == "Unmasked"  # masked /proc makes a fresh /proc "too revealing"
+    assert pod_spec(worker)["hostUsers"] is False  # Unmasked needs the pod's own user namespace
+    assert context["capabilities"] == {"drop": ["ALL"]} and context["allowPrivilegeEscalation"] is False
+    assert pod_spec(worker)["securityContext"]["runAsNonRoot"] is True

@@ -103,7 +103,11 @@ class Stopped:
 def _stop_worker_mid_phase(
     settings: Settings, repo: Path, tmp_path: Path, command: str, marker: Path
 ) -> Stopped:
-    """Submit a 2-phase run, SIGTERM its worker once `marker` shows phase 1 running; finish it elsewhere."""
+    """Submit a 2-phase run, SIGTERM its worker once `marker` shows phase 1 running; finish it elsewhere.
+
+    The command signals the test through a file outside its worktree, which a box forbids by design,
+    so these workers run unboxed (explicitly); boxed commands are drained in the tests above."""
+    settings = settings.model_copy(update={"sandbox": "none"})
     with transaction(settings.database_url) as session:
         _, key = create_key(session, "drain")
     with api_process(settings, free_port(), tmp_path) as url:

@@ -47,3 +47,12 @@ def test_allowed_state_moves_pass_and_others_raise() -> None:
         check_phase_move(PhaseState.COMPLETE, PhaseState.EXECUTING)
     with pytest.raises(InvalidTransition):
         check_phase_move(PhaseState.QUEUED, PhaseState.COMPLETE)
+
+
+def test_network_is_off_unless_a_phase_asks_and_asking_changes_the_spec_hash_only_then() -> None:
+    plain = RunSpec.model_validate(spec())
+    asking = RunSpec.model_validate(spec(network=True))
+    assert plain.phases[0].network is False and asking.phases[0].network is True
+    # The hash this spec had before the field existed (computed with that code): stored runs still pair.
+    assert plain.spec_hash() == "3d3e9d6c119fc1473ae4612ba63c4b3b0006abcf912d0121fabbd647b1d0ba7d"
+    assert asking.spec_hash() != plain.spec_hash()

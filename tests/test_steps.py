@@ -17,6 +17,7 @@ from workers.commands import clean_env, run_command
 from workers.executor import WorkerContext
 from workers.lease import Lease
 from workers.record import AttemptRecord, PhaseJob
+from workers.sandbox import NoSandbox, SandboxPolicy
 
 AUTHOR = "Autopack Test <autopack-test@localhost>"
 
@@ -239,19 +240,19 @@ def test_run_command_runs_in_the_given_directory(tmp_path: Path) -> None:
 
 
 def test_run_command_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    # The command's pids live in its own pid namespace, so the proof is behavioural: a backgrounded
+    # child that would write a file two seconds after the timeout never writes it.
     start = time.monotonic()
-    result = run_command("sleep 30 & echo $! > bg.pid; sleep 30", tmp_path, timeout=1, max_bytes=10_000)
+    command = "(sleep 2; echo survived > late.txt) & sleep 30"
+    result = run_command(command, tmp_path, timeout=1, max_bytes=10_000)
     elapsed = time.monotonic() - start
 
     assert result.timed_out
     assert not result.ok
     assert elapsed < 10
     assert "timed out" in result.summary()
-    background = int((tmp_path / "bg.pid").read_text())
-    deadline = time.monotonic() + 5
-    while _alive(background) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(background), "the backgrounded sleep survived the timeout"
+    time.sleep(3)
+    assert not (tmp_path / "late.txt").exists(), "the backgrounded child survived the timeout"
 
 
 def test_run_command_caps_output_over_max_bytes_with_a_marker(tmp_path: Path) -> None:
@@ -279,14 +280,19 @@ def test_child_commands_do_not_see_autopack_or_anthropic_variables(
     monkeypatch.setenv("AUTOPACK_TEST_VISIBLE_CONTROL", "nope")
     monkeypatch.setenv("HARMLESS_TEST_VARIABLE", "visible")
 
-    result = run_command("env", tmp_path, timeout=10, max_bytes=100_000)
+    boxed = run_command("env", tmp_path, timeout=10, max_bytes=100_000, env={"DECLARED": "yes"})
+    unboxed = run_command("env", tmp_path, timeout=10, max_bytes=100_000, backend=NoSandbox(SandboxPolicy()))
 
-    assert result.ok
-    assert "HARMLESS_TEST_VARIABLE=visible" in result.output
-    assert "secret-db" not in result.output
-    assert "sk-ant-secret" not in result.output
-    assert "AUTOPACK_" not in result.output
-    assert "ANTHROPIC_" not in result.output
+    assert boxed.ok and unboxed.ok
+    for result in (boxed, unboxed):
+        assert "secret-db" not in result.output
+        assert "sk-ant-secret" not in result.output
+        assert "AUTOPACK_" not in result.output
+        assert "ANTHROPIC_" not in result.output
+    # The box's environment is an allowlist plus what the phase declares; unboxed it is the scrubbed one.
+    assert "DECLARED=yes" in boxed.output
+    assert "HARMLESS_TEST_VARIABLE" not in boxed.output
+    assert "HARMLESS_TEST_VARIABLE=visible" in unboxed.output
 
 
 def test_clean_env_strips_secret_prefixes_and_adds_extras(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +360,9 @@ def test_a_change_the_builder_committed_itself_is_still_scope_checked(
 
 # Two ways a builder command makes the worker's own git calls run its code: a hook, and a config key.
 PLANTS = {
-    "post-commit hook": 'cp {script} "$(git rev-parse --git-common-dir)/hooks/post-commit"',
+    # Written from inside the box (which cannot see {script} itself): a hook that would run it outside.
+    "post-commit hook": 'h="$(git rev-parse --git-common-dir)/hooks"; mkdir -p "$h"'
+    ' && printf \'#!/bin/sh\\nexec {script}\\n\' > "$h/post-commit" && chmod +x "$h/post-commit"',
     "core.fsmonitor": "git config core.fsmonitor {script}",
 }
 

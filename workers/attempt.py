@@ -117,7 +117,11 @@ def _baseline(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path, commands:
     if job.head_sha not in plan.baseline:
         s = ctx.settings
         plan.baseline[job.head_sha] = run_validation(
-            commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes
+            commands,
+            wt,
+            timeout=s.command_timeout_seconds,
+            max_bytes=s.max_log_bytes,
+            network=job.phase.network,
         )
         steps.reset(wt, job.head_sha)  # whatever the baseline left behind is not the builder's change
     return plan.baseline[job.head_sha]
@@ -187,7 +191,9 @@ def _attempt_in(
         return Attempted(_rec(plan, AttemptOutcome.SCOPE_VIOLATION, started, reason, built, paths), built)
     steps.stage(wt, paths)
     patch = steps.staged_diff(wt, s.max_log_bytes * 4)
-    after = run_validation(commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes)
+    after = run_validation(
+        commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=phase.network
+    )
     verdict = compare(baseline, after)
     report = note + verdict.summary + "\n\n" + after.report()
     if not verdict.ok:

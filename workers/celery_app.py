@@ -50,6 +50,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> Celery:
     app = Celery("autopack")
     app.config_from_object(celery_config(settings))
+    # Read back by `inspect conf` for /fleet: each worker says which sandbox it actually runs.
+    app.conf.autopack_sandbox = settings.sandbox_summary
     app.autopack_settings = settings
     from workers import tasks  # registers the tasks on this app
 

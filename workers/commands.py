@@ -1,22 +1,23 @@
-"""Run a shell command in a worktree: time limit, capped output, and an environment without secrets."""
+"""Run a shell command in a worktree, boxed (workers/sandbox): time limit, output capped while it
+streams, resource limits, and an environment without the worker's secrets."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import threading
-import time
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
-from shared.errors import Drained
 from shared.git import scrubbed_env
+from shared.settings import Settings, get_settings
 from workers import drain
+from workers.sandbox import Backend, BoxRequest, Limits, SandboxPolicy, backend_for, check, run_boxed
+from workers.sandbox.limits import MIB
+from workers.sandbox.run import prune_scratch
 
-_POLL_SECONDS = 0.5
+log = logging.getLogger(__name__)
+_configured: list[Backend] = []
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class CommandResult:
     output: str
     seconds: float
     timed_out: bool
+    limit: str | None = None
+    """The limit that ended (or crippled) the command, in words; None when none did."""
 
     @property
     def ok(self) -> bool:
@@ -33,6 +36,8 @@ class CommandResult:
 
     def summary(self) -> str:
         status = "timed out" if self.timed_out else f"exit {self.exit_code}"
+        if self.limit:
+            status += f"; {self.limit}"
         return f"$ {self.command}  ({status}, {self.seconds:.2f}s)\n{self.output}"
 
 
@@ -54,59 +59,74 @@ def cap(text: str, max_bytes: int) -> str:
     return f"{head}\n… [{len(data) - max_bytes} bytes cut] …\n{tail}"
 
 
-def run_command(
-    command: str, cwd: Path, *, timeout: float, max_bytes: int, env: Mapping[str, str] | None = None
-) -> CommandResult:
-    """Run `command` with bash; when the shell ends (or times out) its whole process group is killed,
-    so a backgrounded child can neither outlive the phase nor hold the output pipe open."""
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        ["bash", "-c", command],
-        cwd=cwd,
-        env=clean_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
+def policy_from(settings: Settings) -> SandboxPolicy:
+    workspace = settings.workspace_dir.resolve()
+    return SandboxPolicy(
+        mode=settings.sandbox,
+        network=settings.phase_network,
+        limits=Limits(
+            memory_bytes=settings.sandbox_memory_mb * MIB,
+            processes=settings.sandbox_max_processes,
+            file_bytes=settings.sandbox_max_file_mb * MIB,
+            open_files=settings.sandbox_max_open_files,
+            cpu_seconds=settings.sandbox_cpu_seconds,
+        ),
+        tmp_bytes=settings.sandbox_tmp_mb * MIB,
+        uid=settings.sandbox_uid,
+        read_only_paths=tuple(p.resolve() for p in settings.sandbox_read_only_paths),
+        hidden_paths=(workspace, Path(".env").resolve()),
+        output_stop_bytes=settings.sandbox_output_stop_mb * MIB,
     )
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=_read_output, args=(proc, chunks), daemon=True)
-    reader.start()
-    timed_out = drained = False
-    try:
-        timed_out, drained = _wait(proc, start + timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        reader.join(timeout=5)
-    if drained:
-        raise Drained(f"the worker is stopping: `{command}` was stopped when the drain window ended")
-    text = b"".join(chunks).decode(errors="replace")
-    return CommandResult(command, proc.returncode, cap(text, max_bytes), time.monotonic() - start, timed_out)
 
 
-def _wait(proc: subprocess.Popen[bytes], until: float) -> tuple[bool, bool]:
-    """Wait for the shell: (timed out, drained). A thread blocks in waitpid, so the exit is seen at
-    once (Popen.wait(timeout) polls with sleeps of up to 50 ms); the loop wakes every half second
-    so a stopping worker can cut a long command."""
-    exited = threading.Event()
-
-    def reap() -> None:
-        proc.wait()
-        exited.set()
-
-    threading.Thread(target=reap, daemon=True).start()
-    while not exited.wait(max(0.0, min(_POLL_SECONDS, until - time.monotonic()))):
-        if time.monotonic() >= until:
-            return True, False
-        if drain.overdue():
-            return False, True
-    return False, False
+@lru_cache(maxsize=1)
+def default_backend() -> Backend:
+    """The backend this process's settings ask for, unless a worker configured one at start."""
+    return _configured[-1] if _configured else backend_for(policy_from(get_settings()))
 
 
-def _read_output(proc: subprocess.Popen[bytes], chunks: list[bytes]) -> None:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
+def configure_sandbox(settings: Settings) -> Backend:
+    """At worker start: build the sandbox the settings ask for and prove it starts (`bwrap … true`).
+    Raises SandboxUnavailable (naming the package) rather than run repository code unboxed."""
+    backend = backend_for(policy_from(settings))
+    check(backend)
+    prune_scratch()
+    if backend.name == "none":
+        log.warning(
+            "AUTOPACK_SANDBOX=none: phase commands and validation run UNBOXED, as this worker's user, "
+            "with its files and network"
+        )
+    else:
+        limits = backend.policy.limits
+        log.info(
+            "sandbox: bwrap (phase network %s; memory %d MiB, %d processes, files %d MiB)",
+            settings.phase_network,
+            limits.memory_bytes // MIB,
+            limits.processes,
+            limits.file_bytes // MIB,
+        )
+    _configured[:] = [backend]
+    default_backend.cache_clear()
+    return backend
+
+
+def run_command(
+    command: str,
+    cwd: Path,
+    *,
+    timeout: float,
+    max_bytes: int,
+    env: Mapping[str, str] | None = None,
+    network: bool = False,
+    writable: Sequence[Path] = (),
+    backend: Backend | None = None,
+) -> CommandResult:
+    """Run `command` with bash in a box; when it ends (or times out, or breaks a limit) everything it
+    started is killed, so nothing can outlive the phase or hold the output pipe open."""
+    request = BoxRequest(command, cwd.resolve(), dict(env or {}), network, tuple(writable))
+    result = run_boxed(
+        backend or default_backend(), request, timeout=timeout, max_bytes=max_bytes, overdue=drain.overdue
+    )
+    return CommandResult(
+        command, result.exit_code, result.output, result.seconds, result.timed_out, result.limit
+    )

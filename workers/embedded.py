@@ -13,6 +13,7 @@ from celery import Celery
 
 from shared.settings import Settings
 from workers.celery_app import QUEUE, CeleryDispatcher, create_app
+from workers.commands import configure_sandbox
 from workers.runtime import Reconciler
 from workers.workspace import WorkspaceManager
 
@@ -20,6 +21,7 @@ from workers.workspace import WorkspaceManager
 @contextmanager
 def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterator[Celery]:
     """Yield a Celery app whose worker threads run in this process until the block ends."""
+    configure_sandbox(settings)
     app = create_app(settings)
     # Pool threads resolve tasks through the *default* app, not the thread-local current one.
     app.set_default()

@@ -6,11 +6,13 @@ import logging
 
 from shared.settings import Settings
 from workers.celery_app import QUEUE, CeleryDispatcher, create_app
+from workers.commands import configure_sandbox
 from workers.runtime import install
 
 
 def run_worker(settings: Settings, concurrency: int | None, hostname: str | None) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_sandbox(settings)  # before anything is consumed: no box, no worker
     app = create_app(settings)
     install(app, settings, CeleryDispatcher(app))
     argv = [

@@ -90,7 +90,7 @@ class Validation:
 def validate(phase: PhaseSpec, worktree: Path, *, timeout: float, max_bytes: int) -> Validation:
     results = []
     for command in phase.validation:
-        result = run_command(command, worktree, timeout=timeout, max_bytes=max_bytes)
+        result = run_command(command, worktree, timeout=timeout, max_bytes=max_bytes, network=phase.network)
         results.append(result)
         if not result.ok:
             return Validation(False, results)

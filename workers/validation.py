@@ -12,6 +12,7 @@ import configparser
 import json
 import os
 import shlex
+import stat
 import tempfile
 import tomllib
 import xml.etree.ElementTree as ET
@@ -171,10 +172,18 @@ def parse_junit(xml_text: str) -> JUnitReport:
 
 
 def _read_junit(path: Path) -> JUnitReport | None:
+    """The report, read only if it is a regular file of sane size: the boxed command could write the
+    directory, and a symlink (to a worker's file) or a FIFO (blocking the worker) is not a report."""
     try:
-        if path.stat().st_size > _MAX_JUNIT_BYTES:
-            return None
-        return parse_junit(path.read_text(errors="replace"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_JUNIT_BYTES:
+                return None
+            return parse_junit(fh.read(_MAX_JUNIT_BYTES + 1).decode(errors="replace"))
     except (OSError, ET.ParseError):
         return None
 
@@ -193,6 +202,8 @@ class CommandValidation:
     timed_out: bool
     counts: JUnitCounts | None = None
     failing_ids: frozenset[str] = field(default_factory=frozenset)
+    limit: str | None = None
+    """The sandbox limit that ended the command, if one did."""
 
     @property
     def ok(self) -> bool:
@@ -200,6 +211,8 @@ class CommandValidation:
 
     def summary(self) -> str:
         status = "timed out" if self.timed_out else f"exit {self.exit_code}"
+        if self.limit:
+            status += f"; {self.limit}"
         tests = f"; {self.counts}" if self.counts is not None else ""
         return f"$ {self.command}  ({status}{tests}, {self.seconds:.2f}s)\n{self.output}"
 
@@ -229,27 +242,40 @@ def _validation(result: CommandResult, command: str, report: JUnitReport | None)
         timed_out=result.timed_out,
         counts=report.counts if report else None,
         failing_ids=report.failing_ids if report else frozenset(),
+        limit=result.limit,
     )
 
 
-def run_one(command: str, worktree: Path, *, timeout: float, max_bytes: int) -> CommandValidation:
-    """Run one command (output capped by run_command); pytest also reports through a JUnit file."""
+def run_one(
+    command: str, worktree: Path, *, timeout: float, max_bytes: int, network: bool = False
+) -> CommandValidation:
+    """Run one command (boxed, output capped by run_command); pytest also reports through a JUnit file."""
     if not is_pytest_command(command):
-        result = run_command(command, worktree, timeout=timeout, max_bytes=max_bytes)
+        result = run_command(command, worktree, timeout=timeout, max_bytes=max_bytes, network=network)
         return _validation(result, command, None)
-    # The JUnit file lives outside the worktree so it never shows up as a changed path.
+    # The JUnit file lives outside the worktree so it never shows up as a changed path; its directory is
+    # the one other place the box may write.
     with tempfile.TemporaryDirectory(prefix="autopack-junit-") as tmp:
         junit = Path(tmp) / "junit.xml"
         result = run_command(
-            _with_pytest_args(command, junit), worktree, timeout=timeout, max_bytes=max_bytes
+            _with_pytest_args(command, junit),
+            worktree,
+            timeout=timeout,
+            max_bytes=max_bytes,
+            network=network,
+            writable=[Path(tmp)],
         )
         report = None if result.timed_out else _read_junit(junit)
     return _validation(result, command, report)
 
 
-def run_validation(commands: list[str], worktree: Path, *, timeout: float, max_bytes: int) -> ValidationRun:
+def run_validation(
+    commands: list[str], worktree: Path, *, timeout: float, max_bytes: int, network: bool = False
+) -> ValidationRun:
     """Run every command in order, even after a failure, so baseline and after runs line up."""
-    return ValidationRun(tuple(run_one(c, worktree, timeout=timeout, max_bytes=max_bytes) for c in commands))
+    return ValidationRun(
+        tuple(run_one(c, worktree, timeout=timeout, max_bytes=max_bytes, network=network) for c in commands)
+    )
 
 
 # --- comparing with the baseline -------------------------------------------------------------------

@@ -43,6 +43,7 @@ def read_fleet(request: Request, session: SessionDep, settings: SettingsDep) -> 
     return FleetView(
         generated_at=utcnow(),
         mode="embedded" if settings.is_embedded else "fleet",
+        sandbox=settings.sandbox_summary,
         workers=workers,
         workers_error=workers_error,
         queue=QUEUE,
@@ -99,6 +100,7 @@ def _inspect(celery: Celery) -> list[WorkerView]:
     asked = celery.control.inspect(timeout=INSPECT_TIMEOUT, destination=names, limit=len(names))
     active: dict[str, Any] = asked.active() or {}
     stats: dict[str, Any] = asked.stats() or {}
+    confs: dict[str, Any] = asked.conf() or {}
     views = []
     for name in names:
         info = stats.get(name) or {}
@@ -113,6 +115,7 @@ def _inspect(celery: Celery) -> list[WorkerView]:
                 pid=info.get("pid"),
                 tasks_total=sum(total.values()) if isinstance(total, dict) else None,
                 active=[_task(t) for t in active.get(name) or []],
+                sandbox=(confs.get(name) or {}).get("autopack_sandbox"),
             )
         )
     return views
@@ -128,6 +131,7 @@ def _embedded_pool(settings: Settings) -> WorkerView:
         alive=alive,
         pool="threads",
         concurrency=settings.worker_concurrency,
+        sandbox=settings.sandbox_summary,
         tasks_total=sum(state.total_count.values()),
         active=[_task(r.info()) for r in list(state.active_requests)],
     )

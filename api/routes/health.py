@@ -31,6 +31,7 @@ def health(request: Request, settings: SettingsDep) -> Health | JSONResponse:
         "service": "autopack-api",
         "version": VERSION,
         "mode": "embedded" if settings.is_embedded else "fleet",
+        "sandbox": settings.sandbox_summary,
     }
     try:
         ping(settings.database_url)

@@ -3,7 +3,8 @@
 (a) raw Celery no-op round trip and throughput, (b) per-phase orchestration overhead through a real
 API and worker, (c) workspace provisioning on a 2,100-file repository, (d) pipeline overhead of one
 builder attempt on that repository (LLM simulated, validation excluded), (e) scaling of independent
-`sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a). Prints figures
+`sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
+cost per command (bwrap `true` against unboxed `true`, same run). Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -21,7 +22,7 @@ from typing import Any
 import redis
 
 from shared.db import engine_for, upgrade
-from tests.bench import celery_roundtrip, orchestration, pipeline, provisioning, scaling
+from tests.bench import celery_roundtrip, orchestration, pipeline, provisioning, sandbox, scaling
 from tests.bench.noop_app import REDIS_URL
 from tests.bench.procs import ROOT
 from tests.bench.report import render, write_json
@@ -30,7 +31,7 @@ from tests.conftest import create_database, drop_database
 
 DATABASE = "autopack_bench"
 RESULTS = ROOT / "bench-results"
-SECTIONS = ("celery", "orchestration", "provisioning", "pipeline", "scaling")
+SECTIONS = ("celery", "orchestration", "provisioning", "pipeline", "scaling", "sandbox")
 NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
@@ -52,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="(e) `sleep 1` phases per slot configuration (the issue's full version: 500)",
     )
     parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
+    parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
     parser.add_argument(
         "--only",
         action="append",
@@ -118,7 +120,21 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         d = run_pipeline(args, workdir)
         results["pipeline"] = d.as_dict()
         rows += d.rows()
+    if "sandbox" in chosen:
+        f = run_sandbox(args, workdir)
+        results["sandbox"] = f.as_dict()
+        rows += f.rows()
     return results, rows
+
+
+def run_sandbox(args: argparse.Namespace, workdir: Path) -> sandbox.SandboxResult:
+    say(f"(f) sandbox cost: {args.sandbox_commands} x `true`, bwrap against unboxed, interleaved …")
+    f = sandbox.bench(workdir / "f", iterations=args.sandbox_commands)
+    say(
+        f"    added per command {f.added_ms:.1f} ms (target {sandbox.TARGET_MS:.0f}); bwrap true "
+        f"{f.bwrap_true.median_ms:.1f} ms vs plain true {f.plain_true.median_ms:.1f} ms"
+    )
+    return f
 
 
 def run_celery(args: argparse.Namespace, logdir: Path) -> celery_roundtrip.CeleryResult:

@@ -51,6 +51,9 @@ class Fleet:
         self.incarnation[name] += 1
         env = settings_env(self.settings, AUTOPACK_LOG_LEVEL="INFO", **self.shims[name].env())
         env["AUTOPACK_WORKSPACE_DIR"] = str(self.workspace(name))
+        # The worker-killing run's command kills its own worker, which a box forbids by design (its
+        # parent is the box's init): chaos workers run unboxed, explicitly.
+        env["AUTOPACK_SANDBOX"] = "none"
         args = [AUTOPACK, "worker", "--hostname", f"{name}@%h", "--concurrency", str(self.concurrency)]
         proc = spawn(args, env, self.root / f"{name}.{self.incarnation[name]}.log")
         self.procs[name] = proc

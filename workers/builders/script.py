@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workers.builders.base import BuildRequest, BuildResult
-from workers.commands import run_command
+from workers.commands import CommandResult, run_command
 
 
 class ScriptBuilder:
@@ -19,10 +19,19 @@ class ScriptBuilder:
             "AUTOPACK_RUN": str(request.run_id),
         }
         result = run_command(
-            command, request.worktree, timeout=request.timeout, max_bytes=request.max_log_bytes, env=env
+            command,
+            request.worktree,
+            timeout=request.timeout,
+            max_bytes=request.max_log_bytes,
+            env=env,
+            network=request.phase.network,
         )
         if result.ok:
             return BuildResult(ok=True, output=result.summary())
-        return BuildResult(
-            ok=False, output=result.summary(), failure_reason=f"command failed: {result.summary()[:2000]}"
-        )
+        return BuildResult(ok=False, output=result.summary(), failure_reason=_reason(result))
+
+
+def _reason(result: CommandResult) -> str:
+    """The failure reason names the sandbox limit first: the log's head may not show it."""
+    head = f"command failed ({result.limit})" if result.limit else "command failed"
+    return f"{head}: {result.summary()[:2000]}"

@@ -1,0 +1,97 @@
+"""The two backends: `Bwrap` (the default) and `NoSandbox` (AUTOPACK_SANDBOX=none), and the start check."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from shared.errors import SandboxUnavailable
+from shared.git import scrubbed_env
+from workers.sandbox import gitview
+from workers.sandbox.policy import BoxRequest, SandboxPolicy, bwrap_argv
+from workers.sandbox.run import Backend, run_boxed
+
+PACKAGE = "bubblewrap"
+
+
+class NoSandbox:
+    """`AUTOPACK_SANDBOX=none`: a bash in its own session with the worker's environment minus its
+    secrets. Only the wall time and the output cap apply. For hosts that cannot create namespaces."""
+
+    name = "none"
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        self.policy = policy
+
+    def argv(self, request: BoxRequest, scratch: Path) -> list[str]:
+        return ["bash", "-c", request.command]
+
+    def process_env(self, request: BoxRequest) -> dict[str, str]:
+        env = scrubbed_env()
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.update(request.env)
+        return env
+
+
+class Bwrap:
+    """bubblewrap: see `workers/sandbox/__init__.py` for what the box is."""
+
+    name = "bwrap"
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        self.policy = policy
+        self.as_root = os.geteuid() == 0
+
+    def argv(self, request: BoxRequest, scratch: Path) -> list[str]:
+        binds: list[str] = []
+        layout = gitview.find_layout(request.cwd)
+        if layout is not None:
+            view = gitview.build_view(layout, scratch / "git")
+            binds = gitview.bind_args(layout, view)
+        if self.as_root:
+            for path in (request.cwd, *request.writable, scratch):
+                hand_over(path, self.policy.uid)
+        return bwrap_argv(self.policy, request, git_binds=binds, as_root=self.as_root)
+
+    def process_env(self, request: BoxRequest) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+def hand_over(root: Path, uid: int) -> None:
+    """Give `root` (a worktree, a report dir) to the box's uid so it can write there. The worker, as
+    root, still reads and deletes everything; its git calls pass `safe.directory` for this."""
+    for directory, dirs, files in os.walk(root):
+        top = directory == str(root)
+        names = [n for n in dirs + files if not (top and n == ".git")]  # its git dir is never the box's
+        for name in [directory, *(os.path.join(directory, n) for n in names)]:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(name)
+                if st.st_uid != uid:
+                    os.lchown(name, uid, uid)
+        dirs[:] = [d for d in dirs if not (d == ".git" and directory == str(root))]
+
+
+def backend_for(policy: SandboxPolicy) -> Backend:
+    return Bwrap(policy) if policy.mode == "bwrap" else NoSandbox(policy)
+
+
+def check(backend: Backend, timeout: float = 20) -> None:
+    """Run `true` in a box once; SandboxUnavailable says what to install or allow when it cannot."""
+    if backend.name == "none":
+        return
+    if shutil.which("bwrap") is None:
+        raise SandboxUnavailable(
+            f"bwrap is not installed: install the `{PACKAGE}` package (apt-get install {PACKAGE}), "
+            "or set AUTOPACK_SANDBOX=none to run phase commands unboxed"
+        )
+    with tempfile.TemporaryDirectory(prefix="autopack-sandbox-check-") as tmp:
+        result = run_boxed(backend, BoxRequest("true", Path(tmp)), timeout=timeout, max_bytes=4000)
+    if result.exit_code != 0 or result.timed_out:
+        raise SandboxUnavailable(
+            f"bwrap cannot start a box here (exit {result.exit_code}): {result.output.strip()[:500]} — "
+            "the worker needs user namespaces (container: seccomp/apparmor unconfined, see compose.yaml) "
+            f"and the `{PACKAGE}` package, or AUTOPACK_SANDBOX=none"
+        )

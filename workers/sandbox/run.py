@@ -1,0 +1,167 @@
+"""Start a boxed command, stream its output under a cap, stop it on a limit, and say which limit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.errors import Drained
+from workers.sandbox.limits import MIB, PROCESS_MARKERS, all_markers, explain
+from workers.sandbox.policy import BoxRequest, SandboxPolicy
+from workers.sandbox.stream import CappedOutput
+
+_POLL_SECONDS = 0.5
+SCRATCH_PREFIX = "autopack-box-"
+
+
+@dataclass(frozen=True)
+class BoxResult:
+    exit_code: int
+    output: str
+    seconds: float
+    timed_out: bool
+    limit: str | None
+    """Which limit ended or crippled the command ("killed: memory limit 256 MiB", "output cut: …")."""
+    dropped_bytes: int
+
+
+class Backend(Protocol):
+    """How one command is isolated. `argv` may create files under `scratch` (deleted afterwards)."""
+
+    name: str
+    policy: SandboxPolicy
+
+    def argv(self, request: BoxRequest, scratch: Path) -> list[str]: ...
+
+    def process_env(self, request: BoxRequest) -> dict[str, str]: ...
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    # Named by pid: a worker SIGKILLed mid-command cannot remove its own, so the next start does.
+    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_scratch(root: Path | None = None) -> int:
+    """Remove scratch dirs (git views) of processes that are gone; returns how many."""
+    removed = 0
+    for path in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_boxed(
+    backend: Backend,
+    request: BoxRequest,
+    *,
+    timeout: float,
+    max_bytes: int,
+    overdue: Callable[[], bool] = lambda: False,
+) -> BoxResult:
+    """Run `request` under `backend`; when it ends (or times out, or breaks a limit) everything it
+    started is killed: its process group, and under bwrap its whole pid namespace."""
+    policy = backend.policy
+    start = time.monotonic()
+    with _scratch() as scratch:
+        argv = backend.argv(request, scratch)
+        alarm = threading.Event()
+        markers = all_markers() if backend.name == "bwrap" else ()
+        out = CappedOutput(max_bytes, markers, policy.output_stop_bytes, alarm)
+        proc = subprocess.Popen(
+            argv,
+            cwd=request.cwd,
+            env=backend.process_env(request),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,  # the default, said aloud: no descriptor of the worker's reaches the box
+        )
+        assert proc.stdout is not None
+        reader = threading.Thread(target=out.drain, args=(proc.stdout.fileno(),), daemon=True)
+        reader.start()
+        stop = "exited"
+        try:
+            stop = _wait(proc, start + timeout, alarm, out, overdue)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            reader.join(timeout=5)
+            proc.stdout.close()
+    if stop == "drained":
+        raise Drained(f"the worker is stopping: `{request.command}` was stopped when the drain window ended")
+    limit = _limit(stop, policy, proc.returncode, out, backend.name)
+    return BoxResult(
+        proc.returncode, out.text(), time.monotonic() - start, stop == "timeout", limit, out.dropped
+    )
+
+
+def _limit(stop: str, policy: SandboxPolicy, code: int, out: CappedOutput, backend: str) -> str | None:
+    if stop == "output":
+        return f"killed: output limit {policy.output_stop_bytes // MIB} MiB ({out.total} bytes printed)"
+    if stop == "processes":
+        return f"killed: process limit {policy.limits.processes}"
+    said = explain(policy.limits, code, out.markers) if backend != "none" else None
+    if said is None and out.dropped:
+        return f"output cut: {out.dropped} bytes dropped"
+    return said
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    until: float,
+    alarm: threading.Event,
+    out: CappedOutput,
+    overdue: Callable[[], bool],
+) -> str:
+    """Why waiting ended: exited, timeout, drained, output, processes. A thread blocks in waitpid so an
+    exit is seen at once; the reader raises `alarm` on a runaway; the loop also wakes every half
+    second so a stopping worker can cut a long command."""
+
+    def reap() -> None:
+        proc.wait()
+        alarm.set()
+
+    threading.Thread(target=reap, daemon=True).start()
+    while True:
+        alarm.wait(max(0.0, min(_POLL_SECONDS, until - time.monotonic())))
+        alarm.clear()
+        if proc.returncode is not None:
+            return "exited"
+        if out.overflowed.is_set():
+            return "output"
+        if any(m in out.markers for m in PROCESS_MARKERS):
+            return "processes"  # a fork bomb: its own budget is spent, end it now rather than at timeout
+        if time.monotonic() >= until:
+            return "timeout"
+        if overdue():
+            return "drained"
