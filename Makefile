@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench chaos env-example clean
+.PHONY: help install sandbox demo test test-fast lint bench chaos env-example clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 
-demo: $(STAMP) ## Run a sample campaign on the embedded fleet (SQLite, in-process broker and workers)
+demo: $(STAMP) sandbox ## Run a sample campaign on the embedded fleet (SQLite, in-process broker and workers)
 	$(BIN)/autopack demo
 
-test: $(STAMP) ## Lint, type-check, then the whole suite (needs local Postgres and Redis)
+sandbox: ## Install bubblewrap (phase commands run in its box) when it is missing and we are root
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -q && apt-get install -y -q bubblewrap; } \
+	  || { echo "bubblewrap is missing: install it (apt-get install bubblewrap), or set AUTOPACK_SANDBOX=none to run phase commands unboxed"; exit 1; }
+
+test: $(STAMP) sandbox ## Lint, type-check, then the whole suite (needs local Postgres and Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -38,7 +43,7 @@ lint: $(STAMP) ## ruff and mypy --strict
 bench: $(STAMP) ## Benchmarks against a same-run baseline (needs Postgres and Redis; never fails on timing)
 	$(PY) -m tests.bench.run
 
-chaos: $(STAMP) ## Chaos batch: kills, SIGSTOP fencing, Redis/Postgres restarts, full disk, invariants table (needs root, Postgres, Redis)
+chaos: $(STAMP) ## Chaos batch: kills (also inside git steps), SIGSTOP fencing, Redis/Postgres restarts, full disk, invariants table (needs root, Postgres, Redis)
 	$(PY) -m tests.chaos.run
 
 env-example: $(STAMP) ## Rewrite .env.example from the Settings model

@@ -142,8 +142,8 @@ class Settings(BaseSettings):
     """Host uid boxed commands run as when the worker runs as root (a non-root worker's commands keep
     its uid, in a user namespace of their own)."""
 
-    sandbox_read_only_paths: list[Path] = []
-    """Extra host paths a box sees read-only (toolchains outside /usr and /opt), as a JSON list."""
+    sandbox_read_only_paths: Annotated[list[Path], NoDecode] = []
+    """Extra host paths a box sees read-only (toolchains outside /usr and /opt), comma-separated."""
 
     sandbox_output_stop_mb: int = 1024
     """A boxed command that prints more than this is ended: a runaway, not a log. 0 = never."""
@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             parts = [p.strip() for p in value.split(",") if p.strip()]
             return parts or None  # an empty line in .env means unset, as in .env.example
+        return value
+
+    @field_validator("sandbox_read_only_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):  # every list setting is spelt comma-separated, like AUTOPACK_ALLOWED_REPOS
+            return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
     @property

@@ -7,6 +7,7 @@ machine down; the 4 GiB allocation runs only after the 512 MiB one has shown the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy, gi
 from workers.sandbox.limits import MIB
 from workers.sandbox.run import prune_scratch
 from workers.validation import run_one
-from workers.workspace import WorkspaceManager, Worktree
+from workers.workspace import WorkspaceManager, Worktree, repo_key
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -440,7 +441,7 @@ def test_attacks_as_phase_commands_fail_their_runs_naming_the_limit_while_a_neig
         }
     )
     with transaction(settings.database_url) as session:
-        _, key = create_key(session, "sandbox-test")
+        _, key = create_key(session, "sandbox-test", admin=True)
     with (
         api_process(settings, free_port(), tmp_path) as url,
         worker_process(settings, "boxed", tmp_path, concurrency=2),
@@ -584,3 +585,111 @@ def test_scratch_left_by_a_killed_worker_is_removed_at_the_next_start_and_a_live
 
     assert prune_scratch(tmp_path) == 1
     assert not stale.exists() and live.exists()
+
+
+# --- attacks on other runs, the mirror and the worker, as phases on a real worker ----------------
+
+
+def _phase_run(repo: Path, name: str, command: str, validation: list[str] | None = None) -> dict[str, object]:
+    phase = {"name": "attack", "scope": ["src/"], "command": command, "validation": validation or ["true"]}
+    config = {"builder": "script", "max_attempts": 1, "doctor": False}
+    return {"repo": str(repo), "name": name, "config": config, "phases": [phase]}
+
+
+def _boxed_descendants(worker_pid: int, argv0: str) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.Process(worker_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.cmdline()[:1] == [argv0]:
+                found.append(proc.pid)
+    return found
+
+
+@pytest.mark.fleet
+@pytest.mark.timeout(240)
+def test_phases_that_attack_other_runs_the_mirror_and_the_worker_change_nothing_outside_their_box(
+    fleet_settings: Settings, sample_repo: Path, tmp_path: Path
+) -> None:
+    import psutil
+
+    workspace = tmp_path / "workspace"
+    settings = fleet_settings.model_copy(update={"workspace_dir": workspace, "max_deliveries": 1})
+    pool = workspace / "worktrees" / repo_key(str(sample_repo))
+    host_marker = tmp_path / f"pwned-{os.getpid()}"  # where a planted filter would write, on the host
+    token = f"autopack-attack-{os.getpid()}"
+    attacks = {
+        # The other slot of the pool (a neighbour run's worktree), by the path the worker uses: the box
+        # shows its own slot at its real path and nothing else of the workspace but a throwaway git view.
+        "other worktree": _phase_run(
+            sample_repo,
+            "other-worktree",
+            f"for n in 0 1; do d={pool}/slot-$n; "
+            '[ "$d" = "$PWD" ] || echo evil > "$d/src/evil.py" || exit 3; done',
+        ),
+        # Config, hooks and a filter written through git inside the box land in its throwaway copy.
+        "git filter": _phase_run(
+            sample_repo,
+            "git-filter",
+            f"git config filter.pwn.clean 'touch {host_marker}; cat' && git config core.hooksPath /tmp/hooks"
+            " && echo '* filter=pwn' > src/.gitattributes && echo 'X = 1' > src/planted.py",
+        ),
+        # A daemon that would write into the slot after its command returned.
+        "daemon": _phase_run(
+            sample_repo,
+            "daemon",
+            "(sleep 2; echo late > src/late.py) & disown; echo 'D = 1' > src/d.py",
+            ["sleep 4", "test ! -e src/late.py"],
+        ),
+    }
+    with transaction(settings.database_url) as session:
+        _, key = create_key(session, "sandbox-attacks", admin=True)
+    with (
+        api_process(settings, free_port(), tmp_path) as url,
+        worker_process(settings, "boxed", tmp_path, concurrency=2) as worker,
+    ):
+        client = ApiClient(url, key)
+        calm = client.submit(sample_spec(sample_repo, 0, sys.executable))["id"]
+        ids = {name: client.submit(spec)["id"] for name, spec in attacks.items()}
+        runs = {r["id"]: r for r in wait_terminal(client, [calm, *ids.values()], timeout=180)}
+        after = client.submit(sample_spec(sample_repo, 1, sys.executable))["id"]  # the host's git, later
+        runs[after] = wait_terminal(client, [after], timeout=120)[0]
+        mirror_configs = {p: p.read_text() for p in (workspace / "mirrors").glob("*.git/config")}
+
+        # SIGKILL the prefork child mid-command: its box, and everything in it, must die with it.
+        killed = client.submit(_phase_run(sample_repo, "killed", f"exec -a {token} sleep 60"))["id"]
+        deadline = time.monotonic() + 60
+        while not (boxed := _boxed_descendants(worker.pid, token)):
+            assert time.monotonic() < deadline, "the sleeping phase never started"
+            time.sleep(0.1)
+        child = next(p for p in psutil.Process(boxed[0]).parents() if p.ppid() == worker.pid)
+        child.kill()
+        time.sleep(2)
+        survivors = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:1] == [token]]
+        killed_run = wait_terminal(client, [killed], timeout=60)[0]
+
+    assert runs[calm]["state"] == runs[after]["state"] == "DONE_SUCCESS"
+    other = runs[ids["other worktree"]]
+    assert other["state"] == "DONE_FAILED"
+    assert "No such file or directory" in other["phases"][0]["attempt_log"][0]["failure_reason"]
+    assert list(workspace.rglob("evil.py")) == [], "a phase wrote into another run's worktree"
+    for run in (runs[calm], runs[after]):
+        assert (
+            subprocess.run(
+                ["git", "-C", str(sample_repo), "ls-tree", "-r", "--name-only", run["result_branch"]],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.count("evil.py")
+            == 0
+        )
+    assert mirror_configs, "the worker made no mirror"
+    for config in mirror_configs.values():
+        assert "pwn" not in config and "hooksPath" not in config, config
+    assert not host_marker.exists(), "a filter planted inside the box ran in the worker's git"
+    daemon = runs[ids["daemon"]]
+    assert daemon["state"] == "DONE_SUCCESS", daemon["failure_reason"]  # its validation saw no late write
+    assert survivors == [], "a boxed process outlived the SIGKILLed worker child"
+    assert killed_run["state"] == "DONE_FAILED"
+    assert "without finishing" in killed_run["phases"][0]["failure_reason"]
