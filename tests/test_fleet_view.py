@@ -261,3 +261,15 @@ def test_cli_fleet_prints_queue_stuck_runs_and_redeliveries(
     assert "queue autopack: 1 message(s)" in out
     assert "stuck: 1" in out and f"run {run_id} QUEUED" in out and "never dispatched" in out
     assert "redelivered phases: 1" in out and "delivered 2x" in out
+
+
+def test_the_fleet_view_survives_the_broker_closing_its_pooled_connections(
+    client: TestClient, redis_url: str
+) -> None:
+    assert client.get("/fleet").json()["workers_error"] is None  # the control connection is pooled now
+    killed = redis.Redis.from_url(redis_url).client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # what a Redis restart does to every client
+
+    view = client.get("/fleet").json()
+
+    assert view["workers_error"] is None and view["workers"] == []

@@ -85,10 +85,13 @@ def _queue_length_or_error(celery: Celery, settings: Settings) -> tuple[int | No
 def _workers(celery: Celery, settings: Settings) -> tuple[list[WorkerView], str | None]:
     if settings.is_embedded:
         return [_embedded_pool(settings)], None
-    try:
-        return _inspect(celery), None
-    except Exception as exc:
-        return [], _first_line(exc)
+    error = ""
+    for _ in range(2):  # kombu's pooled connection may have died with a broker restart: one fresh try
+        try:
+            return _inspect(celery), None
+        except Exception as exc:
+            error = _first_line(exc)
+    return [], error
 
 
 def _inspect(celery: Celery) -> list[WorkerView]:
