@@ -20,6 +20,7 @@ from shared.settings import Settings
 from tests.chaos.config import ChaosConfig, Db, log
 from tests.chaos.fleet import Fleet, signal_tree
 from tests.chaos.services import fill_disk, restart_postgres, restart_redis
+from tests.support.gitshim import FIRST_USE_STEPS, WORKER_STEPS
 
 
 @dataclass
@@ -52,19 +53,8 @@ class ChaosState:
     """Freezes that caught the holder inside a Postgres transaction (thawed at once, round retried)."""
 
 
-GIT_STEPS = [
-    "fetch",
-    "reset",
-    "clean",
-    "status",
-    "add",
-    "diff",
-    "commit",
-    "update-ref",
-    "push",
-    "push-branch",
-]
-"""The git steps a phase runs on a warm host (`clone` and `worktree add` happen once per host and slot)."""
+GIT_STEPS = [s for s in WORKER_STEPS if s not in FIRST_USE_STEPS]
+"""The git steps a phase runs on a warm host (fleet.py kills the first-use ones once per host)."""
 
 
 class Chaos:
