@@ -68,6 +68,11 @@ class GitError(AutopackError):
     """A git command failed; the message carries its stderr."""
 
 
+class BranchConflict(GitError):
+    """The origin refused to move a run branch forward: it holds commits the run's head does not
+    descend from (a holder that was taken over pushing late, or another database's run of that id)."""
+
+
 class WorkspaceError(AutopackError):
     """A worktree or mirror could not be provisioned (disk full, repo gone)."""
 

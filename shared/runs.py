@@ -163,3 +163,21 @@ def finish_cancelled(session: Session, run: Run) -> None:
             move_phase(phase, PhaseState.CANCELLED)
             phase.finished_at = now
     session.flush()
+
+
+def fail_on_branch_conflict(session: Session, run_id: int, head: str, reason: str) -> bool:
+    """End a run whose result branch cannot be moved to its recorded `head`, when nobody holds it and
+    the head is still the one that was refused (a holder may have recorded a newer one meanwhile)."""
+    run = session.get(Run, run_id, with_for_update=True)
+    now = utcnow()
+    if run is None or run.state != RunState.RUNNING or run.head_sha != head:
+        return False
+    if run.lease_owner is not None and run.lease_expires_at is not None and run.lease_expires_at > now:
+        return False
+    for phase in run.phases:
+        if PhaseState(phase.state) == PhaseState.QUEUED:
+            move_phase(phase, PhaseState.SKIPPED)
+    move_run(run, RunState.DONE_FAILED)
+    run.failure_reason = reason[:4000]
+    run.finished_at = now
+    return True

@@ -92,3 +92,31 @@ def test_reconciler_moves_a_result_branch_left_behind_by_a_crash(
     assert rev(sample_repo, run["result_branch"]) == run["head_sha"]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT branch_sha FROM runs")).scalar_one() == run["head_sha"]
+
+
+def test_a_run_whose_branch_another_database_wrote_ends_failed_saying_where_its_result_is(
+    embedded_settings: Settings, sample_repo: Path
+) -> None:
+    from api.serve import api_in_thread
+    from workers.embedded import embedded_fleet
+
+    # `autopack/run-1` of another database: history this run's commits will never descend from.
+    git = ["git", "-C", str(sample_repo), "-c", "user.name=O", "-c", "user.email=o@localhost"]
+    subprocess.run([*git, "checkout", "--quiet", "--orphan", "autopack/run-1"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "--allow-empty", "-m", "another database's run 1"], check=True)
+    subprocess.run([*git, "checkout", "--quiet", "main"], check=True)
+    foreign = rev(sample_repo, "autopack/run-1")
+    spec = {
+        "repo": str(sample_repo),
+        "phases": [{"name": "a", "scope": ["src/"], "command": "echo 1 > src/a.py", "validation": ["true"]}],
+    }
+    with embedded_fleet(embedded_settings, 1) as celery, api_in_thread(embedded_settings, celery) as url:
+        client = ApiClient(url, None)
+        run = wait_terminal(client, [client.submit(spec)["id"]], timeout=60)[0]
+
+    assert run["id"] == 1 and run["state"] == "DONE_FAILED"
+    assert run["phases"][0]["state"] == "COMPLETE"
+    assert "result branch not moved" in run["failure_reason"]
+    assert "Another Autopack database" in run["failure_reason"] and run["head_sha"] in run["failure_reason"]
+    assert rev(sample_repo, "autopack/run-1") == foreign  # never overwritten
+    assert rev(sample_repo, "refs/autopack/run-1/phase-0-e1") == run["head_sha"]  # the result is kept

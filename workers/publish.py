@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from shared.db import transaction
+from shared.errors import BranchConflict, GitError
 from shared.git import git
 from shared.models import Run
 from workers.workspace.locks import retrying_locks
@@ -55,7 +56,15 @@ def move_branch(
     """Point the run branch at the recorded head, then note that it does (idempotent).
 
     Fast-forward only: a holder frozen between recording phase i and moving the branch, then taken
-    over, would otherwise move the branch back from phase i+1 when it wakes (seen in the chaos batch)."""
-    publish(mirror, branch_ref(run_id), sha, push, drop, force=False)
+    over, would otherwise move the branch back from phase i+1 when it wakes (seen in the chaos batch).
+    A refusal raises BranchConflict."""
+    try:
+        publish(mirror, branch_ref(run_id), sha, push, drop, force=False)
+    except GitError as exc:
+        if "[rejected]" not in str(exc):
+            raise
+        raise BranchConflict(
+            f"the origin's autopack/run-{run_id} holds commits that {sha[:12]} does not descend from"
+        ) from exc
     with transaction(db_url) as session:
         session.execute(update(Run).where(Run.id == run_id, Run.head_sha == sha).values(branch_sha=sha))

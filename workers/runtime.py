@@ -10,9 +10,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
-from shared.db import after_fork
+from shared.db import after_fork, transaction
 from shared.dispatch import Dispatcher
+from shared.errors import BranchConflict
 from shared.outbox import lagging_branches, reconcile
+from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
 from workers import drain
 from workers.celery_app import QUEUE
@@ -47,6 +49,8 @@ class Reconciler:
                 mirror = self.workspace.mirror(repo)
                 mirror.ensure(head)
                 move_branch(s.database_url, mirror.path, run_id, head, s.push_results)
+            except BranchConflict as exc:
+                self._conflict(run_id, head, exc)
             except Exception as exc:  # an unreachable repo must not stop the re-dispatching below
                 log.warning("run %s: result branch still behind: %s", run_id, exc)
         try:
@@ -54,6 +58,17 @@ class Reconciler:
         except Exception as exc:  # a slower push is no reason to stop re-dispatching
             log.warning("packing refs failed: %s", exc)
         return reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
+
+    def _conflict(self, run_id: int, head: str, exc: BranchConflict) -> None:
+        """The recorded head cannot reach the run's branch: retrying would never succeed, so the run
+        ends, saying where its result is, instead of waiting forever."""
+        reason = (
+            f"result branch not moved: {exc}. Another Autopack database (or a person) wrote that branch; "
+            f"the result is at {head} in refs/autopack/run-{run_id}/ of the origin"
+        )
+        with transaction(self.settings.database_url) as session:
+            if fail_on_branch_conflict(session, run_id, head, reason):
+                log.error("run %s: %s", run_id, reason)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.reconcile_interval_seconds):
