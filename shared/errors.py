@@ -45,6 +45,13 @@ class HostFault(ServiceUnavailable):
         super().__init__(service, detail)
 
 
+class SandboxFailed(HostFault):
+    """The sandbox did not start for a command (bwrap reported no child): the host's fault."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, "sandbox")
+
+
 class DiskFull(HostFault):
     """The worker's workspace disk is (nearly) full."""
 

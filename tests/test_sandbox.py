@@ -693,3 +693,22 @@ def test_phases_that_attack_other_runs_the_mirror_and_the_worker_change_nothing_
     assert survivors == [], "a boxed process outlived the SIGKILLed worker child"
     assert killed_run["state"] == "DONE_FAILED"
     assert "without finishing" in killed_run["phases"][0]["failure_reason"]
+
+
+# --- a box that never started is the host's fault ------------------------------------------------
+
+
+def test_a_box_that_cannot_start_raises_a_host_fault_instead_of_failing_the_command(tmp_path: Path) -> None:
+    from shared.errors import HostFault, SandboxFailed
+
+    missing = tmp_path / "report-dir-that-is-gone"  # bwrap cannot bind it: the box is never set up
+    with pytest.raises(SandboxFailed) as err:
+        run_command("true", tmp_path, timeout=30, max_bytes=4000, writable=[missing], backend=box())
+    assert isinstance(err.value, HostFault)
+    assert "the sandbox did not start" in str(err.value) and str(missing) in str(err.value)
+
+
+def test_a_command_that_only_says_bwrap_failed_is_still_its_own_failure(tmp_path: Path) -> None:
+    fake = 'echo "bwrap: Can\'t find source path /x: No such file or directory" >&2; exit 1'
+    result = boxed(fake, tmp_path)
+    assert result.exit_code == 1 and "bwrap: Can't find source path" in result.output

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from shared.errors import SandboxUnavailable
+from shared.errors import SandboxFailed, SandboxUnavailable
 from shared.git import scrubbed_env
 from workers.sandbox import gitview
 from workers.sandbox.policy import BoxRequest, SandboxPolicy, bwrap_argv
@@ -88,10 +88,14 @@ def check(backend: Backend, timeout: float = 20) -> None:
             "or set AUTOPACK_SANDBOX=none to run phase commands unboxed"
         )
     with tempfile.TemporaryDirectory(prefix="autopack-sandbox-check-") as tmp:
-        result = run_boxed(backend, BoxRequest("true", Path(tmp)), timeout=timeout, max_bytes=4000)
-    if result.exit_code != 0 or result.timed_out:
+        try:
+            result = run_boxed(backend, BoxRequest("true", Path(tmp)), timeout=timeout, max_bytes=4000)
+            said = result.output if result.exit_code != 0 or result.timed_out else None
+        except SandboxFailed as exc:
+            said = exc.detail
+    if said is not None:
         raise SandboxUnavailable(
-            f"bwrap cannot start a box here (exit {result.exit_code}): {result.output.strip()[:500]} — "
+            f"bwrap cannot start a box here: {said.strip()[:500]} — "
             "the worker needs user namespaces (container: seccomp/apparmor unconfined, see compose.yaml) "
             f"and the `{PACKAGE}` package, or AUTOPACK_SANDBOX=none"
         )

@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from shared.errors import Drained
+from shared.errors import Drained, SandboxFailed
 from workers.sandbox.limits import MIB, PROCESS_MARKERS, all_markers, explain
 from workers.sandbox.policy import BoxRequest, SandboxPolicy
 from workers.sandbox.stream import CappedOutput
@@ -78,6 +78,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _InfoPipe:
+    """Did the box start? The shell inside it writes one byte to this pipe, then closes it, before the
+    command runs: nothing written means bwrap (or the uid drop after it) failed to set the box up, which
+    is the host's fault, not the command's. The command cannot undo the byte, and never holds the pipe.
+    (bwrap's own `--info-fd` is written before its mounts are made, so it cannot tell.)"""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+
+    def close_write(self) -> None:
+        """Once the child has its copy: else reading would wait for ever. Closed once only, since a
+        closed descriptor's number may already belong to another thread's file."""
+        if self.write_end >= 0:
+            os.close(self.write_end)
+            self.write_end = -1
+
+    def written(self) -> bool:
+        self.close_write()
+        os.set_blocking(self.read_end, False)
+        try:
+            return os.read(self.read_end, 4096) != b""
+        except BlockingIOError:  # a writer still holds it open: bwrap got as far as running the box
+            return True
+
+    def close(self) -> None:
+        self.close_write()
+        os.close(self.read_end)
+
+
+@contextmanager
+def _info_pipe(wanted: bool) -> Iterator[_InfoPipe | None]:
+    pipe = _InfoPipe() if wanted else None
+    try:
+        yield pipe
+    finally:
+        if pipe is not None:
+            pipe.close()
+
+
 def run_boxed(
     backend: Backend,
     request: BoxRequest,
@@ -90,7 +129,11 @@ def run_boxed(
     started is killed: its process group, and under bwrap its whole pid namespace."""
     policy = backend.policy
     start = time.monotonic()
-    with _scratch() as scratch:
+    command = request.command
+    with _scratch() as scratch, _info_pipe(backend.name == "bwrap") as info:
+        if info is not None:
+            fd = info.write_end
+            request = replace(request, command=f"printf 1 >&{fd}; exec {fd}>&-; {request.command}")
         argv = backend.argv(request, scratch)
         alarm = threading.Event()
         markers = all_markers() if backend.name == "bwrap" else ()
@@ -103,8 +146,11 @@ def run_boxed(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            close_fds=True,  # the default, said aloud: no descriptor of the worker's reaches the box
+            close_fds=True,  # only the info pipe's write end: no descriptor of the worker's reaches the box
+            pass_fds=(info.write_end,) if info is not None else (),
         )
+        if info is not None:
+            info.close_write()
         assert proc.stdout is not None
         reader = threading.Thread(target=out.drain, args=(proc.stdout.fileno(),), daemon=True)
         reader.start()
@@ -117,8 +163,11 @@ def run_boxed(
             proc.wait()
             reader.join(timeout=5)
             proc.stdout.close()
+            started = info is not None and info.written()
     if stop == "drained":
-        raise Drained(f"the worker is stopping: `{request.command}` was stopped when the drain window ended")
+        raise Drained(f"the worker is stopping: `{command}` was stopped when the drain window ended")
+    if info is not None and not started and proc.returncode != 0:
+        raise SandboxFailed(f"the sandbox did not start (bwrap exit {proc.returncode}): {out.text()[:1000]}")
     limit = _limit(stop, policy, proc.returncode, out, backend.name)
     return BoxResult(
         proc.returncode, out.text(), time.monotonic() - start, stop == "timeout", limit, out.dropped
