@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.limits import BodyLimit
-from api.routes import fleet, health, metrics, runs
+from api.routes import campaigns, fleet, health, metrics, runs
 from api.version import VERSION
 from shared.db import require_migrated
 from shared.errors import InvalidSpec, NotFound, ServiceUnavailable
@@ -26,6 +26,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(metrics.router)
+    app.include_router(campaigns.router)
     app.include_router(fleet.router)
     app.include_router(fleet.metrics_router(settings, celery))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

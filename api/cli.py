@@ -11,6 +11,7 @@ from typing import Any
 import click
 import yaml
 
+from api.campaign_cli import campaign
 from api.client import ApiClient, ClientError
 from api.table import render_keys, render_runs
 from shared.git import is_local
@@ -286,6 +287,9 @@ def _describe_fleet(view: dict[str, Any]) -> str:
             f" delivered {d['deliveries']}x"
         )
     return "\n".join(lines)
+
+
+cli.add_command(campaign)
 
 
 def main() -> None:

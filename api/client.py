@@ -21,7 +21,7 @@ class ApiClient:
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _call(self, method: str, path: str, raw: bool = False, **kw: Any) -> Any:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
@@ -32,7 +32,7 @@ class ApiClient:
             except ValueError:
                 detail = resp.text
             raise ClientError(resp.status_code, detail)
-        return resp.json()
+        return resp.text if raw else resp.json()
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self._call("POST", "/runs", json=spec)
@@ -53,6 +53,31 @@ class ApiClient:
 
     def cancel(self, run_id: int) -> dict[str, Any]:
         out: dict[str, Any] = self._call("POST", f"/runs/{run_id}/cancel")
+        return out
+
+    def create_campaign(self, spec: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("POST", "/campaigns", json=spec)
+        return out
+
+    def campaign(self, campaign_id: int) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", f"/campaigns/{campaign_id}")
+        return out
+
+    def campaigns(self, limit: int = 50) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", "/campaigns", params={"limit": limit})
+        return out
+
+    def cancel_campaign(self, campaign_id: int) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("POST", f"/campaigns/{campaign_id}/cancel")
+        return out
+
+    def campaign_report(self, campaign_id: int) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", f"/campaigns/{campaign_id}/report")
+        return out
+
+    def campaign_report_text(self, campaign_id: int, fmt: str) -> str:
+        """The report as Markdown (`md`) or SVG (`svg`)."""
+        out: str = self._call("GET", f"/campaigns/{campaign_id}/report", params={"format": fmt}, raw=True)
         return out
 
     def fleet(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict
 
+from shared.campaigns.progress import CampaignProgress
 from shared.models import Phase, Run
 
 MAX_ID = 2**31 - 1
@@ -26,7 +27,7 @@ ERRORS: dict[int, str] = {
     400: "the body is not UTF-8 JSON",
     401: "missing or invalid X-API-Key",
     403: "the route needs an admin key",
-    404: "no such run, or another owner's",
+    404: "no such run or campaign, or another owner's",
     413: "request body over AUTOPACK_MAX_BODY_BYTES",
 }
 
@@ -90,7 +91,13 @@ class RunOut(BaseModel):
     state: str
     config: dict[str, Any]
     failure_reason: str | None
+    failure_kind: str | None
+    """DONE_FAILED only: MODEL, BUDGET, CAMPAIGN_CAP or INFRA (the fleet's fault, not the builder's)."""
     cancel_requested: bool
+    campaign_id: int | None
+    parent_run_id: int | None
+    arm: str | None
+    sample: int | None
     result_branch: str
     created_at: datetime
     started_at: datetime | None
@@ -109,13 +116,33 @@ class RunOut(BaseModel):
             state=run.state,
             config=run.config,
             failure_reason=run.failure_reason,
+            failure_kind=run.failure_kind,
             cancel_requested=run.cancel_requested,
+            campaign_id=run.campaign_id,
+            parent_run_id=run.parent_run_id,
+            arm=run.arm,
+            sample=run.sample,
             result_branch=run.result_branch,
             created_at=run.created_at,
             started_at=run.started_at,
             finished_at=run.finished_at,
             phases=[PhaseOut.of(p, with_attempts) for p in run.phases],
         )
+
+
+class CampaignCreated(BaseModel):
+    id: int
+    children: int
+    """Child runs created (sources x arms x repeats)."""
+    dispatched: int
+    """Children started at once; the rest wait for room under `max_parallel_runs`."""
+    skipped_sources: list[dict[str, Any]]
+    """Source runs left out, each with the reason."""
+
+
+class CampaignPage(BaseModel):
+    items: list[CampaignProgress]
+    next_cursor: int | None
 
 
 class RunPage(BaseModel):

@@ -6,8 +6,10 @@ from typing import Protocol
 
 
 class Dispatcher(Protocol):
-    def enqueue(self, run_id: int, phase_id: int) -> None:
-        """Queue one execution of the phase. May be called more than once: tasks are safe to run twice."""
+    def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
+        """Queue one execution of the phase. May be called more than once: tasks are safe to run twice.
+
+        `background` (a campaign's child) queues it behind every interactive phase."""
         ...
 
     def waiting(self) -> set[tuple[int, int]] | None:

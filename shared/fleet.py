@@ -7,7 +7,7 @@ time, so any number of API replicas report the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -227,12 +227,12 @@ def _line(run: Run, phase: Phase | None, now: datetime, reason: str) -> RunLine:
     )
 
 
-def redis_queue_length(broker_url: str, queue: str, timeout: float = 2.0) -> int:
-    """`LLEN <queue>`: kombu's Redis transport keeps a queue's (priority 0) messages in a list of its name."""
+def redis_queue_length(broker_url: str, keys: Sequence[str], timeout: float = 2.0) -> int:
+    """The summed `LLEN` of a queue's lists: kombu's Redis transport keeps one list per priority step."""
     url = broker_url.split(";")[0].strip()
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        return int(client.llen(queue))
+        return sum(int(client.llen(key)) for key in keys)
     finally:
         client.close()
 

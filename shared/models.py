@@ -27,7 +27,15 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from shared.states import AttemptOutcome, HostState, PhaseState, RunState
+from shared.states import (
+    AttemptOutcome,
+    CampaignState,
+    FailureKind,
+    HostState,
+    PairState,
+    PhaseState,
+    RunState,
+)
 
 
 def utcnow() -> datetime:
@@ -101,8 +109,17 @@ class Run(Base):
     config: Mapped[dict[str, Any]]
     state: Mapped[RunState] = mapped_column(String(20), default=RunState.QUEUED, index=True)
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    failure_kind: Mapped[FailureKind | None] = mapped_column(String(20))
+    """Why a DONE_FAILED run failed: the builder, a cap, or the fleet (see `FailureKind`)."""
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     campaign_id: Mapped[int | None] = mapped_column(index=True)
+    arm: Mapped[str | None] = mapped_column(String(20))
+    """A campaign child's arm: "B" (re-run against the recorded source), or "control"/"treatment"."""
+    sample: Mapped[int | None]
+    """A campaign child's repeat index (0..repeats-1)."""
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    """A campaign child waiting for room under its campaign's `max_parallel_runs`: not dispatched, and
+    invisible to the reconciler until released."""
     # The submitting key's owner; NULL when submitted without auth (embedded) or before owners existed.
     owner: Mapped[str | None] = mapped_column(String(100), index=True)
     parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
@@ -257,6 +274,54 @@ class EscalationEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Campaign(Base):
+    """Source runs re-run with overrides; its children are ordinary runs with `campaign_id` set."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(100), index=True)
+    spec: Mapped[dict[str, Any]]
+    """The campaign as submitted (`shared.campaigns.spec.CampaignSpec`)."""
+    mode: Mapped[str] = mapped_column(String(20))
+    state: Mapped[CampaignState] = mapped_column(String(20), default=CampaignState.ACTIVE, index=True)
+    max_parallel_runs: Mapped[int | None]
+    max_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    max_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    """Seeds the report's bootstrap, so the same pairs give the same report."""
+    skipped: Mapped[list[Any]] = mapped_column(default=list)
+    """Source runs left out at creation, with the reason: `[{"run_id": 1, "reason": "..."}]`."""
+    cap_reached: Mapped[str | None] = mapped_column(Text)
+    """Set when a cap refused a call: held children are then cancelled instead of started."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The last computed report (JSON), persisted so a reader gets the same figures again."""
+    report_at: Mapped[datetime | None]
+
+
+class CampaignPair(Base):
+    """One compared task: arm A's run against arm B's run for (source run, sample). Written when the
+    campaign is created; judged once both sides have ended."""
+
+    __tablename__ = "campaign_pairs"
+    __table_args__ = (UniqueConstraint("campaign_id", "source_run_id", "sample"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    source_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    sample: Mapped[int]
+    a_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    b_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    state: Mapped[PairState] = mapped_column(String(20), default=PairState.PENDING)
+    reason: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Both sides' figures (success, attempts, tokens by category, cost, wall time) once judged."""
+    judged_at: Mapped[datetime | None]
+
+
 class WorkerHost(Base):
     """What a worker says of its own host: healthy, or sick (out of the queue) and why. Written by the
     worker's guard on every change and probe; read by `/fleet` and `/metrics`."""
@@ -275,3 +340,4 @@ class WorkerHost(Base):
 
 
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)
+Index("ix_runs_campaign_held", Run.campaign_id, Run.held)

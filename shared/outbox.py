@@ -9,6 +9,7 @@ whose message was lost (broker restart, worker killed with the message unacked) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -36,16 +37,48 @@ def claim_and_enqueue(
         won = session.execute(
             update(Phase).where(Phase.id == phase_id, pending).values(dispatched_at=now)
         ).rowcount  # type: ignore[attr-defined]
+        background = won and session.scalar(select(Run.campaign_id).where(Run.id == run_id)) is not None
     if not won:
         return False
     try:
-        dispatcher.enqueue(run_id, phase_id)
+        dispatcher.enqueue(run_id, phase_id, background=background)
     except Exception as exc:
         log.warning("broker unavailable, phase %s stays pending: %s", phase_id, exc)
         with transaction(db_url) as session:
             session.execute(update(Phase).where(Phase.id == phase_id).values(dispatched_at=None))
         return False
     return True
+
+
+def claim_many(db_url: str, dispatcher: Dispatcher, phases: Sequence[tuple[int, int]]) -> int:
+    """Enqueue many pending (run, phase) at once, as campaign children (`background`): one claiming
+    UPDATE, then one message each; returns how many were enqueued. A broker failure leaves the rest
+    pending for the reconciler, like `claim_and_enqueue`."""
+    if not phases:
+        return 0
+    ids = [phase_id for _, phase_id in phases]
+    with transaction(db_url) as session:
+        won = set(
+            session.scalars(
+                update(Phase)
+                .where(Phase.id.in_(ids), Phase.dispatched_at.is_(None))
+                .values(dispatched_at=utcnow())
+                .returning(Phase.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    sent: list[int] = []
+    try:
+        for run_id, phase_id in phases:
+            if phase_id in won:
+                dispatcher.enqueue(run_id, phase_id, background=True)
+                sent.append(phase_id)
+    except Exception as exc:
+        log.warning("broker unavailable, %d phases stay pending: %s", len(won) - len(sent), exc)
+        with transaction(db_url) as session:
+            unsent = [i for i in won if i not in set(sent)]
+            session.execute(update(Phase).where(Phase.id.in_(unsent)).values(dispatched_at=None))
+    return len(sent)
 
 
 def reconcile(db_url: str, dispatcher: Dispatcher, redispatch_after: float) -> int:
@@ -92,6 +125,7 @@ def _runs_needing_action(db_url: str, redispatch_after: float) -> list[tuple[int
         .outerjoin(nxt, and_(nxt.run_id == Run.id, nxt.index == next_index))
         .where(
             Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
+            Run.held.is_(False),
             or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
             or_(
                 Run.cancel_requested.is_(True),

@@ -14,7 +14,14 @@ from shared.git import is_local, resolve_ref
 from shared.keys import Caller
 from shared.models import Phase, Run, utcnow
 from shared.specs import RunSpec
-from shared.states import PHASE_TERMINAL, PhaseState, RunState, check_phase_move, check_run_move
+from shared.states import (
+    PHASE_TERMINAL,
+    FailureKind,
+    PhaseState,
+    RunState,
+    check_phase_move,
+    check_run_move,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,7 @@ def finish_if_done(run: Run) -> bool:
         first = skipped[0]
         move_run(run, RunState.DONE_FAILED)
         run.failure_reason = f"phase {first.index} ({first.name}) was skipped: {first.failure_reason}"[:4000]
+        run.failure_kind = FailureKind.MODEL
     elif run.head_sha != run.base_sha and run.branch_sha != run.head_sha:
         return False
     else:
@@ -179,5 +187,6 @@ def fail_on_branch_conflict(session: Session, run_id: int, head: str, reason: st
             move_phase(phase, PhaseState.SKIPPED)
     move_run(run, RunState.DONE_FAILED)
     run.failure_reason = reason[:4000]
+    run.failure_kind = FailureKind.INFRA
     run.finished_at = now
     return True

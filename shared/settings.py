@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_phases_per_run: int = 100
     """Phases one run may have (422 on `phases` beyond it)."""
 
+    max_campaign_children: int = 10_000
+    """Child runs one campaign may create (sources x arms x repeats); 422 on `source` beyond it."""
+
     max_list_items: int = 200
     """Entries any list of a run spec may have: scope, deliverables, validation, models (422 naming it)."""
 

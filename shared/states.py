@@ -38,6 +38,36 @@ class HostState(StrEnum):
     """Out of the queue after consecutive host faults; probing itself until it works again."""
 
 
+class FailureKind(StrEnum):
+    """Why a run ended DONE_FAILED, so a comparison never scores the fleet's faults as the model's."""
+
+    MODEL = "MODEL"
+    """The builder's changes did not pass (attempts used up, a fatal or skipped phase)."""
+    BUDGET = "BUDGET"
+    """The run's own token or USD cap stopped an LLM call: part of what the run was configured to do."""
+    CAMPAIGN_CAP = "CAMPAIGN_CAP"
+    """The campaign's shared cap stopped an LLM call: the run never had its chance."""
+    INFRA = "INFRA"
+    """The fleet failed it: deliveries used up (dead workers, provider outage, full disk), bad
+    credentials, a result branch that cannot move."""
+
+
+class CampaignState(StrEnum):
+    ACTIVE = "ACTIVE"
+    DONE = "DONE"
+    CANCELLED = "CANCELLED"
+
+
+class PairState(StrEnum):
+    PENDING = "PENDING"
+    """A side has not ended yet."""
+    VALID = "VALID"
+    INVALID = "INVALID"
+    """Not comparable: another base commit, phase specs or model mapping, or a side cancelled."""
+    INFRA_INVALID = "INFRA_INVALID"
+    """A side was ended by the fleet, not by its builder: never counted as a model failure."""
+
+
 class AttemptOutcome(StrEnum):
     SUCCESS = "SUCCESS"
     BUILD_FAILED = "BUILD_FAILED"

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from shared.campaigns.deltas import ab_deltas
 from shared.errors import NotFound
 from shared.models import Base, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
 
@@ -34,7 +35,7 @@ DOCTOR_FALLBACK_TOKENS = 2500
 RUN_SAMPLE_MIN = 3
 GLOBAL_SAMPLE_SIZE = 100
 USAGE_FIGURES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-AB_NOTE = "filled by campaigns (A/B runs); a single run has none"
+AB_NOTE = "the campaign pairs this run is a side of (B - A once both ended); a run in no campaign has none"
 
 
 # ------------------------------------------------------------------------------------------- writes
@@ -193,7 +194,7 @@ def run_metrics(session: Session, run_id: int) -> dict[str, Any]:
         "spent": _spent(session, run_id),
         "avoided_context": _avoided_context(session, run_id),
         "doctor_avoided": _doctor_avoided(session, run_id),
-        "ab_deltas": {"items": [], "note": AB_NOTE},
+        "ab_deltas": {"items": ab_deltas(session, run_id), "note": AB_NOTE},
     }
 
 

@@ -16,7 +16,7 @@ from shared.errors import LeaseLost
 from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs import create_run
 from shared.specs import RunSpec
-from shared.states import AttemptOutcome, PhaseState, RunState
+from shared.states import AttemptOutcome, FailureKind, PhaseState, RunState
 from workers import record
 from workers.lease import Lease, acquire, heartbeat
 from workers.record import AttemptRecord, PhaseJob
@@ -161,7 +161,7 @@ def test_a_taken_over_holder_is_fenced_and_its_record_writes_change_nothing(
     with pytest.raises(LeaseLost):
         record.succeed(old, job, attempt_record(1, "f" * 40), "f" * 40)
     with pytest.raises(LeaseLost):
-        record.fail(old, job, "stale holder says it failed")
+        record.fail(old, job, "stale holder says it failed", FailureKind.MODEL)
     assert not old.renew()
 
     assert snapshot(db_url, run_id) == rows_after_takeover

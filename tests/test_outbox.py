@@ -33,7 +33,7 @@ class RecordingDispatcher:
         self._waiting = waiting
         self.asked = 0
 
-    def enqueue(self, run_id: int, phase_id: int) -> None:
+    def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
         with self._lock:
             self.calls.append((run_id, phase_id))
 
@@ -46,7 +46,7 @@ class BrokenDispatcher:
     def __init__(self) -> None:
         self.attempts = 0
 
-    def enqueue(self, run_id: int, phase_id: int) -> None:
+    def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
         self.attempts += 1
         raise ConnectionError("broker is down")
 

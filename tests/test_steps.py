@@ -334,7 +334,7 @@ def _attempt(settings: Settings, repo: Path, phase_fields: dict[str, object]) ->
 
 
 class _NoDispatch:
-    def enqueue(self, run_id: int, phase_id: int) -> None:
+    def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
         raise AssertionError("an attempt never dispatches")
 
     def waiting(self) -> set[tuple[int, int]] | None:

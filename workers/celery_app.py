@@ -18,10 +18,22 @@ from shared.settings import Settings, get_settings
 PHASE_TASK = "autopack.execute_phase"
 app: Celery  # built on first access by __getattr__ below
 QUEUE = "autopack"
+# Fair share by Celery's own Redis message priorities (kombu keeps one list per priority step and
+# BRPOPs them in order): interactive phases are served before any campaign child's, whatever the
+# campaign queued first. Priority 0 is Redis's highest.
+INTERACTIVE_PRIORITY = 0
+BACKGROUND_PRIORITY = 9
+PRIORITY_SEP = ":"
+QUEUE_KEYS = (QUEUE, f"{QUEUE}{PRIORITY_SEP}{BACKGROUND_PRIORITY}")
+"""The Redis lists behind the queue, highest priority first (what KEDA and `waiting()` read)."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        "priority_steps": [INTERACTIVE_PRIORITY, BACKGROUND_PRIORITY],
+        "sep": PRIORITY_SEP,
+    }
     if settings.is_embedded:
         transport = {"polling_interval": settings.embedded_poll_interval}
     return {
@@ -66,8 +78,9 @@ class CeleryDispatcher:
         self.app = app
         self._redis: redis.Redis | None = None
 
-    def enqueue(self, run_id: int, phase_id: int) -> None:
-        self.app.send_task(PHASE_TASK, args=[run_id, phase_id], queue=QUEUE, retry=False)
+    def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
+        priority = BACKGROUND_PRIORITY if background else INTERACTIVE_PRIORITY
+        self.app.send_task(PHASE_TASK, args=[run_id, phase_id], queue=QUEUE, priority=priority, retry=False)
 
     def waiting(self) -> set[tuple[int, int]] | None:
         """Read the Redis list behind the queue (messages not yet delivered); None for other brokers.
@@ -77,7 +90,11 @@ class CeleryDispatcher:
             return None
         if self._redis is None:
             self._redis = redis.Redis.from_url(url, socket_timeout=10)
-        return {ids for raw in self._redis.lrange(QUEUE, 0, -1) if (ids := phase_of(raw)) is not None}
+        pipe = self._redis.pipeline(transaction=False)
+        for key in QUEUE_KEYS:
+            pipe.lrange(key, 0, -1)
+        raws = [raw for listed in pipe.execute() for raw in listed]
+        return {ids for raw in raws if (ids := phase_of(raw)) is not None}
 
 
 def phase_of(raw: bytes | str) -> tuple[int, int] | None:

@@ -12,12 +12,14 @@ from decimal import Decimal
 from pathlib import Path
 
 from shared.budget import BudgetExceeded
+from shared.campaigns.caps import CampaignBudgetExceeded, note_cap_reached
+from shared.campaigns.flow import advance
 from shared.dispatch import Dispatcher
 from shared.errors import Drained, HostFault, LeaseLost, LlmAuthError, LlmInfraError
 from shared.models import EscalationEvent
 from shared.outbox import claim_and_enqueue
 from shared.settings import Settings
-from shared.states import AttemptOutcome
+from shared.states import AttemptOutcome, FailureKind
 from workers import drain, record
 from workers.attempt import Attempted, Plan, run_attempt
 from workers.builders import LLM_BUILDERS
@@ -85,6 +87,7 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
     if lease is None:
         return "busy: another worker holds this run"
     then: list[int] = []  # the next phase, enqueued only once our lease is released
+    job: PhaseJob | str = "not started"
     try:
         with heartbeat(lease, s.lease_heartbeat_seconds):
             job = record.start(lease, phase_id, s.max_deliveries)
@@ -101,6 +104,17 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
             log.warning("run %s: lease release failed: %s", run_id, exc)
         for next_phase in then:
             claim_and_enqueue(s.database_url, ctx.dispatcher, run_id, next_phase, stale_after=None)
+        if isinstance(job, PhaseJob) and job.campaign_id is not None:
+            _advance_campaign(ctx, job.campaign_id)
+
+
+def _advance_campaign(ctx: WorkerContext, campaign_id: int) -> None:
+    """A child may have ended: start the campaign's next held child now rather than at the next
+    reconciler pass (which does it anyway if this fails)."""
+    try:
+        advance(ctx.settings.database_url, ctx.dispatcher, campaign_id)
+    except Exception as exc:
+        log.warning("campaign %s: releasing its next children failed: %s", campaign_id, exc)
 
 
 @dataclass
@@ -143,6 +157,7 @@ def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
             lease.epoch,
             cfg.get("max_tokens"),
             Decimal(str(usd)) if usd is not None else None,
+            campaign=job.campaign_caps,
         )
     selected = int(cfg.get("max_output_tokens", 4096))
     return Loop(
@@ -160,17 +175,23 @@ def _loop(ctx: WorkerContext, lease: Lease, job: PhaseJob) -> Loop:
 
 def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -> str:
     if str(job.config.get("builder")) in LLM_BUILDERS and ctx.llm_client_missing():
-        record.fail(lease, job, "the anthropic builder needs AUTOPACK_ANTHROPIC_API_KEY on the workers")
+        record.fail(
+            lease,
+            job,
+            "the anthropic builder needs AUTOPACK_ANTHROPIC_API_KEY on the workers",
+            FailureKind.INFRA,
+        )
         return "failed: no LLM key"
     loop = _loop(ctx, lease, job)
     try:
         return _attempts(ctx, lease, job, loop, then)
     except LlmAuthError as exc:
-        record.fail(lease, job, f"LLM provider refused the credentials; fix the key: {exc}")
+        record.fail(
+            lease, job, f"LLM provider refused the credentials; fix the key: {exc}", FailureKind.INFRA
+        )
         return "failed: LLM auth"
     except BudgetExceeded as exc:
-        record.fail(lease, job, f"budget cap reached before an LLM call: {exc}")
-        return "failed: budget"
+        return _fail_on_cap(ctx, lease, job, exc)
     except LlmInfraError as exc:
         # The provider is down: not the phase's fault, so no attempt is spent; try again later.
         record.hand_back(lease, job, f"LLM provider unavailable, phase handed back: {exc}")
@@ -212,12 +233,24 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
         if recovery.action == DoctorAction.SKIP_PHASE:
             return _finish_skip(lease, job, recovery, then)
         if recovery.action == DoctorAction.MARK_FATAL:
-            record.fail(
-                lease, job, f"the Doctor marked the failure fatal: {(recovery.doctor or {}).get('diagnosis')}"
-            )
+            diagnosis = (recovery.doctor or {}).get("diagnosis")
+            record.fail(lease, job, f"the Doctor marked the failure fatal: {diagnosis}", FailureKind.MODEL)
             return "failed: fatal"
-    record.fail(lease, job, f"{max_attempts} attempt(s) used; last: {loop.failure}"[:4000])
+    record.fail(lease, job, f"{max_attempts} attempt(s) used; last: {loop.failure}"[:4000], FailureKind.MODEL)
     return f"failed: {loop.failure}"
+
+
+def _fail_on_cap(ctx: WorkerContext, lease: Lease, job: PhaseJob, exc: BudgetExceeded) -> str:
+    """A campaign's cap fails the run as CAMPAIGN_CAP (its pair is excluded, not scored) and stops the
+    campaign starting more children; the run's own cap is part of its configuration (BUDGET)."""
+    if isinstance(exc, CampaignBudgetExceeded):
+        record.fail(
+            lease, job, f"campaign budget cap reached before an LLM call: {exc}", FailureKind.CAMPAIGN_CAP
+        )
+        note_cap_reached(ctx.settings.database_url, exc.campaign_id, str(exc))
+        return "failed: campaign budget"
+    record.fail(lease, job, f"budget cap reached before an LLM call: {exc}", FailureKind.BUDGET)
+    return "failed: budget"
 
 
 def _hand_over(lease: Lease, job: PhaseJob, reason: str, then: list[int]) -> str:

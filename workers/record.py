@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.campaigns.caps import CampaignCaps, caps_of
 from shared.db import transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
@@ -19,6 +20,7 @@ from shared.specs import PhaseSpec
 from shared.states import (
     PHASE_TERMINAL,
     AttemptOutcome,
+    FailureKind,
     PhaseState,
     RunState,
 )
@@ -47,6 +49,9 @@ class PhaseJob:
     """Replay only: the source run's builder output (or patch) per attempt number for this phase."""
     escalated_max_tokens: int | None = None
     """The phase's one output-budget escalation, if it already happened (it survives redelivery)."""
+    campaign_id: int | None = None
+    campaign_caps: CampaignCaps | None = None
+    """The caps the run shares with its campaign's other children."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
             reason = f"delivered {phase.deliveries - 1} times without finishing"
             handed = phase.failure_reason  # a hand-back's reason; none when the worker died each time
             reason += f"; last: {handed}" if handed else " (worker died each time)"
-            _fail(session, run, phase, reason)
+            _fail(session, run, phase, reason, FailureKind.INFRA)
             return "gave up: " + reason
         if phase.state == PhaseState.QUEUED:
             move_phase(phase, PhaseState.EXECUTING)
@@ -119,6 +124,8 @@ def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
             escalated_max_tokens=session.scalar(
                 select(EscalationEvent.new_max_tokens).where(EscalationEvent.phase_id == phase.id)
             ),
+            campaign_id=run.campaign_id,
+            campaign_caps=caps_of(session, run.campaign_id),
         )
 
 
@@ -256,14 +263,14 @@ def escalate(lease: Lease, job: PhaseJob, event: EscalationEvent) -> bool:
         return True
 
 
-def fail(lease: Lease, job: PhaseJob, reason: str) -> None:
+def fail(lease: Lease, job: PhaseJob, reason: str, kind: FailureKind) -> None:
     with transaction(lease.db_url) as session:
         lease.fence(session)
         run, phase = _load(session, job.run_id, job.phase_id)
-        _fail(session, run, phase, reason)
+        _fail(session, run, phase, reason, kind)
 
 
-def _fail(session: Session, run: Run, phase: Phase, reason: str) -> None:
+def _fail(session: Session, run: Run, phase: Phase, reason: str, kind: FailureKind) -> None:
     now = utcnow()
     move_phase(phase, PhaseState.FAILED)
     phase.failure_reason = reason
@@ -273,6 +280,7 @@ def _fail(session: Session, run: Run, phase: Phase, reason: str) -> None:
             move_phase(later, PhaseState.SKIPPED)
     move_run(run, RunState.DONE_FAILED)
     run.failure_reason = f"phase {phase.index} ({phase.name}) failed: {reason}"[:4000]
+    run.failure_kind = kind
     run.finished_at = now
     _efficiency(session, run.id, phase, "FAILED")
 

@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from shared.campaigns.flow import sweep
 from shared.db import after_fork, transaction
 from shared.dispatch import Dispatcher
 from shared.errors import BranchConflict
@@ -57,7 +58,8 @@ class Reconciler:
             self.workspace.compact_refs()
         except Exception as exc:  # a slower push is no reason to stop re-dispatching
             log.warning("packing refs failed: %s", exc)
-        return reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
+        enqueued = reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
+        return enqueued + sweep(s.database_url, self.dispatcher)
 
     def _conflict(self, run_id: int, head: str, exc: BranchConflict) -> None:
         """The recorded head cannot reach the run's branch: retrying would never succeed, so the run

@@ -26,7 +26,7 @@ from shared.fleet import (
 )
 from shared.models import utcnow
 from shared.settings import Settings
-from workers.celery_app import QUEUE
+from workers.celery_app import QUEUE, QUEUE_KEYS
 
 INSPECT_TIMEOUT = 1.0
 
@@ -75,7 +75,7 @@ def metrics_router(settings: Settings, celery: Celery) -> APIRouter:
 def _queue_length_or_error(celery: Celery, settings: Settings) -> tuple[int | None, str | None]:
     try:
         if is_redis_url(settings.broker_url):
-            return redis_queue_length(settings.broker_url, QUEUE), None
+            return redis_queue_length(settings.broker_url, QUEUE_KEYS), None
         with celery.connection_for_read() as conn:  # in-process (or another) transport: ask kombu
             return int(conn.default_channel.queue_declare(QUEUE, passive=True).message_count), None
     except Exception as exc:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from shared.budget import UnpricedModel, reserve, settle, worst_case
+from shared.campaigns.caps import CampaignCaps, reserve_campaign
 from shared.db import transaction
 from shared.errors import LlmError, LlmInfraError
 from shared.telemetry import record_usage
@@ -35,6 +36,8 @@ class LlmGateway:
     epoch: int
     max_tokens_cap: int | None
     max_usd_cap: Decimal | None
+    campaign: CampaignCaps | None = None
+    """The run's campaign caps, reserved against before the run's own (`shared.campaigns.caps`)."""
     prices: PriceTable = field(default_factory=PriceTable)
     calls: int = 0
 
@@ -60,6 +63,8 @@ class LlmGateway:
             price.output if price else Decimal(0),
         )
         with transaction(self.db_url) as session:
+            if self.campaign is not None:
+                reserve_campaign(session, self.campaign, self.run_id, tokens=tokens, usd=usd)
             held = reserve(
                 session,
                 self.run_id,
