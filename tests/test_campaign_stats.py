@@ -283,16 +283,24 @@ def test_shift_with_symmetric_noise_is_covered_and_not_degenerate() -> None:
         assert low < 100 < high and high - low < 20
 
 
-@pytest.mark.parametrize("repeats", [1, 3])
-def test_bootstrap_matches_a_direct_resampling_loop(repeats: int) -> None:
+LAYOUTS = {
+    "one pair per source": np.arange(60),
+    "three repeats": np.arange(60) // 3,
+    "unbalanced": np.repeat(np.arange(12), [1, 9, 2, 7, 3, 1, 8, 4, 5, 6, 11, 3]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_bootstrap_matches_a_direct_resampling_loop(layout: str) -> None:
+    codes = LAYOUTS[layout]
     rng = np.random.default_rng(21)
-    values = np.stack([rng.normal(50, 30, 60).round(), rng.normal(0, 1, 60)], axis=1)
-    codes = np.arange(60) // repeats
+    values = np.stack([rng.normal(50, 30, 60).round(), rng.normal(0, 1, 60)], axis=1)  # column 0 has ties
     means, medians = stats.resample_statistics(values, codes, seed=5, resamples=300)
+    n_clusters = int(codes.max()) + 1
     drawn = np.random.default_rng(np.random.SeedSequence(5).spawn(1)[0]).integers(
-        0, 60 // repeats, (300, 60 // repeats), dtype=np.int32
+        0, n_clusters, (300, n_clusters), dtype=np.int32
     )
-    if repeats == 1:  # the singleton path draws ranks of column 0, i.e. pairs in that sorted order
+    if n_clusters == 60:  # the singleton path draws ranks of column 0, i.e. pairs in that sorted order
         drawn = np.argsort(values[:, 0], kind="stable")[drawn]
     for j in (0, 1):
         rows = [np.concatenate([values[codes == c, j] for c in row]) for row in drawn]

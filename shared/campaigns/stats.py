@@ -11,12 +11,15 @@ sigma_d = √((b+c)/n), scaled by SE_clustered/SE_naive (at least 1) when cluste
 
 Token and cost deltas get a cluster bootstrap: whole source runs are resampled with replacement,
 and the mean and median of each resample give percentile 95% intervals. Resamples are drawn in
-chunks as per-cluster counts, so means are one matrix product per chunk and medians a cumulative
-sum of those counts in sorted order; memory stays bounded by the chunk, not resamples x pairs.
+chunks of at most CHUNK_ELEMENTS per array, so memory is bounded by the chunk, not resamples x pairs.
+With one pair per source run a resample is a row of pair ranks: means are a gather and a sum, medians
+a partition of the ranks. With repeats a resample is a row of per-cluster counts: means are a matrix
+product, medians found by counting over blocks of the sorted values, then within one block.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,6 +173,35 @@ def minimum_detectable_effect(discordant: int, n: int, deff: float = 1.0) -> flo
 
 
 @dataclass(frozen=True)
+class _Blocks:
+    """A sorted column cut into blocks of `width` values, for weighted order statistics."""
+
+    membership: Floats
+    """clusters x blocks: how many of each cluster's pairs fall in each block."""
+    clusters: Ints
+    """Cluster of each sorted value, padded (with cluster 0) to blocks x width."""
+    real: Floats
+    """1 for a sorted value, 0 for padding."""
+    width: int
+    """Values per block."""
+
+
+def _blocks(sorted_clusters: Ints, n_clusters: int) -> _Blocks:
+    n = sorted_clusters.size
+    width = max(1, math.isqrt(n))  # balances the blocks matrix product against the in-block scan
+    n_blocks = -(-n // width)
+    pad = n_blocks * width - n
+    flat = sorted_clusters * n_blocks + np.arange(n) // width
+    membership = np.bincount(flat, minlength=n_clusters * n_blocks).reshape(n_clusters, n_blocks)
+    return _Blocks(
+        membership=membership.astype(np.float64),
+        clusters=np.concatenate([sorted_clusters, np.zeros(pad, dtype=np.intp)]),
+        real=np.concatenate([np.ones(n), np.zeros(pad)]),
+        width=width,
+    )
+
+
+@dataclass(frozen=True)
 class _Prepared:
     """What every bootstrap chunk reads: the delta columns sorted, and per-cluster totals."""
 
@@ -177,8 +209,8 @@ class _Prepared:
     """Each column in ascending order."""
     rank_maps: list[npt.NDArray[np.int32]]
     """rank_maps[j][r]: rank in column j of the pair ranked r in column 0."""
-    sorted_clusters: list[Ints]
-    """Cluster code of each value in sorted_values[j]."""
+    blocks: list[_Blocks]
+    """Each sorted column's clusters, in blocks."""
     cluster_sums: Floats
     """clusters x columns: per-cluster sum of each column."""
     cluster_sizes: Floats
@@ -196,7 +228,7 @@ def _prepare(values: Floats, clusters: Ints) -> _Prepared:
     return _Prepared(
         sorted_values=[col[order] for col, order in zip(values.T, orders, strict=True)],
         rank_maps=[rank[orders[0]].astype(np.int32) for rank in ranks],
-        sorted_clusters=[clusters[order] for order in orders],
+        blocks=[_blocks(clusters[order], n_clusters) for order in orders],
         cluster_sums=np.stack(
             [np.bincount(clusters, weights=col, minlength=n_clusters) for col in values.T], axis=1
         ),
@@ -235,8 +267,7 @@ def _singleton_chunk(prep: _Prepared, seed: np.random.SeedSequence, rows: int) -
 def resample_counts(rng: np.random.Generator, n_clusters: int, rows: int) -> Floats:
     """rows x C matrix: how often each cluster was drawn in each resample of C clusters.
 
-    Counts turn resample means into one matrix product (BLAS, hence float64) and medians into a
-    cumulative sum over sorted values.
+    Counts turn resample means and per-block counts into matrix products (BLAS, hence float64).
     """
     drawn = rng.integers(0, n_clusters, size=(rows, n_clusters), dtype=np.int32)
     offsets = np.arange(rows, dtype=np.int64)[:, None] * n_clusters
@@ -244,18 +275,28 @@ def resample_counts(rng: np.random.Generator, n_clusters: int, rows: int) -> Flo
     return counts.reshape(rows, n_clusters).astype(np.float64)
 
 
-def weighted_medians(values: Floats, clusters: Ints, counts: Floats, totals: Floats) -> Floats:
-    """Median of each resample, given per-cluster counts and the sorted values' clusters.
+def weighted_order_statistic(blocks: _Blocks, counts: Floats, block_cumulative: Floats, k: Floats) -> Ints:
+    """Sorted index of each resample's k-th smallest value (k 1-based, one per row).
 
-    The flat cumulative sum over all rows stays monotone, so one searchsorted per rank finds each
-    row's order statistic without a loop; ranks k₁=⌊(m+1)/2⌋ and k₂=⌊m/2⌋+1 average to the median.
+    The block holding it comes from the per-block cumulative counts; only that block's values are
+    then scanned, so no resamples x pairs array is built.
     """
-    cumulative = np.cumsum(counts[:, clusters], axis=None)
-    row_start = np.cumsum(totals) - totals
-    lower = np.searchsorted(cumulative, row_start + np.floor((totals + 1) / 2), side="left")
-    upper = np.searchsorted(cumulative, row_start + np.floor(totals / 2) + 1, side="left")
-    offsets = np.arange(counts.shape[0]) * values.size
-    medians: Floats = (values[lower - offsets] + values[upper - offsets]) / 2
+    rows = np.arange(counts.shape[0])
+    block = np.sum(block_cumulative < k[:, None], axis=1)
+    before = np.where(block > 0, block_cumulative[rows, np.maximum(block - 1, 0)], 0.0)
+    positions = block[:, None] * blocks.width + np.arange(blocks.width)
+    weights = counts[rows[:, None], blocks.clusters[positions]] * blocks.real[positions]
+    inside = np.sum(np.cumsum(weights, axis=1) < (k - before)[:, None], axis=1)
+    found: Ints = block * blocks.width + inside
+    return found
+
+
+def weighted_medians(values: Floats, blocks: _Blocks, counts: Floats, totals: Floats) -> Floats:
+    """Median of each resample given as per-cluster counts: ranks ⌊(m+1)/2⌋ and ⌊m/2⌋+1 averaged."""
+    block_cumulative = np.cumsum(counts @ blocks.membership, axis=1)
+    lower = weighted_order_statistic(blocks, counts, block_cumulative, np.floor((totals + 1) / 2))
+    upper = weighted_order_statistic(blocks, counts, block_cumulative, np.floor(totals / 2) + 1)
+    medians: Floats = (values[lower] + values[upper]) / 2
     return medians
 
 
@@ -265,8 +306,8 @@ def _cluster_chunk(prep: _Prepared, seed: np.random.SeedSequence, rows: int) -> 
     totals = counts @ prep.cluster_sizes
     means = (counts @ prep.cluster_sums) / totals[:, None]
     medians = [
-        weighted_medians(values, clusters, counts, totals)
-        for values, clusters in zip(prep.sorted_values, prep.sorted_clusters, strict=True)
+        weighted_medians(values, blocks, counts, totals)
+        for values, blocks in zip(prep.sorted_values, prep.blocks, strict=True)
     ]
     return means, np.stack(medians, axis=1)
 
