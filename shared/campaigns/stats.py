@@ -259,8 +259,9 @@ def _singleton_chunk(prep: _Prepared, seed: np.random.SeedSequence, rows: int) -
     for j, (values, rank_map) in enumerate(zip(prep.sorted_values, prep.rank_maps, strict=True)):
         ranks = drawn if j == 0 else rank_map[drawn]
         means.append(values[ranks].sum(axis=1) / n)
-        mid = np.partition(ranks, middle, axis=1)[:, middle]
-        medians.append(values[mid].mean(axis=1))
+        # in place: reordering within a row changes neither its sum nor the later columns' gathers
+        ranks.partition(middle, axis=1)
+        medians.append(values[ranks[:, middle]].mean(axis=1))
     return np.stack(means, axis=1), np.stack(medians, axis=1)
 
 
