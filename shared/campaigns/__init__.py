@@ -1,1 +1,2 @@
-"""Replay campaigns: re-run chosen runs with changed settings and compare the pairs (DESIGN: Campaigns)."""
+"""Replay campaigns: re-run chosen runs with changed settings and compare the pairs (DESIGN "Campaigns
+and A/B")."""
