@@ -13,6 +13,7 @@ import logging
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from shared.campaigns.judge import judge_pending
 from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.errors import NotFound
@@ -103,15 +104,17 @@ def advance(db_url: str, dispatcher: Dispatcher, campaign_id: int) -> int:
 
 
 def _finish_if_done(session: Session, campaign_id: int) -> None:
+    """Once no child is live, the campaign is DONE and every pair is judged (reports read them)."""
     live = session.scalar(
         select(func.count(Run.id)).where(Run.campaign_id == campaign_id, Run.state.in_(LIVE))
     )
-    if not live:
-        session.execute(
-            update(Campaign)
-            .where(Campaign.id == campaign_id, Campaign.state == CampaignState.ACTIVE)
-            .values(state=CampaignState.DONE, finished_at=utcnow())
-        )
+    if live:
+        return
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is not None and campaign.state == CampaignState.ACTIVE:
+        campaign.state = CampaignState.DONE
+        campaign.finished_at = utcnow()
+        judge_pending(session, campaign)
 
 
 def sweep(db_url: str, dispatcher: Dispatcher) -> int:
