@@ -1,4 +1,7 @@
-"""`autopack demo`: a real sample campaign on the embedded fleet, through the real HTTP API."""
+"""`autopack demo`: a real sample campaign on the embedded fleet, through the real HTTP API.
+
+Sample runs first; then a replay campaign over them (their recorded changes re-validated, three
+samples each, zero spend) with its A/B report, in Markdown on the terminal and as an SVG chart."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from api.campaign_cli import describe
 from api.client import ApiClient
 from api.sample_repo import make_sample_repo, sample_spec
 from api.serve import api_in_thread
@@ -40,11 +44,29 @@ def run_demo(root: Path, n_runs: int, concurrency: int = 4) -> int:
         ids = [client.submit(sample_spec(repo, i, sys.executable))["id"] for i in range(n_runs)]
         click.echo(f"submitted runs {ids} over HTTP at {url}")
         runs = _watch(client, ids)
-    click.echo("\n" + render_runs(runs))
-    for r in runs:
-        log = git("log", "--format=%h %s", f"{r['base_sha']}..{r['result_branch']}", cwd=repo).strip()
-        click.echo(f"\n{r['result_branch']} in {repo}:\n  " + "\n  ".join(reversed(log.splitlines())))
-    return 0 if all(r["state"] == "DONE_SUCCESS" for r in runs) else 1
+        click.echo("\n" + render_runs(runs))
+        for r in runs:
+            log = git("log", "--format=%h %s", f"{r['base_sha']}..{r['result_branch']}", cwd=repo).strip()
+            click.echo(f"\n{r['result_branch']} in {repo}:\n  " + "\n  ".join(reversed(log.splitlines())))
+        campaign_ok = _campaign(client, ids, root) if ids else True
+    return 0 if all(r["state"] == "DONE_SUCCESS" for r in runs) and campaign_ok else 1
+
+
+def _campaign(client: ApiClient, ids: list[int], root: Path) -> bool:
+    """Replay the runs as a campaign, wait for it, print its report; True when every child succeeded."""
+    spec = {"name": "demo-replay", "source": {"run_ids": ids}, "mode": "replay", "repeats": 3}
+    created = client.create_campaign(spec)
+    click.echo(
+        f"\ncampaign {created['id']}: replaying {len(ids)} runs x 3 samples ({created['children']} runs)"
+    )
+    while (view := client.campaign(created["id"]))["state"] == "ACTIVE":
+        time.sleep(0.2)
+    click.echo(describe(view) + "\n")
+    click.echo(client.campaign_report_text(created["id"], "md"))
+    chart = root / "campaign-report.svg"
+    chart.write_text(client.campaign_report_text(created["id"], "svg"))
+    click.echo(f"chart: {chart}")
+    return bool(view["children_by_state"] == {"DONE_SUCCESS": created["children"]})
 
 
 def _watch(client: ApiClient, ids: list[int], timeout: float = 600) -> list[dict[str, object]]:

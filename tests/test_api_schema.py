@@ -54,6 +54,11 @@ OPERATIONS = [
     ("GET", "/runs/{run_id}", MAX_EXAMPLES),
     ("POST", "/runs/{run_id}/cancel", MAX_EXAMPLES),
     ("GET", "/runs/{run_id}/metrics", MAX_EXAMPLES),
+    ("POST", "/campaigns", MAX_EXAMPLES),
+    ("GET", "/campaigns", MAX_EXAMPLES),
+    ("GET", "/campaigns/{campaign_id}", MAX_EXAMPLES),
+    ("POST", "/campaigns/{campaign_id}/cancel", MAX_EXAMPLES),
+    ("GET", "/campaigns/{campaign_id}/report", MAX_EXAMPLES),
     ("GET", "/fleet", 3),  # no inputs but the key, and each call waits out a 1 s Celery inspect
     ("GET", "/metrics", 3),
     ("GET", "/health", 3),

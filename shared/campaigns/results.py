@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from shared.campaigns.judge import judge_pending
@@ -29,7 +29,9 @@ def campaign_report(session: Session, campaign: Campaign) -> dict[str, Any]:
     if judged == 0 and campaign.report is not None:
         return campaign.report
     spec = CampaignSpec.model_validate(campaign.spec)
-    pairs = list(session.scalars(select(CampaignPair).where(CampaignPair.campaign_id == campaign.id)))
+    columns = (CampaignPair.source_run_id, CampaignPair.sample, CampaignPair.a_run_id, CampaignPair.b_run_id)
+    query = select(*columns, CampaignPair.state, CampaignPair.reason, CampaignPair.outcome)
+    pairs = session.execute(query.where(CampaignPair.campaign_id == campaign.id)).all()
     valid = [_outcome(p) for p in pairs if p.state == PairState.VALID]
     excluded = [_excluded(p) for p in pairs if p.state in EXCLUDED]
     pending = sum(1 for p in pairs if p.state == PairState.PENDING)
@@ -70,7 +72,7 @@ def _describe(overrides: dict[str, Any]) -> str:
     return json.dumps(changed, sort_keys=True) if changed else "no overrides"
 
 
-def _outcome(pair: CampaignPair) -> PairOutcome:
+def _outcome(pair: Row[Any]) -> PairOutcome:
     assert pair.outcome is not None
     a, b = pair.outcome["a"], pair.outcome["b"]
     return PairOutcome(
@@ -91,7 +93,7 @@ def _outcome(pair: CampaignPair) -> PairOutcome:
     )
 
 
-def _excluded(pair: CampaignPair) -> ExcludedPair:
+def _excluded(pair: Row[Any]) -> ExcludedPair:
     return ExcludedPair(
         source_run_id=pair.source_run_id,
         sample=pair.sample,

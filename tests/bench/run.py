@@ -4,7 +4,9 @@
 API and worker, (c) workspace provisioning on a 2,100-file repository, (d) pipeline overhead of one
 builder attempt on that repository (LLM simulated, validation excluded), (e) scaling of independent
 `sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
-cost per command (bwrap `true` against unboxed `true`, same run). Prints figures
+cost per command (bwrap `true` against unboxed `true`, same run), (g) the campaign A/B report over 10,000
+pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
+and an interactive run's wait for its first phase while 500 campaign phases are queued. Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -16,13 +18,23 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from shared.db import engine_for, upgrade
-from tests.bench import celery_roundtrip, orchestration, pipeline, provisioning, sandbox, scaling
+from tests.bench import (
+    campaign_report,
+    campaigns,
+    celery_roundtrip,
+    orchestration,
+    pipeline,
+    provisioning,
+    sandbox,
+    scaling,
+)
 from tests.bench.noop_app import REDIS_URL
 from tests.bench.procs import ROOT
 from tests.bench.report import render, write_json
@@ -31,8 +43,17 @@ from tests.conftest import create_database, drop_database
 
 DATABASE = "autopack_bench"
 RESULTS = ROOT / "bench-results"
-SECTIONS = ("celery", "orchestration", "provisioning", "pipeline", "scaling", "sandbox")
-NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling"})
+SECTIONS = (
+    "celery",
+    "orchestration",
+    "provisioning",
+    "pipeline",
+    "scaling",
+    "sandbox",
+    "report",
+    "campaigns",
+)
+NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
 
@@ -54,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
     parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
+    parser.add_argument("--report-pairs", type=int, default=10_000, help="(g) pairs in the timed report")
+    parser.add_argument("--campaign-children", type=int, default=500, help="(h) children of the campaign")
     parser.add_argument(
         "--only",
         action="append",
@@ -124,7 +147,25 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         f = run_sandbox(args, workdir)
         results["sandbox"] = f.as_dict()
         rows += f.rows()
+    if "report" in chosen:
+        say(f"(g) campaign report: {args.report_pairs:,} pairs x 10,000 bootstrap resamples …")
+        g = campaign_report.run(pairs=args.report_pairs)
+        results["report"] = [asdict(r) for r in g]
+        rows += g
+    if "campaigns" in chosen:
+        h = run_campaigns(args, workdir, logdir)
+        results["campaigns"] = h.as_dict()
+        rows += h.rows()
     return results, rows
+
+
+def run_campaigns(args: argparse.Namespace, workdir: Path, logdir: Path) -> campaigns.CampaignBench:
+    say(f"(h) campaigns: create {args.campaign_children} children; fair share with them queued …")
+    flush_redis()
+    with bench_database(f"{DATABASE}_campaigns") as db_url:
+        return campaigns.bench(
+            db_url, REDIS_URL, workdir / "h", logdir / "h", children=args.campaign_children, say=say
+        )
 
 
 def run_sandbox(args: argparse.Namespace, workdir: Path) -> sandbox.SandboxResult:
