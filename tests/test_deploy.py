@@ -27,7 +27,7 @@ from tests.support.k8s import (
     pod_commands,
     pod_spec,
 )
-from workers.celery_app import QUEUE
+from workers.celery_app import QUEUE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -412,11 +412,13 @@ def test_scaled_object_targets_the_worker_deployment(
     assert target["name"] == worker["metadata"]["name"]
 
 
-def test_scaled_object_scales_on_the_length_of_the_celery_queue_list(scaled_object: dict[str, Any]) -> None:
-    (trigger,) = scaled_object["spec"]["triggers"]
-    assert trigger["type"] == "redis"
-    assert trigger["metadata"]["listName"] == QUEUE
-    assert int(trigger["metadata"]["listLength"]) >= 1
+def test_scaled_object_scales_on_the_length_of_every_priority_list_of_the_queue(
+    scaled_object: dict[str, Any],
+) -> None:
+    triggers = scaled_object["spec"]["triggers"]
+    # kombu keeps one Redis list per priority step: interactive phases and campaign children both count.
+    assert [t["metadata"]["listName"] for t in triggers] == list(QUEUE_KEYS)
+    assert all(t["type"] == "redis" and int(t["metadata"]["listLength"]) >= 1 for t in triggers)
 
 
 def test_scaled_object_bounds_replicas_and_cools_down(scaled_object: dict[str, Any]) -> None:
