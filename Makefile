@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install sandbox demo test test-fast lint bench chaos env-example clean
+.PHONY: help install sandbox browser demo test test-fast lint bench chaos env-example clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +26,12 @@ sandbox: ## Install bubblewrap (phase commands run in its box) when it is missin
 	  && apt-get update -q && apt-get install -y -q bubblewrap; } \
 	  || { echo "bubblewrap is missing: install it (apt-get install bubblewrap), or set AUTOPACK_SANDBOX=none to run phase commands unboxed"; exit 1; }
 
-test: $(STAMP) sandbox ## Lint, type-check, then the whole suite (needs local Postgres and Redis)
+browser: ## Install Debian's Chromium (the dashboard's browser tests drive it) when it is missing and we are root
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -q && apt-get install -y -q chromium; } \
+	  || { echo "chromium is missing: install it (apt-get install chromium) for tests/test_dashboard_browser.py"; exit 1; }
+
+test: $(STAMP) sandbox browser ## Lint, type-check, then the whole suite (needs local Postgres and Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

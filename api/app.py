@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import ui
 from api.limits import BodyLimit
 from api.routes import campaigns, fleet, health, metrics, runs
 from api.version import VERSION
@@ -29,6 +30,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.include_router(campaigns.router)
     app.include_router(fleet.router)
     app.include_router(fleet.metrics_router(settings, celery))
+    ui.install(app, settings, celery)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _errors(app)
     return app

@@ -132,13 +132,14 @@ def fleet_record(session: Session, *, redispatch_after: float, now: datetime | N
     A run is *stuck* when its next phase is QUEUED with no pending message (never dispatched, or dispatched
     longer than `redispatch_after` seconds ago) and nobody holds its lease, or EXECUTING under an expired
     lease, or when all its phases ended but the run did not. It is *waiting* when its next phase is QUEUED
-    and was dispatched recently (or its lease holder is about to dispatch it).
+    and was dispatched recently (or its lease holder is about to dispatch it). Campaign children held
+    for room under `max_parallel_runs` are neither: nothing is owed to them yet.
     """
     now = now or utcnow()
     stale_before = now - timedelta(seconds=redispatch_after)
     runs = session.scalars(
         select(Run)
-        .where(Run.state.in_([RunState.QUEUED, RunState.RUNNING]))
+        .where(Run.state.in_([RunState.QUEUED, RunState.RUNNING]), Run.held.is_(False))
         .options(selectinload(Run.phases))
         .order_by(Run.id)
     ).all()

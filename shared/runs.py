@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
@@ -24,6 +25,7 @@ from shared.states import (
 )
 
 log = logging.getLogger(__name__)
+Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
 
 
 def create_run(
@@ -66,7 +68,7 @@ def create_run(
     return run
 
 
-def visible_to(query: Select[Run], caller: Caller | None) -> Select[Run]:
+def visible_to(query: Q, caller: Caller | None) -> Q:
     """Only the caller's own runs, unless it is an admin (or internal code, `caller` None)."""
     if caller is None or caller.admin:
         return query

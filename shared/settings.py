@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     """Interface `autopack api` binds to."""
 
+    ui_session_secret: SecretStr | None = None
+    """Signs the dashboard's session cookies. Unset: a random secret per API process, so sessions end
+    when it restarts and do not cross replicas; set it when running more than one API process."""
+
+    ui_session_hours: float = 12.0
+    """How long a dashboard login lasts."""
+
+    flower_url: str | None = None
+    """Where operators reach Flower (linked from the dashboard's fleet page), e.g. `http://flower:5555`."""
+
     api_port: int = 8000
     """Port `autopack api` binds to."""
 

@@ -154,3 +154,11 @@ def client(fleet_settings: Settings, api_key: str) -> Iterator[TestClient]:
     app = create_app(fleet_settings, create_celery(fleet_settings))
     with TestClient(app, headers={"X-API-Key": api_key}) as c:
         yield c
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Let fixtures see whether their test failed (the browser fixture saves a screenshot then)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -37,8 +37,8 @@ router = APIRouter(tags=["fleet"], dependencies=[Authed, AdminOnly], responses=e
 @router.get("/fleet")
 def read_fleet(request: Request, session: SessionDep, settings: SettingsDep) -> FleetView:
     celery: Celery = request.app.state.celery
-    workers, workers_error = _workers(celery, settings)
-    length, queue_error = _queue_length_or_error(celery, settings)
+    workers, workers_error = workers_or_error(celery, settings)
+    length, queue_error = queue_length_or_error(celery, settings)
     record = fleet_record(session, redispatch_after=settings.redispatch_after_seconds)
     return FleetView(
         generated_at=utcnow(),
@@ -58,7 +58,7 @@ def metrics_router(settings: Settings, celery: Celery) -> APIRouter:
     """`GET /metrics` over a registry of this app's own (several apps in one process do not collide)."""
     registry = CollectorRegistry()
     registry.register(
-        FleetCollector(settings.database_url, lambda: _queue_length_or_error(celery, settings)[0])
+        FleetCollector(settings.database_url, lambda: queue_length_or_error(celery, settings)[0])
     )
     metrics = APIRouter(tags=["metrics"])
 
@@ -72,7 +72,7 @@ def metrics_router(settings: Settings, celery: Celery) -> APIRouter:
 # --- the broker's half ------------------------------------------------------------------------------
 
 
-def _queue_length_or_error(celery: Celery, settings: Settings) -> tuple[int | None, str | None]:
+def queue_length_or_error(celery: Celery, settings: Settings) -> tuple[int | None, str | None]:
     try:
         if is_redis_url(settings.broker_url):
             return redis_queue_length(settings.broker_url, QUEUE_KEYS), None
@@ -82,7 +82,7 @@ def _queue_length_or_error(celery: Celery, settings: Settings) -> tuple[int | No
         return None, _first_line(exc)
 
 
-def _workers(celery: Celery, settings: Settings) -> tuple[list[WorkerView], str | None]:
+def workers_or_error(celery: Celery, settings: Settings) -> tuple[list[WorkerView], str | None]:
     if settings.is_embedded:
         return [_embedded_pool(settings)], None
     error = ""
