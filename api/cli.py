@@ -208,11 +208,14 @@ def fleet(as_json: bool) -> None:
 @cli.command()
 @click.option("--runs", "n_runs", type=int, default=4, help="Runs to submit.")
 @click.option("--dir", "root", type=click.Path(path_type=Path), default=Path(".autopack/demo"))
-def demo(n_runs: int, root: Path) -> None:
-    """Run a sample campaign on the embedded fleet: sample repo, scripted phases, live progress, a table."""
+@click.option("--serve", is_flag=True, help="Keep the API and the dashboard up afterwards, until Ctrl-C.")
+@click.option("--port", type=int, default=None, help="Port for --serve (default: AUTOPACK_API_PORT).")
+def demo(n_runs: int, root: Path, serve: bool, port: int | None) -> None:
+    """Run a sample campaign on the embedded fleet: sample runs, then a replay campaign and its report."""
     from api.demo import run_demo
 
-    sys.exit(run_demo(root, n_runs))
+    serve_port = (port or get_settings().api_port) if serve else None
+    sys.exit(run_demo(root, n_runs, serve_port=serve_port))
 
 
 @cli.command()

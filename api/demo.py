@@ -25,8 +25,9 @@ from workers.embedded import embedded_fleet
 TERMINAL = {"DONE_SUCCESS", "DONE_FAILED", "CANCELLED"}
 
 
-def run_demo(root: Path, n_runs: int, concurrency: int = 4) -> int:
-    """Returns the process exit code: 0 when every run ended DONE_SUCCESS."""
+def run_demo(root: Path, n_runs: int, concurrency: int = 4, serve_port: int | None = None) -> int:
+    """Returns the process exit code: 0 when every run ended DONE_SUCCESS. With `serve_port`, the API
+    and dashboard stay up on that port afterwards until Ctrl-C."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     settings = Settings(
@@ -39,7 +40,8 @@ def run_demo(root: Path, n_runs: int, concurrency: int = 4) -> int:
     upgrade(settings.database_url)
     repo = make_sample_repo(root.resolve() / "sample-repo")
     click.echo(f"sample repository: {repo}  ({concurrency} in-process workers, SQLite at {root}/autopack.db)")
-    with embedded_fleet(settings, concurrency) as celery, api_in_thread(settings, celery) as url:
+    with embedded_fleet(settings, concurrency) as celery, api_in_thread(settings, celery, serve_port) as url:
+        click.echo(f"dashboard: {url}/ui")
         client = ApiClient(url, None)
         ids = [client.submit(sample_spec(repo, i, sys.executable))["id"] for i in range(n_runs)]
         click.echo(f"submitted runs {ids} over HTTP at {url}")
@@ -49,7 +51,18 @@ def run_demo(root: Path, n_runs: int, concurrency: int = 4) -> int:
             log = git("log", "--format=%h %s", f"{r['base_sha']}..{r['result_branch']}", cwd=repo).strip()
             click.echo(f"\n{r['result_branch']} in {repo}:\n  " + "\n  ".join(reversed(log.splitlines())))
         campaign_ok = _campaign(client, ids, root) if ids else True
+        if serve_port is not None:
+            _serve_until_interrupted(url)
     return 0 if all(r["state"] == "DONE_SUCCESS" for r in runs) and campaign_ok else 1
+
+
+def _serve_until_interrupted(url: str) -> None:
+    click.echo(f"\nserving the API and the dashboard at {url}/ui until Ctrl-C")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopped")
 
 
 def _campaign(client: ApiClient, ids: list[int], root: Path) -> bool:
