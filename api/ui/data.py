@@ -223,3 +223,15 @@ def diff_lines(patch: str | None, limit: int = 4000) -> list[tuple[str, str]]:
 
 def is_live(run: Run) -> bool:
     return not RunState(run.state).terminal
+
+
+def hand_backs(session: Session, limit: int = 100) -> list[tuple[int, int, str, str]]:
+    """(run, phase index, phase name, reason) of phases waiting after a hand-back (a host fault, the
+    LLM provider down, a draining worker): no attempt was spent, the reason says why."""
+    query = (
+        select(Phase.run_id, Phase.index, Phase.name, Phase.failure_reason)
+        .where(Phase.state == PhaseState.QUEUED, Phase.failure_reason.like("%handed back%"))
+        .order_by(Phase.id.desc())
+        .limit(limit)
+    )
+    return [(r, i, n, reason or "") for r, i, n, reason in session.execute(query)]
