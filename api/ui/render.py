@@ -14,6 +14,14 @@ from api.ui.session import COOKIE, UiSession, cookie_args, session_cookie
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def _num(value: Any) -> Any:
+    """Floats to 4 significant digits (ratios, means, seconds); anything else as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+templates.env.filters["num"] = _num
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
