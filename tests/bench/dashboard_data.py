@@ -86,7 +86,7 @@ def generate(
         for label, statement in _steps(runs, attempts, usage):
             _timed_step(conn, label, statement, say)
         _finish(conn, say)
-        data = _describe(conn, runs, time.perf_counter() - start)
+        data = _describe(conn, time.perf_counter() - start)
     say(f"    generated in {data.seconds:.1f} s")
     return data
 
@@ -114,8 +114,9 @@ def _timed_step(conn: psycopg.Connection[Any], label: str, statement: str, say: 
 def _prepare(conn: psycopg.Connection[Any], seed: int, runs: int) -> None:
     # u(k, salt) in [0, 1): a pure function of (k, salt, seed); inlined by the planner (LANGUAGE sql).
     conn.execute(
-        "CREATE FUNCTION pg_temp.u(k bigint, salt int) RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE "
-        f"AS $$ SELECT (hashint8extended(k, {int(seed)} * 1000 + salt) & 2147483647)::float8 / 2147483648.0 $$"
+        "CREATE FUNCTION pg_temp.u(k bigint, salt int) RETURNS float8 "
+        "LANGUAGE sql IMMUTABLE PARALLEL SAFE AS "
+        f"$$ SELECT (hashint8extended(k, {int(seed)} * 1000 + salt) & 2147483647)::float8 / 2147483648.0 $$"
     )
     conn.execute(
         "CREATE TEMP TABLE tpl (t int PRIMARY KEY, repo text, nphases int, spec jsonb, "
@@ -195,11 +196,19 @@ def _steps(runs: int, attempts: int, usage: int) -> list[tuple[str, str]]:
     """(label, SQL) in FK order. Integers are formatted in (they are ints: nothing to inject), so the
     statements go to psycopg without parameters and its `%` placeholders never meet format()'s."""
     values = {
-        "R": runs, "A": attempts, "U": usage, "HW": HEAVY_WEIGHT, "END": f"'{END}'::timestamptz", "DAYS": DAYS
+        "R": runs,
+        "A": attempts,
+        "U": usage,
+        "HW": HEAVY_WEIGHT,
+        "END": f"'{END}'::timestamptz",
+        "DAYS": DAYS,
     }
 
+    texts = {"PATCH": PATCH, "PYTEST": PYTEST, "PASSED": PASSED, "FAILED": FAILED}
+    literals = {key: "'" + text.replace("'", "''") + "'" for key, text in texts.items()}
+
     def fill(sql: str) -> str:
-        for key, value in values.items():
+        for key, value in (values | literals).items():
             sql = sql.replace(f"@{key}@", str(value))
         return sql
 
@@ -219,8 +228,10 @@ CAMPAIGNS_SQL = """
 INSERT INTO campaigns (id, name, owner, spec, mode, state, max_parallel_runs, max_tokens, max_usd, seed,
                        skipped, cap_reached, created_at, finished_at, report, report_at)
 SELECT c, spec->>'name', owner, spec::json, mode, 'DONE', NULL, NULL, NULL, c, '[]'::json, NULL,
-       @END@ - make_interval(secs => (@R@ - child_start)::float8 / @R@ * @DAYS@ * 86400) - interval '1 minute',
-       @END@ - make_interval(secs => (@R@ - child_start - n)::float8 / @R@ * @DAYS@ * 86400) + interval '1 hour',
+       @END@ - make_interval(secs => (@R@ - child_start)::float8 / @R@ * @DAYS@ * 86400) - interval
+               '1 minute',
+       @END@ - make_interval(secs => (@R@ - child_start - n)::float8 / @R@ * @DAYS@ * 86400) + interval
+               '1 hour',
        NULL, NULL
 FROM cblock
 """
@@ -242,7 +253,8 @@ WITH base AS (
                 WHEN pg_temp.u(id, 5) < 0.70 THEN 'DONE_SUCCESS'
                 WHEN pg_temp.u(id, 5) < 0.96 THEN 'DONE_FAILED'
                 ELSE 'CANCELLED' END AS state,
-           @END@ - make_interval(secs => (@R@ - id)::float8 / @R@ * @DAYS@ * 86400 + 5 + pg_temp.u(id, 8) * 60)
+           @END@ - make_interval(secs => (@R@ - id)::float8 / @R@ * @DAYS@ * 86400 + 5 + pg_temp.u(id,
+                   8) * 60)
                AS created_at,
            substr(md5(src || 'base') || md5(src || 'b2'), 1, 40) AS base_sha
     FROM base
@@ -254,7 +266,8 @@ WITH base AS (
                 CASE WHEN pg_temp.u(s.id, 6) < 0.72 THEN 'MODEL' WHEN pg_temp.u(s.id, 6) < 0.88 THEN 'INFRA'
                      ELSE 'BUDGET' END END AS failure_kind,
            least(floor(pg_temp.u(s.id, 7) * tpl.nphases)::int, tpl.nphases - 1) AS fail_index,
-           CASE WHEN s.state = 'QUEUED' THEN 0 ELSE (20000 + pg_temp.u(s.id, 10) * 160000)::bigint END AS tokens,
+           CASE WHEN s.state = 'QUEUED' THEN 0 ELSE (20000 + pg_temp.u(s.id,
+                   10) * 160000)::bigint END AS tokens,
            s.created_at + make_interval(secs => 0.2 + pg_temp.u(s.id, 11) * 5) AS started_at,
            CASE WHEN s.state = 'DONE_SUCCESS' THEN substr(md5(s.id || 'head') || md5(s.id || 'h2'), 1, 40)
                 ELSE s.base_sha END AS head_sha
@@ -298,7 +311,8 @@ WITH heavy AS (
 ), p AS (
     SELECT row_number() OVER (ORDER BY r.id, i) AS id, r.id AS run_id, i AS idx, t.spec->'phases'->i AS pspec,
            r.state AS run_state, r.started_at AS rs,
-           coalesce(r.finished_at, r.started_at + make_interval(secs => t.nphases * 120)) AS rf, t.nphases AS n,
+           coalesce(r.finished_at, r.started_at + make_interval(secs => t.nphases * 120)) AS rf,
+                   t.nphases AS n,
            least(floor(pg_temp.u(r.id, 7) * t.nphases)::int, t.nphases - 1) AS fi,
            r.id = (SELECT id FROM heavy) AS heavy
     FROM runs r JOIN tpl t ON t.spec_hash = r.spec_hash
@@ -331,9 +345,11 @@ FROM c
 """
 
 PHASES_SQL = """
-INSERT INTO phases (id, run_id, index, name, spec, state, attempts_used, deliveries, dispatched_at, started_at,
+INSERT INTO phases (id, run_id, index, name, spec, state, attempts_used, deliveries, dispatched_at,
+        started_at,
                     finished_at, commit_sha, failure_reason)
-SELECT id, run_id, idx, pspec->>'name', pspec::json, state, n_att, CASE WHEN state = 'QUEUED' THEN 0 ELSE 1 END,
+SELECT id, run_id, idx, pspec->>'name', pspec::json, state, n_att,
+        CASE WHEN state = 'QUEUED' THEN 0 ELSE 1 END,
        CASE WHEN state <> 'QUEUED' THEN ps - interval '40 milliseconds' END,
        CASE WHEN state NOT IN ('QUEUED', 'CANCELLED') THEN ps END,
        CASE WHEN state IN ('COMPLETE', 'FAILED') THEN ps + slot END,
@@ -343,12 +359,47 @@ FROM ph
 ORDER BY id
 """
 
+PATCH = """diff --git a/%1$s b/%1$s
+index %2$s..%3$s 100644
+--- a/%1$s
++++ b/%1$s
+@@ -%4$s,7 +%4$s,11 @@ def handle(request):
+     # Handle one request and return its response.
+-    payload = parse(request)
+-    return respond(payload)
++    payload = parse(request)
++    if payload is None:
++        raise ValueError("empty request body")
++    result = respond(payload)
++    audit.record(request.id, result.status)
++    return result
+"""
+PYTEST = """$ python -m pytest -q
+============================= test session starts ==============================
+platform linux -- Python 3.11.9, pytest-8.3.3, pluggy-1.5.0
+rootdir: /workspace
+collected %s items
+
+%s
+%s
+"""
+PASSED = """%s passed in %s s
+$ ruff check .
+All checks passed!"""
+FAILED = """=================================== FAILURES ===================================
+____ test_handle_rejects_empty_body ____
+    assert response.status == 400
+E   assert 500 == 400
+tests/test_handlers.py:%s: AssertionError
+1 failed, %s passed in %s s"""
+
 ATTEMPTS_SQL = """
 WITH a AS (
     SELECT ph.first_attempt + k - 1 AS id, k AS number, ph.id AS phase_id, ph.run_id, ph.state AS phase_state,
            ph.pspec, ph.n_att, ph.ps + ph.slot * (k - 1) / ph.n_att AS started_at,
            ph.ps + ph.slot * k / ph.n_att AS finished_at,
-           (ph.pspec->'scope'->>0) || (ARRAY['handlers', 'models', 'views', 'client', 'config'])[1 + ph.id % 5]
+           (ph.pspec->'scope'->>0) || (ARRAY['handlers', 'models', 'views', 'client',
+                   'config'])[1 + ph.id % 5]
                || '.py' AS path
     FROM ph CROSS JOIN LATERAL generate_series(1, ph.n_att) AS k
     WHERE ph.n_att > 0
@@ -366,34 +417,37 @@ WITH a AS (
     FROM a
 )
 INSERT INTO attempts (id, run_id, phase_id, number, worker, lease_epoch, started_at, finished_at, outcome,
-                      failure_reason, builder_output, patch, changed_paths, validation_output, commit_sha, model,
+                      failure_reason, builder_output, patch, changed_paths, validation_output,
+                              commit_sha, model,
                       max_tokens, prompt_summary, context, mitigation, doctor, infra_failures)
 SELECT id, run_id, phase_id, number, format('worker@fleet-%s', 1 + id % 4), number, started_at, finished_at,
        outcome,
        CASE outcome
-            WHEN 'VALIDATION_FAILED' THEN format('validation failed: python -m pytest -q exited 1 (%s failed)',
+            WHEN 'VALIDATION_FAILED' THEN
+                    format('validation failed: python -m pytest -q exited 1 (%s failed)',
                                                  1 + id % 3)
             WHEN 'BUILD_FAILED' THEN 'builder returned no applicable diff: hunk 2 did not apply'
             WHEN 'SCOPE_VIOLATION' THEN 'changed setup.cfg, outside the phase scope'
-            WHEN 'MISSING_DELIVERABLE' THEN format('deliverable %s was not created', pspec->'deliverables'->>0)
+            WHEN 'MISSING_DELIVERABLE' THEN format('deliverable %s was not created',
+                    pspec->'deliverables'->>0)
             WHEN 'INFRA_ERROR' THEN 'provider error: 529 overloaded (after 3 retries)'
        END,
        format('Edited %s (+6 -2) and %s.', path, pspec->'deliverables'->>0),
-       CASE WHEN outcome NOT IN ('BUILD_FAILED', 'INFRA_ERROR') THEN format(
-E'diff --git a/%1$s b/%1$s\nindex %2$s..%3$s 100644\n--- a/%1$s\n+++ b/%1$s\n@@ -%4$s,7 +%4$s,11 @@ def handle(request):\n     # Handle one request and return its response.\n-    payload = parse(request)\n-    return respond(payload)\n+    payload = parse(request)\n+    if payload is None:\n+        raise ValueError("empty request body")\n+    result = respond(payload)\n+    audit.record(request.id, result.status)\n+    return result\n',
-            path, substr(md5(id || 'a'), 1, 7), substr(md5(id || 'b'), 1, 7), 10 + id % 300) END,
+       CASE WHEN outcome NOT IN ('BUILD_FAILED', 'INFRA_ERROR') THEN
+            format(@PATCH@, path, substr(md5(id || 'a'), 1, 7), substr(md5(id || 'b'), 1, 7), 10 + id % 300)
+       END,
        CASE WHEN outcome = 'SCOPE_VIOLATION' THEN json_build_array(path, 'setup.cfg')
             WHEN outcome IN ('BUILD_FAILED', 'INFRA_ERROR') THEN '[]'::json
             ELSE json_build_array(path, pspec->'deliverables'->>0) END,
-       CASE WHEN outcome IN ('SUCCESS', 'VALIDATION_FAILED') THEN format(
-E'$ python -m pytest -q\n============================= test session starts ==============================\nplatform linux -- Python 3.11.9, pytest-8.3.3, pluggy-1.5.0\nrootdir: /workspace\ncollected %s items\n\n%s\n%s\n',
-            tests, repeat('.', (tests % 60 + 10)::int),
-            CASE WHEN outcome = 'SUCCESS' THEN format(E'%s passed in %s s\n$ ruff check .\nAll checks passed!', tests, 1 + id % 9)
-                 ELSE format(E'=================================== FAILURES ===================================\n____ test_handle_rejects_empty_body ____\n    assert response.status == 400\nE   assert 500 == 400\ntests/test_handlers.py:%s: AssertionError\n1 failed, %s passed in %s s', 20 + id % 80, tests - 1, 1 + id % 9)
-            END) END,
+       CASE WHEN outcome IN ('SUCCESS', 'VALIDATION_FAILED') THEN
+            format(@PYTEST@, tests, repeat('.', (tests % 60 + 10)::int),
+                   CASE WHEN outcome = 'SUCCESS' THEN format(@PASSED@, tests, 1 + id % 9)
+                        ELSE format(@FAILED@, 20 + id % 80, tests - 1, 1 + id % 9) END)
+       END,
        CASE WHEN outcome = 'SUCCESS' THEN substr(md5(id || 'sha') || md5(id || 's2'), 1, 40) END,
        model, CASE WHEN number <= 2 THEN 4096 ELSE 8192 END,
-       format('phase %s, attempt %s: goal, 2 context files, %s scope files', pspec->>'name', number, 1 + id % 6),
+       format('phase %s, attempt %s: goal, 2 context files, %s scope files', pspec->>'name', number,
+               1 + id % 6),
        json_build_object('files', json_build_array('README.md', 'docs/architecture.md', path),
                          'tokens_estimate', 3000 + id % 9000),
        NULL,
@@ -410,7 +464,8 @@ ORDER BY id
 USAGE_SQL = """
 WITH e AS (
     SELECT g.i, (g.i - 1) / @A@ AS k, a.run_id, a.phase_id, a.number, a.started_at,
-           CASE WHEN (g.i - 1) / @A@ % 2 = 1 AND a.outcome <> 'SUCCESS' THEN 'doctor' ELSE 'builder' END AS role,
+           CASE WHEN (g.i - 1) / @A@ % 2 = 1 AND a.outcome <> 'SUCCESS' THEN 'doctor' ELSE 'builder' END
+                   AS role,
            a.model AS builder_model
     FROM generate_series(1, @U@) AS g(i)
     JOIN attempts a ON a.id = (g.i - 1) % @A@ + 1
@@ -427,10 +482,12 @@ WITH e AS (
                      ELSE ARRAY[5, 25, 6.25, 0.50] END::numeric[] AS price
     FROM f
 )
-INSERT INTO llm_usage_events (id, call_key, run_id, phase_id, attempt_number, provider, model, role, input_tokens,
+INSERT INTO llm_usage_events (id, call_key, run_id, phase_id, attempt_number, provider, model, role,
+        input_tokens,
                               output_tokens, cache_read_tokens, cache_write_tokens, latency_ms, request_id,
                               cost_usd, created_at)
-SELECT i, format('run-%s/phase-%s/attempt-%s/%s-%s', run_id, phase_id, number, role, k), run_id, phase_id, number,
+SELECT i, format('run-%s/phase-%s/attempt-%s/%s-%s', run_id, phase_id, number, role, k), run_id,
+        phase_id, number,
        'anthropic', model, role, inp, outp, cr, cw, (800 + pg_temp.u(i, 37) * 20000)::int,
        'req_' || substr(md5(i || 'req'), 1, 24),
        round((inp * price[1] + outp * price[2] + cw * price[3] + cr * price[4]) / 1000000, 6),
@@ -449,7 +506,8 @@ FROM ph WHERE state IN ('COMPLETE', 'FAILED');
 
 INSERT INTO efficiency_metrics (id, run_id, phase_id, outcome, tokens_spent, tokens_avoided_context, attempts,
                                 wall_ms, created_at)
-SELECT row_number() OVER (ORDER BY id), run_id, id, CASE state WHEN 'COMPLETE' THEN 'SUCCESS' ELSE 'FAILED' END,
+SELECT row_number() OVER (ORDER BY id), run_id, id,
+        CASE state WHEN 'COMPLETE' THEN 'SUCCESS' ELSE 'FAILED' END,
        n_att * (6000 + (pg_temp.u(id, 45) * 20000)::int), (pg_temp.u(id, 46) * 15000)::int, n_att,
        (extract(epoch FROM slot) * 1000)::int, ps + slot
 FROM ph WHERE state IN ('COMPLETE', 'FAILED')
@@ -473,13 +531,15 @@ WITH pr AS (
     FROM llm_usage_events WHERE run_id IN (SELECT run_id FROM ids) GROUP BY run_id
 ), wall AS (
     SELECT run_id, sum(extract(epoch FROM finished_at - started_at)) AS w
-    FROM phases WHERE run_id IN (SELECT run_id FROM ids) AND finished_at IS NOT NULL AND started_at IS NOT NULL
+    FROM phases WHERE run_id IN (SELECT run_id FROM ids) AND finished_at IS NOT NULL AND started_at IS
+            NOT NULL
     GROUP BY run_id
 ), side AS (
     SELECT r.id, r.state, r.failure_kind, r.failure_reason,
            json_build_object('run_id', r.id, 'success', r.state = 'DONE_SUCCESS', 'state', r.state,
                              'failure_kind', r.failure_kind, 'attempts', coalesce(att.n, 0),
-                             'tokens', json_build_object('input', coalesce(use.i, 0), 'output', coalesce(use.o, 0),
+                             'tokens', json_build_object('input', coalesce(use.i, 0), 'output',
+                                     coalesce(use.o, 0),
                                                          'cache_read', coalesce(use.cr, 0),
                                                          'cache_write', coalesce(use.cw, 0)),
                              'cost_usd', coalesce(use.usd, 0)::numeric(14, 6)::text,
@@ -487,7 +547,8 @@ WITH pr AS (
     FROM runs r JOIN ids ON ids.run_id = r.id
     LEFT JOIN att ON att.run_id = r.id LEFT JOIN use ON use.run_id = r.id LEFT JOIN wall ON wall.run_id = r.id
 )
-INSERT INTO campaign_pairs (id, campaign_id, source_run_id, sample, a_run_id, b_run_id, state, reason, outcome,
+INSERT INTO campaign_pairs (id, campaign_id, source_run_id, sample, a_run_id, b_run_id, state, reason,
+        outcome,
                             judged_at)
 SELECT pr.id, pr.campaign_id, pr.source, 0, pr.source, pr.child,
        CASE WHEN 'INFRA' IN (a.failure_kind, b.failure_kind) THEN 'INFRA_INVALID'
@@ -501,7 +562,8 @@ SELECT pr.id, pr.campaign_id, pr.source, 0, pr.source, pr.child,
             WHEN b.state = 'CANCELLED' THEN format('B (run %s) was cancelled', b.id)
        END,
        json_build_object('a', a.js, 'b', b.js), c.finished_at
-FROM pr JOIN side a ON a.id = pr.source JOIN side b ON b.id = pr.child JOIN campaigns c ON c.id = pr.campaign_id
+FROM pr JOIN side a ON a.id = pr.source JOIN side b ON b.id = pr.child JOIN campaigns c ON c.id =
+        pr.campaign_id
 ORDER BY pr.id
 """
 
@@ -521,24 +583,32 @@ def _finish(conn: psycopg.Connection[Any], say: Say) -> None:
     """Sequences continue after the generated ids; fresh statistics for the planner."""
     start = time.perf_counter()
     for table in SEQUENCED:
-        conn.execute(
-            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
-        )
+        conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
     conn.execute("ANALYZE")
     say(f"    setval + ANALYZE: {time.perf_counter() - start:.1f} s")
 
 
-def _describe(conn: psycopg.Connection[Any], runs: int, seconds: float) -> GeneratedData:
+def describe(db_url: str) -> GeneratedData:
+    """The ids of a database `generate` filled earlier (to measure it again without regenerating)."""
+    with psycopg.connect(_libpq_url(db_url)) as conn:
+        return _describe(conn, 0.0)
+
+
+def _describe(conn: psycopg.Connection[Any], seconds: float) -> GeneratedData:
     counts = {t: _scalar(conn, f"SELECT count(*) FROM {t}") for t in SEQUENCED}
     heavy = conn.execute(
         "SELECT run_id, count(*) FROM attempts GROUP BY run_id ORDER BY count(*) DESC, run_id DESC LIMIT 1"
     ).fetchone()
     assert heavy is not None
-    page = min(PAGE, runs // PAGE_SIZE)
+    page = min(PAGE, counts["runs"] // PAGE_SIZE)
     # The listing continues below the cursor (id < cursor): page p starts after the last id of page p - 1.
-    cursor = _scalar(conn, f"SELECT id FROM runs ORDER BY id DESC OFFSET {(page - 1) * PAGE_SIZE - 1} LIMIT 1")
+    cursor = _scalar(
+        conn, f"SELECT id FROM runs ORDER BY id DESC OFFSET {(page - 1) * PAGE_SIZE - 1} LIMIT 1"
+    )
     campaign = _scalar(
-        conn, "SELECT campaign_id FROM campaign_pairs WHERE state = 'VALID' GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+        conn,
+        "SELECT campaign_id FROM campaign_pairs WHERE state = 'VALID' "
+        "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1",
     )
     return GeneratedData(
         runs=counts["runs"],
