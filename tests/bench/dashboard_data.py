@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -23,8 +24,9 @@ import sqlalchemy as sa
 from shared.campaigns.spec import CampaignSpec
 from shared.specs import RunSpec
 
-END = "2026-11-30 12:00:00+00"
-"""The newest run's creation time: fixed, not now(), so a seed always gives the same rows."""
+END = datetime(2026, 11, 30, 12, tzinfo=UTC)
+"""The newest run's creation time by default: fixed, not now(), so a seed always gives the same rows.
+A bench passes `end=` near now instead, so the dashboard's "today" holds a day's share of the history."""
 DAYS = 60
 OWNERS = ("team-a", "team-b")
 REPOS = (
@@ -70,9 +72,11 @@ def generate(
     attempts: int = 500_000,
     usage: int = 1_000_000,
     seed: int = 1,
+    end: datetime = END,
     say: Say = print,
 ) -> GeneratedData:
-    """Fill an empty, migrated Postgres database at `db_url`; return ids a bench needs."""
+    """Fill an empty, migrated Postgres database at `db_url` with `runs` runs created over the 60 days
+    before `end`; return ids a bench needs."""
     if runs < 100 or attempts < runs or usage < attempts:
         raise ValueError("need runs >= 100, attempts >= runs and usage >= attempts")
     start = time.perf_counter()
@@ -83,7 +87,7 @@ def generate(
         # the per-row RI lookups were about half the load time.
         conn.execute("SET session_replication_role = replica")
         _prepare(conn, seed, runs)
-        for label, statement in _steps(runs, attempts, usage):
+        for label, statement in _steps(runs, attempts, usage, end):
             _timed_step(conn, label, statement, say)
         _finish(conn, say)
         data = _describe(conn, time.perf_counter() - start)
@@ -192,7 +196,7 @@ def _campaign_blocks(runs: int) -> list[tuple[Any, ...]]:
 # --- the bulk statements ----------------------------------------------------------------------------
 
 
-def _steps(runs: int, attempts: int, usage: int) -> list[tuple[str, str]]:
+def _steps(runs: int, attempts: int, usage: int, end: datetime) -> list[tuple[str, str]]:
     """(label, SQL) in FK order. Integers are formatted in (they are ints: nothing to inject), so the
     statements go to psycopg without parameters and its `%` placeholders never meet format()'s."""
     values = {
@@ -200,7 +204,7 @@ def _steps(runs: int, attempts: int, usage: int) -> list[tuple[str, str]]:
         "A": attempts,
         "U": usage,
         "HW": HEAVY_WEIGHT,
-        "END": f"'{END}'::timestamptz",
+        "END": f"'{end.astimezone(UTC).isoformat()}'::timestamptz",
         "DAYS": DAYS,
     }
 

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,8 @@ def run_dashboard(args: argparse.Namespace, workdir: Path, logdir: Path) -> dash
             attempts=args.dashboard_attempts,
             usage=args.dashboard_usage,
             seed=args.dashboard_seed,
+            # The history ends at this hour, so the overview's "today" holds today's share of it.
+            end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0),
             say=say,
         )
         return dashboard_on(args, url, data, workdir, logdir)
