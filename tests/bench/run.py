@@ -190,6 +190,7 @@ def run_dashboard(args: argparse.Namespace, workdir: Path, logdir: Path) -> dash
     name = f"{DATABASE}_dashboard"
     if args.dashboard_keep and (db_url := existing_database(name)) is not None:
         say(f"(i) dashboard: reusing the history in {name} …")
+        upgrade(db_url)  # a history kept from an older checkout gets this one's migrations (indexes)
         return dashboard_on(args, db_url, dashboard_data.describe(db_url), workdir, logdir)
     say(f"(i) dashboard: generating {args.dashboard_runs:,} runs, {args.dashboard_usage:,} usage events …")
     url = create_database(name)
