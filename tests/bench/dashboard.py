@@ -249,19 +249,42 @@ def captured_sql() -> Iterator[list[tuple[str, Any]]]:
         sa.event.remove(sa.Engine, "before_cursor_execute", listen)
 
 
-def explain_routes(db_url: str, redis_url: str, routes: Sequence[Route], workdir: Path) -> list[Explained]:
-    """Each route once through the app in-process; EXPLAIN (ANALYZE, BUFFERS) of every SELECT it sent."""
+def explain_routes(
+    db_url: str, redis_url: str, apis: Sequence[Route], pages: Sequence[Route], workdir: Path
+) -> list[Explained]:
+    """Each route once through the app in-process (`pages` after logging in, when the dashboard is
+    there); EXPLAIN (ANALYZE, BUFFERS) of every SELECT it sent."""
     settings = fleet_settings(db_url, redis_url, workdir / "workspace")
     key = new_admin_key(db_url)
-    out: list[Explained] = []
     app = create_app(settings, create_celery(settings))
     with TestClient(app, headers={"X-API-Key": key}) as client:
-        client.get(routes[0][1])  # warm: the API key check and pool setup are not the route's queries
-        for label, path in routes:
-            with captured_sql() as seen:
-                client.get(path)
-            out += [explain(db_url, label, s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT")]
+        out = _explain_each(db_url, client, apis)
+    with TestClient(app) as browser:
+        if pages and login(browser, key) is None:
+            out += _explain_each(db_url, browser, pages)
     return out
+
+
+def _explain_each(db_url: str, client: TestClient, routes: Sequence[Route]) -> list[Explained]:
+    out: list[Explained] = []
+    for label, path in routes:
+        client.get(path)  # warm: the first call's one-off queries (a report computed) are not the route's
+        with captured_sql() as seen:
+            client.get(path)
+        out += [explain(db_url, label, s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT")]
+    return out
+
+
+def slowest(explained: Sequence[Explained], over_ms: float = 5.0) -> list[str]:
+    """One line per query that took longer than `over_ms` in EXPLAIN ANALYZE, slowest first."""
+    slow = sorted((e for e in explained if e.execution_ms > over_ms), key=lambda e: -e.execution_ms)
+    return [f"(i) {e.label}: {e.execution_ms:.1f} ms in `{_gist(e.statement)}`" for e in slow]
+
+
+def _gist(statement: str) -> str:
+    flat = " ".join(statement.split())
+    found = re.search(r"\bFROM\b.*", flat)
+    return (found.group(0) if found else flat)[:140]
 
 
 def explain(db_url: str, label: str, statement: str, parameters: Any) -> Explained:

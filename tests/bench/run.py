@@ -226,9 +226,10 @@ def dashboard_on(
         say=say,
     )
     explained = dashboard.explain_routes(
-        db_url, dashboard.REDIS_URL, dashboard.json_routes(data), workdir / "i"
+        db_url, dashboard.REDIS_URL, dashboard.json_routes(data), dashboard.ui_pages(data), workdir / "i"
     )
     dashboard.write_explain(RESULTS / "dashboard-explain.md", explained)
+    result.notes += dashboard.slowest(explained)
     result.notes.append(
         f"(i) EXPLAIN (ANALYZE, BUFFERS) of the JSON routes' queries: {RESULTS / 'dashboard-explain.md'}"
     )
