@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install sandbox browser demo test test-fast lint bench chaos env-example clean
+.PHONY: help install sandbox browser demo test test-fast lint bench bench-dashboard chaos env-example clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ lint: $(STAMP) ## ruff and mypy --strict
 
 bench: $(STAMP) ## Benchmarks against a same-run baseline (needs Postgres and Redis; never fails on timing)
 	$(PY) -m tests.bench.run
+
+bench-dashboard: $(STAMP) ## Dashboard pages and JSON routes over 100,000 generated runs (keeps the database for reruns)
+	$(PY) -m tests.bench.run --only dashboard --dashboard-keep
 
 chaos: $(STAMP) ## Chaos batch: kills (also inside git steps), SIGSTOP fencing, Redis/Postgres restarts, full disk, invariants table (needs root, Postgres, Redis)
 	$(PY) -m tests.chaos.run

@@ -341,3 +341,10 @@ class WorkerHost(Base):
 
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)
 Index("ix_runs_campaign_held", Run.campaign_id, Run.held)
+# The dashboard's reads (see migration 0006 for the measurements).
+Index("ix_runs_created_at", Run.created_at)
+Index("ix_llm_usage_events_created_at", LlmUsageEvent.created_at)
+Index("ix_phases_deliveries", Phase.deliveries)
+Index("ix_llm_usage_events_phase_attempt", LlmUsageEvent.phase_id, LlmUsageEvent.attempt_number)
+Index("ix_campaign_pairs_a_run_id", CampaignPair.a_run_id)
+Index("ix_campaign_pairs_b_run_id", CampaignPair.b_run_id)

@@ -6,7 +6,9 @@ builder attempt on that repository (LLM simulated, validation excluded), (e) sca
 `sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
 cost per command (bwrap `true` against unboxed `true`, same run), (g) the campaign A/B report over 10,000
 pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
-and an interactive run's wait for its first phase while 500 campaign phases are queued. Prints figures
+and an interactive run's wait for its first phase while 500 campaign phases are queued; opt-in with
+`--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
+under them over that history, with EXPLAIN of their queries. Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -19,16 +21,20 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
+import sqlalchemy as sa
 
 from shared.db import engine_for, upgrade
 from tests.bench import (
     campaign_report,
     campaigns,
     celery_roundtrip,
+    dashboard,
+    dashboard_data,
     orchestration,
     pipeline,
     provisioning,
@@ -39,7 +45,7 @@ from tests.bench.noop_app import REDIS_URL
 from tests.bench.procs import ROOT
 from tests.bench.report import render, write_json
 from tests.bench.stats import Row
-from tests.conftest import create_database, drop_database
+from tests.conftest import PG_ADMIN, create_database, drop_database
 
 DATABASE = "autopack_bench"
 RESULTS = ROOT / "bench-results"
@@ -53,6 +59,9 @@ SECTIONS = (
     "report",
     "campaigns",
 )
+OPT_IN = ("dashboard",)
+"""Not in the default set: generating its history takes ~40 s and ~1.5 GB of disk."""
+ALL_SECTIONS = SECTIONS + OPT_IN
 NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
@@ -77,11 +86,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
     parser.add_argument("--report-pairs", type=int, default=10_000, help="(g) pairs in the timed report")
     parser.add_argument("--campaign-children", type=int, default=500, help="(h) children of the campaign")
+    parser.add_argument("--dashboard-runs", type=int, default=100_000, help="(i) runs generated")
+    parser.add_argument("--dashboard-attempts", type=int, default=500_000, help="(i) attempts generated")
+    parser.add_argument(
+        "--dashboard-usage", type=int, default=1_000_000, help="(i) LLM usage events generated"
+    )
+    parser.add_argument("--dashboard-seed", type=int, default=1, help="(i) seed of the generated history")
+    parser.add_argument("--dashboard-requests", type=int, default=50, help="(i) timed requests per route")
+    parser.add_argument(
+        "--dashboard-keep",
+        action="store_true",
+        help=f"(i) keep the database {DATABASE}_dashboard, and reuse it if already generated",
+    )
     parser.add_argument(
         "--only",
         action="append",
-        choices=SECTIONS,
-        help="run only this section (repeatable; orchestration and scaling also run celery, their baseline)",
+        choices=ALL_SECTIONS,
+        help="run only this section (repeatable; orchestration and scaling also run celery, their baseline; "
+        "dashboard runs only when named)",
     )
     return parser.parse_args(argv)
 
@@ -95,7 +117,7 @@ def results_path(args: argparse.Namespace) -> Path:
     chosen = selected(args)
     if chosen == set(SECTIONS):
         return RESULTS / "latest.json"
-    return RESULTS / f"latest-only-{'-'.join(s for s in SECTIONS if s in chosen)}.json"
+    return RESULTS / f"latest-only-{'-'.join(s for s in ALL_SECTIONS if s in chosen)}.json"
 
 
 def say(text: str) -> None:
@@ -156,7 +178,72 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         h = run_campaigns(args, workdir, logdir)
         results["campaigns"] = h.as_dict()
         rows += h.rows()
+    if "dashboard" in chosen:
+        i = run_dashboard(args, workdir, logdir)
+        results["dashboard"] = i.as_dict()
+        rows += i.rows()
+        dashboard_notes.extend(i.notes)
     return results, rows
+
+
+def run_dashboard(args: argparse.Namespace, workdir: Path, logdir: Path) -> dashboard.DashboardResult:
+    name = f"{DATABASE}_dashboard"
+    if args.dashboard_keep and (db_url := existing_database(name)) is not None:
+        say(f"(i) dashboard: reusing the history in {name} …")
+        upgrade(db_url)  # a history kept from an older checkout gets this one's migrations (indexes)
+        return dashboard_on(args, db_url, dashboard_data.describe(db_url), workdir, logdir)
+    say(f"(i) dashboard: generating {args.dashboard_runs:,} runs, {args.dashboard_usage:,} usage events …")
+    url = create_database(name)
+    try:
+        upgrade(url)
+        data = dashboard_data.generate(
+            url,
+            runs=args.dashboard_runs,
+            attempts=args.dashboard_attempts,
+            usage=args.dashboard_usage,
+            seed=args.dashboard_seed,
+            # The history ends at this hour, so the overview's "today" holds today's share of it.
+            end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0),
+            say=say,
+        )
+        return dashboard_on(args, url, data, workdir, logdir)
+    finally:
+        engine_for(url).dispose()
+        if not args.dashboard_keep:
+            drop_database(name)
+
+
+def dashboard_on(
+    args: argparse.Namespace, db_url: str, data: dashboard_data.GeneratedData, workdir: Path, logdir: Path
+) -> dashboard.DashboardResult:
+    result = dashboard.bench(
+        db_url,
+        dashboard.REDIS_URL,
+        workdir / "i",
+        logdir / "i",
+        data,
+        requests=args.dashboard_requests,
+        say=say,
+    )
+    explained = dashboard.explain_routes(
+        db_url, dashboard.REDIS_URL, dashboard.json_routes(data), dashboard.ui_pages(data), workdir / "i"
+    )
+    dashboard.write_explain(RESULTS / "dashboard-explain.md", explained)
+    result.notes += dashboard.slowest(explained)
+    result.notes.append(
+        f"(i) EXPLAIN (ANALYZE, BUFFERS) of the JSON routes' queries: {RESULTS / 'dashboard-explain.md'}"
+    )
+    return result
+
+
+def existing_database(name: str) -> str | None:
+    """The URL of database `name` when it exists and holds runs; None otherwise."""
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
+            return url if conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one() > 0 else None
+    except sa.exc.SQLAlchemyError:
+        return None
 
 
 def run_campaigns(args: argparse.Namespace, workdir: Path, logdir: Path) -> campaigns.CampaignBench:
@@ -259,11 +346,12 @@ def orchestration_once(
 
 
 scaling_notes: list[str] = []  # (e)'s notes, filled by run_all
+dashboard_notes: list[str] = []  # (i)'s notes, filled by run_all
 
 
 def notes(results: dict[str, Any]) -> list[str]:
     pipeline_notes: list[str] = results.get("pipeline", {}).get("notes", [])
-    return orchestration_notes(results) + pipeline_notes + scaling_notes
+    return orchestration_notes(results) + pipeline_notes + scaling_notes + dashboard_notes
 
 
 def orchestration_notes(results: dict[str, Any]) -> list[str]:
