@@ -13,13 +13,14 @@ from fastapi.staticfiles import StaticFiles
 from api.ui import actions, pages
 from api.ui.render import HERE
 from api.ui.session import LoginRequired, signer
-from api.ui.workers import WorkerCache
+from api.ui.workers import fleet_view, worker_view
 from shared.settings import Settings
 
 
 def install(app: FastAPI, settings: Settings, celery: Celery) -> None:
     app.state.ui_signer = signer(settings, fallback=secrets.token_urlsafe(32))
-    app.state.ui_workers = WorkerCache(celery, settings)
+    app.state.ui_workers = worker_view(celery, settings)
+    app.state.ui_fleet = fleet_view(settings)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
     app.include_router(actions.router)
     app.include_router(pages.router)

@@ -31,15 +31,15 @@ Id = Annotated[int, Query(ge=1, le=2**31 - 1)]
 def overview(request: Request, ui: UiDep, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     workers, workers_error, age = request.app.state.ui_workers.get()
     length, queue_error = queue_length_or_error(request.app.state.celery, settings)
-    record = (
-        fleet_record(session, redispatch_after=settings.redispatch_after_seconds) if ui.caller.admin else None
-    )
+    # Every live run is read for stuck/waiting: refreshed in the background, never on the page's time.
+    record, _, record_age = request.app.state.ui_fleet.get() if ui.caller.admin else (None, None, None)
     return page(
         request,
         ui,
         "overview.html",
         o=data.overview(session, ui.caller),
-        workers=workers,
+        record_age=record_age,
+        workers=workers or [],
         workers_error=workers_error,
         workers_age=age,
         queue_length=length,
@@ -157,7 +157,7 @@ def fleet(request: Request, ui: UiDep, session: SessionDep, settings: SettingsDe
         request,
         ui,
         "fleet.html",
-        workers=workers,
+        workers=workers or [],
         workers_error=workers_error,
         workers_age=age,
         queue_length=length,
