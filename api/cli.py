@@ -67,6 +67,26 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
         _fail(exc)
 
 
+@cli.command()
+@click.option("--port", type=int, default=5555, show_default=True, help="Port to serve Flower on.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: all).")
+@click.option("--url-prefix", default=None, help="Serve under this path, e.g. `flower` behind a proxy.")
+def flower(port: int, address: str, url_prefix: str | None) -> None:
+    """Serve Flower (the Celery monitor) on the fleet's broker, behind basic auth.
+
+    Needs AUTOPACK_FLOWER_BASIC_AUTH=user:password and a Redis broker (fleet mode); refuses (exit 2)
+    without them.
+    """
+    from api.flower_cli import refusal, run_flower
+
+    settings = get_settings()
+    reason = refusal(settings)
+    if reason is not None:
+        click.echo(f"autopack flower: {reason}", err=True)
+        sys.exit(2)
+    sys.exit(run_flower(settings, port, address, url_prefix))
+
+
 @cli.group()
 def db() -> None:
     """Database schema."""
