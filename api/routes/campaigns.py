@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query, Response, status
-from shared.campaigns.render import render_markdown, render_svg
 
 from api.deps import Authed, CallerDep, DispatcherDep, SessionDep, SettingsDep
 from api.schemas import MAX_ID, CampaignCreated, CampaignPage, RunId, errors
 from shared.campaigns.create import create_campaign
 from shared.campaigns.flow import cancel_campaign
 from shared.campaigns.progress import CampaignProgress, get_campaign, list_campaigns, progress
+from shared.campaigns.render import render_markdown, render_svg
 from shared.campaigns.results import campaign_report
 from shared.campaigns.spec import CampaignSpec
 from shared.outbox import claim_many
