@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from api.client import ApiClient
+from api.flower_cli import flower_argv, refusal
 from api.serve import free_port
 from shared.db import transaction
 from shared.keys import create_key
@@ -114,3 +115,22 @@ def test_autopack_flower_refuses_the_embedded_broker(fleet_settings: Settings) -
     )
     assert out.returncode == 2, out
     assert "AUTOPACK_BROKER_URL" in out.stderr and PASSWORD not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("credential", ["", "  ", "zzuser", ":zzpw", "zzuser:", "zzuser:zzpw,zzsecond"])
+def test_a_missing_or_malformed_credential_is_refused_without_quoting_it(
+    fleet_settings: Settings, credential: str
+) -> None:
+    settings = fleet_settings.model_copy(update={"flower_basic_auth": SecretStr(credential)})
+    reason = refusal(settings)
+    assert reason is not None and "AUTOPACK_FLOWER_BASIC_AUTH" in reason
+    assert "zz" not in reason
+
+
+def test_flower_gets_the_credential_bind_address_and_url_prefix_as_options(fleet_settings: Settings) -> None:
+    settings = fleet_settings.model_copy(update={"flower_basic_auth": SecretStr("a:1, b:2")})
+    assert refusal(settings) is None
+    argv = flower_argv(settings, 5566, "0.0.0.0", "/flower/")
+    assert argv[0] == "flower"
+    assert {"--port=5566", "--address=0.0.0.0", "--basic_auth=a:1,b:2", "--url_prefix=flower"} <= set(argv)
+    assert not any(a.startswith("--url_prefix") for a in flower_argv(settings, 5566, "127.0.0.1", None))
