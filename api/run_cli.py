@@ -82,7 +82,7 @@ def status(run_id: int, watch: bool, as_json: bool) -> None:
     client = _client()
     try:
         if as_json:
-            click.echo(json.dumps(client.run(run_id), indent=2))
+            _watch_json(client, run_id, watch)
         elif _terminal() and watch:
             _watch_live(client, run_id)
         elif _terminal():
@@ -107,6 +107,19 @@ def _watch_live(client: ApiClient, run_id: int, console: Console | None = None) 
             live.update(run_display(run), refresh=True)
 
 
+def _watch_json(client: ApiClient, run_id: int, watch: bool) -> None:
+    """The run's JSON, then (with --watch) again each time it changes."""
+    printed = None
+    while True:
+        run = client.run(run_id)
+        if run != printed:
+            click.echo(json.dumps(run, indent=2))
+            printed = run
+        if not watch or run["state"] in TERMINAL:
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def _watch_plain(client: ApiClient, run_id: int, watch: bool) -> None:
     """The whole run once, then (with --watch) only the lines that changed: readable in a log."""
     before: dict[str, Any] | None = None
@@ -122,7 +135,7 @@ def _watch_plain(client: ApiClient, run_id: int, watch: bool) -> None:
 
 @click.command()
 @click.option(
-    "--state", type=click.Choice([s.value for s in RunState]), default=None, help="Only runs in it."
+    "--state", type=click.Choice([s.value for s in RunState]), default=None, help="Only runs in this state."
 )
 @click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
 @click.option("--campaign", "campaign_id", type=int, default=None, help="Only this campaign's child runs.")

@@ -4,6 +4,7 @@ the real API in a thread on Postgres, with phases executed for real by in-proces
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -131,6 +132,8 @@ def test_status_watch_off_a_terminal_prints_each_change_once_and_the_end(
     once = invoke("status", str(run_id))
     assert once.exit_code == 0
     assert "[0] write-note" in once.output and "COMPLETE" in once.output and "attempts 1" in once.output
+    raw = invoke("status", str(run_id), "--json", "--watch")  # ended: one JSON document, then done
+    assert json.loads(raw.output)["phases"][1]["state"] == "FAILED"
 
 
 def test_runs_lists_and_filters_by_state_and_campaign_and_list_still_works(
