@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # One image for every Autopack Fleet process: `autopack api` (default), `autopack worker`,
-# `autopack db upgrade`, and Flower (`celery --app workers.celery_app:app flower`).
+# `autopack db upgrade`, and `autopack flower`.
 # See compose.yaml for how each is started.
 
 ARG PYTHON_VERSION=3.11

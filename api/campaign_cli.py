@@ -69,14 +69,23 @@ def status(campaign_id: int, watch: bool, as_json: bool) -> None:
         if watch and not as_json and sys.stdout.isatty():
             _live(client, campaign_id)
             return
+        printed = None
         while True:
             view = client.campaign(campaign_id)
-            click.echo(json.dumps(view, indent=2) if as_json else describe(view))
+            # Off a terminal, like `autopack status --watch`: print on a change, not on every poll.
+            if _progress_of(view) != printed:
+                click.echo(json.dumps(view, indent=2) if as_json else describe(view))
+                printed = _progress_of(view)
             if not watch or view["state"] in ENDED:
                 return
             time.sleep(2)
     except ClientError as exc:
         _fail(exc)
+
+
+def _progress_of(view: dict[str, Any]) -> str:
+    """What counts as a change: states, counts, spend and caps; not the ETA, which moves every poll."""
+    return json.dumps({k: v for k, v in view.items() if k != "eta_seconds"}, sort_keys=True, default=str)
 
 
 def _live(client: ApiClient, campaign_id: int) -> None:

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
+from api import run_cli
 from api.campaign_cli import campaign
 from api.client import ApiClient, ClientError
-from api.table import render_keys, render_runs
-from shared.git import is_local
+from api.table import render_keys
 from shared.settings import Settings, get_settings
-
-TERMINAL = {"DONE_SUCCESS", "DONE_FAILED", "CANCELLED"}
 
 
 def _client(settings: Settings) -> ApiClient:
@@ -65,6 +61,26 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
         run_worker(settings, concurrency, hostname)
     except SandboxUnavailable as exc:
         _fail(exc)
+
+
+@cli.command()
+@click.option("--port", type=int, default=5555, show_default=True, help="Port to serve Flower on.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: all).")
+@click.option("--url-prefix", default=None, help="Serve under this path, e.g. `flower` behind a proxy.")
+def flower(port: int, address: str, url_prefix: str | None) -> None:
+    """Serve Flower (the Celery monitor) on the fleet's broker, behind basic auth.
+
+    Needs AUTOPACK_FLOWER_BASIC_AUTH=user:password and a Redis broker (fleet mode); refuses (exit 2)
+    without them.
+    """
+    from api.flower_cli import refusal, run_flower
+
+    settings = get_settings()
+    reason = refusal(settings)
+    if reason is not None:
+        click.echo(f"autopack flower: {reason}", err=True)
+        sys.exit(2)
+    sys.exit(run_flower(settings, port, address, url_prefix))
 
 
 @cli.group()
@@ -139,62 +155,6 @@ def keys_revoke(name: str) -> None:
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def submit(spec: Path) -> None:
-    """Submit a run described by a YAML (or JSON) file; print its id."""
-    body = yaml.safe_load(spec.read_text())
-    repo = body.get("repo") if isinstance(body, dict) else None
-    if isinstance(repo, str) and is_local(repo) and not Path(repo).is_absolute():
-        body["repo"] = str((spec.parent / repo).resolve())  # the API may run elsewhere: send a full path
-    try:
-        run = _client(get_settings()).submit(body)
-    except ClientError as exc:
-        _fail(exc)
-    click.echo(f"run {run['id']} {run['state']} at {run['base_sha'][:12]} -> branch {run['result_branch']}")
-
-
-@cli.command()
-@click.argument("run_id", type=int)
-@click.option("--watch", is_flag=True, help="Refresh until the run ends.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(run_id: int, watch: bool, as_json: bool) -> None:
-    """Show a run and its phases."""
-    client = _client(get_settings())
-    try:
-        while True:
-            run = client.run(run_id)
-            click.echo(json.dumps(run, indent=2) if as_json else _describe(run))
-            if not watch or run["state"] in TERMINAL:
-                break
-            time.sleep(1)
-    except ClientError as exc:
-        _fail(exc)
-
-
-@cli.command("list")
-@click.option("--state", default=None)
-@click.option("--limit", type=int, default=20)
-def list_(state: str | None, limit: int) -> None:
-    """List recent runs."""
-    try:
-        page = _client(get_settings()).runs(state=state, limit=limit)
-    except ClientError as exc:
-        _fail(exc)
-    click.echo(render_runs(page["items"]))
-
-
-@cli.command()
-@click.argument("run_id", type=int)
-def cancel(run_id: int) -> None:
-    """Cancel a run (a phase in flight stops at its next step)."""
-    try:
-        run = _client(get_settings()).cancel(run_id)
-    except ClientError as exc:
-        _fail(exc)
-    click.echo(f"run {run_id}: {run['state']}" + (" (cancel requested)" if run["cancel_requested"] else ""))
-
-
-@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def fleet(as_json: bool) -> None:
     """Workers, executing phases and their leases, queue length, stuck and waiting runs, redeliveries."""
@@ -227,21 +187,6 @@ def reconcile() -> None:
     settings = get_settings()
     n = do_reconcile(settings.database_url, CeleryDispatcher(create_app(settings)), 0)
     click.echo(f"re-dispatched {n} phase(s)")
-
-
-def _describe(run: dict[str, Any]) -> str:
-    lines = [
-        f"run {run['id']} {run['name'] or ''}  {run['state']}  base {run['base_sha'][:12]}"
-        f"  head {run['head_sha'][:12]}  branch {run['result_branch']}"
-    ]
-    if run.get("failure_reason"):
-        lines.append(f"  reason: {run['failure_reason']}")
-    for p in run["phases"]:
-        sha = (p["commit_sha"] or "")[:12]
-        lines.append(f"  [{p['index']}] {p['name']:<24} {p['state']:<10} attempts {p['attempts']}  {sha}")
-        if p.get("failure_reason"):
-            lines.append(f"      reason: {p['failure_reason'][:300]}")
-    return "\n".join(lines)
 
 
 def _secs(value: float | None) -> str:
@@ -293,6 +238,8 @@ def _describe_fleet(view: dict[str, Any]) -> str:
 
 
 cli.add_command(campaign)
+for command in run_cli.COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

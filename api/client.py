@@ -42,13 +42,27 @@ class ApiClient:
         out: dict[str, Any] = self._call("GET", f"/runs/{run_id}")
         return out
 
-    def runs(self, state: str | None = None, limit: int = 50, cursor: int | None = None) -> dict[str, Any]:
+    def runs(
+        self,
+        state: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+        campaign_id: int | None = None,
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
         if state:
             params["state"] = state
         if cursor is not None:
             params["cursor"] = cursor
+        if campaign_id is not None:
+            params["campaign_id"] = campaign_id
         out: dict[str, Any] = self._call("GET", "/runs", params=params)
+        return out
+
+    def attempts(self, run_id: int, phase: int | None = None) -> list[dict[str, Any]]:
+        """Every attempt of the run (or of phase index `phase`) with its full outputs."""
+        params = {} if phase is None else {"phase": phase}
+        out: list[dict[str, Any]] = self._call("GET", f"/runs/{run_id}/attempts", params=params)
         return out
 
     def cancel(self, run_id: int) -> dict[str, Any]:

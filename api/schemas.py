@@ -9,7 +9,7 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict
 
 from shared.campaigns.progress import CampaignProgress
-from shared.models import Phase, Run
+from shared.models import Attempt, Phase, Run
 
 MAX_ID = 2**31 - 1
 """Ids are 32-bit integers in the database; a bigger one is a 422, never a driver error."""
@@ -27,7 +27,7 @@ ERRORS: dict[int, str] = {
     400: "the body is not UTF-8 JSON",
     401: "missing or invalid X-API-Key",
     403: "the route needs an admin key",
-    404: "no such run or campaign, or another owner's",
+    404: "no such run, phase or campaign, or another owner's",
     413: "request body over AUTOPACK_MAX_BODY_BYTES",
 }
 
@@ -48,6 +48,46 @@ class AttemptOut(BaseModel):
     failure_reason: str | None
     changed_paths: list[Any]
     commit_sha: str | None
+
+
+class AttemptDetail(AttemptOut):
+    """One attempt with everything it produced: what `autopack logs` prints."""
+
+    phase_id: int
+    phase_index: int
+    phase_name: str
+    builder_output: str | None
+    """The builder's captured output (cut at AUTOPACK_MAX_LOG_BYTES, the cut said)."""
+    patch: str | None
+    """The diff this attempt committed (or tried to)."""
+    validation_output: str | None
+    model: str | None
+    max_tokens: int | None
+    prompt_summary: str | None
+    mitigation: dict[str, Any] | None
+    """Failure hardening's match and advice, when a known failure pattern was recognised."""
+    doctor: dict[str, Any] | None
+    """The Doctor's diagnosis and advice (or why it was not asked)."""
+    infra_failures: list[Any]
+
+    @classmethod
+    def of(cls, phase: Phase, attempt: Attempt) -> AttemptDetail:
+        base = AttemptOut.model_validate(attempt).model_dump()
+        return cls(
+            **base,
+            phase_id=phase.id,
+            phase_index=phase.index,
+            phase_name=phase.name,
+            builder_output=attempt.builder_output,
+            patch=attempt.patch,
+            validation_output=attempt.validation_output,
+            model=attempt.model,
+            max_tokens=attempt.max_tokens,
+            prompt_summary=attempt.prompt_summary,
+            mitigation=attempt.mitigation,
+            doctor=attempt.doctor,
+            infra_failures=attempt.infra_failures,
+        )
 
 
 class PhaseOut(BaseModel):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
 from shared.keys import Caller
-from shared.models import Phase, Run, utcnow
+from shared.models import Attempt, Phase, Run, utcnow
 from shared.specs import RunSpec
 from shared.states import (
     PHASE_TERMINAL,
@@ -91,14 +91,39 @@ def require_visible(session: Session, run_id: int, caller: Caller | None) -> Non
         raise NotFound(f"run {run_id} not found")
 
 
+def run_attempts(
+    session: Session, run_id: int, caller: Caller | None, phase_index: int | None = None
+) -> list[tuple[Phase, Attempt]]:
+    """Every recorded attempt of a run (or of its phase `phase_index`) with its phase, in phase then
+    attempt order, full texts included. NotFound for another owner's run or a phase the run lacks."""
+    require_visible(session, run_id, caller)
+    query = select(Phase, Attempt).join(Attempt, Attempt.phase_id == Phase.id).where(Phase.run_id == run_id)
+    if phase_index is not None:
+        found = select(Phase.id).where(Phase.run_id == run_id, Phase.index == phase_index)
+        if session.scalars(found).first() is None:
+            raise NotFound(f"run {run_id} has no phase {phase_index}")
+        query = query.where(Phase.index == phase_index)
+    return [
+        (phase, attempt) for phase, attempt in session.execute(query.order_by(Phase.index, Attempt.number))
+    ]
+
+
 def list_runs(
-    session: Session, *, state: RunState | None, limit: int, cursor: int | None, caller: Caller | None = None
+    session: Session,
+    *,
+    state: RunState | None,
+    limit: int,
+    cursor: int | None,
+    caller: Caller | None = None,
+    campaign_id: int | None = None,
 ) -> tuple[Sequence[Run], int | None]:
     """Newest first; `cursor` is the id to continue below. Returns the page and the next cursor."""
     query = visible_to(select(Run), caller)
     query = query.options(selectinload(Run.phases)).order_by(Run.id.desc()).limit(limit + 1)
     if state is not None:
         query = query.where(Run.state == state)
+    if campaign_id is not None:
+        query = query.where(Run.campaign_id == campaign_id)
     if cursor is not None:
         query = query.where(Run.id < cursor)
     rows = list(session.scalars(query))

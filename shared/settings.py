@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     """Port `autopack api` binds to."""
 
+    flower_basic_auth: SecretStr | None = None
+    """`user:password` (comma-separated for several users) that `autopack flower` requires; unset =
+    `autopack flower` refuses to start. Flower shows task arguments and can revoke tasks. Never logged."""
+
     allowed_repos: Annotated[list[str] | None, NoDecode] = None
     """Comma-separated glob patterns a run's `repo` must match: absolute paths (matched after symlinks
     are resolved) and git URLs, e.g. `/srv/repos/**,https://github.com/acme/*`. `*` stays within one

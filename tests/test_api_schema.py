@@ -53,6 +53,7 @@ OPERATIONS = [
     ("GET", "/runs", MAX_EXAMPLES),
     ("GET", "/runs/{run_id}", MAX_EXAMPLES),
     ("POST", "/runs/{run_id}/cancel", MAX_EXAMPLES),
+    ("GET", "/runs/{run_id}/attempts", MAX_EXAMPLES),
     ("GET", "/runs/{run_id}/metrics", MAX_EXAMPLES),
     ("POST", "/campaigns", MAX_EXAMPLES),
     ("GET", "/campaigns", MAX_EXAMPLES),
@@ -135,12 +136,22 @@ def test_a_real_run_and_every_read_of_it_match_the_schema(
     for method, path in [
         ("GET", "/runs/{run_id}"),
         ("GET", "/runs/{run_id}/metrics"),
+        ("GET", "/runs/{run_id}/attempts"),
         ("POST", "/runs/{run_id}/cancel"),
     ]:
         case = live_schema[path][method].Case(path_parameters={"run_id": run_id})
         assert case.call_and_validate(headers=key, checks=CHECKS).status_code == 200
     read = live_schema["/runs/{run_id}"]["GET"].Case(path_parameters={"run_id": run_id})
     assert read.call(headers=key).json()["phases"][0]["attempt_log"][0]["changed_paths"] == ["src/greet.py"]
+    attempts = live_schema["/runs/{run_id}/attempts"]["GET"].Case(
+        path_parameters={"run_id": run_id}, query={"phase": 0}
+    )
+    (detail,) = attempts.call_and_validate(headers=key, checks=CHECKS).json()
+    assert (detail["phase_index"], detail["number"], detail["failure_reason"]) == (0, 1, "1 test failed")
+    missing = live_schema["/runs/{run_id}/attempts"]["GET"].Case(
+        path_parameters={"run_id": run_id}, query={"phase": 99}
+    )
+    assert missing.call_and_validate(headers=key, checks=CHECKS).status_code == 404
     listing = live_schema["/runs"]["GET"].Case(query={"limit": 1})
     assert listing.call_and_validate(headers=key, checks=CHECKS).json()["items"][0]["state"] == "CANCELLED"
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from shared.settings import Settings
 from tests.support.compose import (
     MissingRequiredVariableError,
     ServiceCommand,
@@ -285,6 +286,18 @@ def test_compose_requires_the_postgres_password_and_flower_credentials(raw_compo
     assert all(message.strip() for message in required.values()), "each required variable says why"
     with pytest.raises(MissingRequiredVariableError):
         interpolate(raw_compose, {})
+
+
+def test_flower_is_autopack_flower_on_all_interfaces_with_the_required_credential_as_its_setting(
+    compose: dict[str, Any],
+) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["command"][:2] == ["autopack", "flower"]
+    assert "--address=0.0.0.0" in flower["command"], "loopback only: the published port would not reach it"
+    # The compose variable reaches the one setting `autopack flower` reads (shared/settings.py).
+    assert flower["environment"]["AUTOPACK_FLOWER_BASIC_AUTH"] == "user:password"
+    assert "flower_basic_auth" in Settings.model_fields
+    assert not [name for name in flower["environment"] if name.startswith("FLOWER_")]
 
 
 def test_every_required_compose_variable_is_documented_in_env_example(raw_compose: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -79,5 +80,7 @@ def test_the_campaign_cli_creates_follows_and_reports_in_plain_text_off_a_termin
     assert created.exit_code == 0 and "campaign 1: 10 child runs, 10 started" in created.output
     assert watched.exit_code == 0 and "DONE" in watched.output and "DONE_SUCCESS 10" in watched.output
     assert "\x1b[" not in watched.output  # no live bar or colour when stdout is not a terminal
+    blocks = ["campaign 1 " + b for b in watched.output.split("campaign 1 ")[1:]]
+    assert all(a != b for a, b in pairwise(blocks)), "printed again without a change"
     assert report.exit_code == 0 and "McNemar" in report.output and "10" in report.output
     assert bad.exit_code == 1 and "404" in bad.output

@@ -48,12 +48,14 @@ def test_another_owners_run_is_404_everywhere_but_an_admin_sees_it(
     path = f"/runs/{run['id']}"
     assert anonymous.get(path, headers=as_key(bob)).status_code == 404
     assert anonymous.get(f"{path}/metrics", headers=as_key(bob)).status_code == 404
+    assert anonymous.get(f"{path}/attempts", headers=as_key(bob)).status_code == 404
     assert anonymous.post(f"{path}/cancel", headers=as_key(bob)).status_code == 404
     assert anonymous.get("/runs", headers=as_key(bob)).json()["items"] == []
     assert anonymous.get(path, headers=as_key(alice)).json()["state"] == "QUEUED"  # bob's cancel did nothing
     assert [r["id"] for r in anonymous.get("/runs", headers=as_key(alice)).json()["items"]] == [run["id"]]
     assert anonymous.get(path, headers=as_key(admin)).status_code == 200
     assert anonymous.get(f"{path}/metrics", headers=as_key(admin)).status_code == 200
+    assert anonymous.get(f"{path}/attempts", headers=as_key(alice)).json() == []  # none recorded yet
 
 
 def test_keys_with_the_same_owner_share_its_runs(

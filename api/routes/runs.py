@@ -1,4 +1,4 @@
-"""Runs: submit, read, list, cancel."""
+"""Runs: submit, read, list, cancel, and the full texts of their attempts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, status
 
 from api.deps import Authed, CallerDep, DispatcherDep, SessionDep, SettingsDep
-from api.schemas import MAX_ID, RunId, RunOut, RunPage, errors
+from api.schemas import MAX_ID, AttemptDetail, RunId, RunOut, RunPage, errors
 from shared import runs
 from shared.admission import admit
 from shared.outbox import claim_and_enqueue
@@ -46,11 +46,28 @@ def list_runs(
     state: RunState | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    campaign_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only this campaign's runs.")
+    ] = None,
 ) -> RunPage:
-    page, next_cursor = runs.list_runs(session, state=state, limit=limit, cursor=cursor, caller=caller)
+    page, next_cursor = runs.list_runs(
+        session, state=state, limit=limit, cursor=cursor, caller=caller, campaign_id=campaign_id
+    )
     return RunPage(items=[RunOut.of(r) for r in page], next_cursor=next_cursor)
 
 
 @router.post("/{run_id}/cancel", responses=errors(404))
 def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> RunOut:
     return RunOut.of(runs.cancel_run(session, run_id, caller), with_attempts=True)
+
+
+@router.get("/{run_id}/attempts", responses=errors(404))
+def read_attempts(
+    run_id: RunId,
+    session: SessionDep,
+    caller: CallerDep,
+    phase: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only this phase (its index).")] = None,
+) -> list[AttemptDetail]:
+    """Every attempt of the run (or of one phase) with its outputs: builder output, diff, validation
+    output, mitigation and Doctor advice. `GET /runs/{id}` leaves these big texts out."""
+    return [AttemptDetail.of(p, a) for p, a in runs.run_attempts(session, run_id, caller, phase)]

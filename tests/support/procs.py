@@ -105,6 +105,28 @@ def api_process(settings: Settings, port: int, logdir: Path) -> Iterator[str]:
         proc.stop()
 
 
+@contextmanager
+def flower_process(settings: Settings, port: int, logdir: Path) -> Iterator[Proc]:
+    """A real `autopack flower` subprocess; yields once its auth-exempt /healthcheck answers."""
+    proc = spawn(
+        [AUTOPACK, "flower", "--port", str(port)],
+        settings_env(settings, AUTOPACK_LOG_LEVEL="INFO"),
+        logdir / "flower.log",
+    )
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait_for(healthy, proc, 60, "flower")
+        yield proc
+    finally:
+        proc.stop()
+
+
 def _wait_for(check: object, proc: Proc, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
