@@ -1,13 +1,16 @@
-"""Fixtures on real services: a fresh Postgres database per test session, Redis db 15, real git repos."""
+"""Fixtures on real services: a fresh Postgres database and a Redis database per test session, real git
+repos."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -23,7 +26,29 @@ from shared.settings import Settings
 from workers.celery_app import create_app as create_celery
 
 PG_ADMIN = os.environ.get("AUTOPACK_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("AUTOPACK_TEST_REDIS", "redis://127.0.0.1:6379/15")
+_HELD: list[IO[str]] = []
+
+
+def session_redis() -> str:
+    """A Redis database of this test session's own: `AUTOPACK_TEST_REDIS`, or the highest of 1..15
+    whose lock file no other session holds. Two suites on one machine (a developer's and CI's, or two
+    clones) then never flush each other's queue or answer each other's Celery broadcasts."""
+    explicit = os.environ.get("AUTOPACK_TEST_REDIS")
+    if explicit:
+        return explicit
+    for db in range(15, 0, -1):
+        handle = open(Path(tempfile.gettempdir()) / f"autopack-test-redis-{db}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _HELD.append(handle)  # held until this process exits
+        return f"redis://127.0.0.1:6379/{db}"
+    raise RuntimeError("every Redis test database 1..15 is in use; set AUTOPACK_TEST_REDIS")
+
+
+REDIS_URL = session_redis()
 PYTHON = sys.executable
 TEMP_REPOS = f"{Path(tempfile.gettempdir()).resolve()}/**"
 """The tests' repositories live in temp dirs; a fleet allows none until told."""
@@ -69,7 +94,7 @@ def pg(pg_url: str) -> str:
 
 @pytest.fixture
 def redis_url() -> str:
-    """Redis database 15, flushed before the test."""
+    """This session's Redis database, flushed before the test."""
     redis.Redis.from_url(REDIS_URL).flushdb()
     return REDIS_URL
 

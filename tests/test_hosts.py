@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import redis
 
 from api.client import ApiClient
 from api.serve import free_port
@@ -21,15 +20,12 @@ from tests.support.scenario import check_scenario, submit_runs, wait_terminal
 pytestmark = pytest.mark.fleet
 
 RUNS = 6
-# A Redis database of this test's own (conftest's is db 15): another session's fleet tests flush db 15 and
-# their workers would consume these runs' tasks, stalling them until the reconciler re-dispatches.
-BROKER_URL = "redis://127.0.0.1:6379/13"
 
 
 @pytest.fixture
 def hosts_settings(fleet_settings: Settings) -> Settings:
-    redis.Redis.from_url(BROKER_URL).flushdb()
-    return fleet_settings.model_copy(update={"broker_url": BROKER_URL})
+    """The session's own Redis database (conftest's `session_redis`): no other suite consumes it."""
+    return fleet_settings
 
 
 def attempt_pid(attempt: dict[str, object]) -> int:
