@@ -1,4 +1,5 @@
-"""`python -m tests.chaos.run`: the full chaos batch on a fresh Postgres database and a Redis database of its own (conftest `session_redis`).
+"""`python -m tests.chaos.run`: the full chaos batch on a fresh Postgres database and a Redis database
+of its own (conftest `session_redis`).
 
 Prints the seed, the faults injected and an invariants table; exits 1 only if an invariant fails.
 """
