@@ -10,7 +10,7 @@ and an interactive run's wait for its first phase while 500 campaign phases are 
 `--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
 under them over that history, with EXPLAIN of their queries; (j) `--only validation`: phase time of a
 multi-phase run whose validation is a 400-test suite, with the validation store off and on (and a
-replay), and slot affinity on a 2,000-file repository. Prints figures
+replay), and slot affinity on the 2,100-file repository. Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="(e) `sleep 1` phases per slot configuration (the issue's full version: 500)",
     )
     parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
-    parser.add_argument("--validation-phases", type=int, default=4, help="(j) phases per timed run")
+    parser.add_argument("--validation-phases", type=int, default=6, help="(j) phases per timed run")
     parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
     parser.add_argument("--report-pairs", type=int, default=10_000, help="(g) pairs in the timed report")
     parser.add_argument("--campaign-children", type=int, default=500, help="(h) children of the campaign")
