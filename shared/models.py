@@ -339,6 +339,25 @@ class WorkerHost(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ValidationResult(Base):
+    """One validation command's result on one tree, reusable as any later baseline of that tree (see
+    `shared/validation_cache.py` for the key and why reuse is safe). Written by workers, never by the API."""
+
+    __tablename__ = "validation_results"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """sha256 of (tree, fingerprint, the commands run before it on that tree, the command)."""
+    tree_sha: Mapped[str] = mapped_column(String(64))
+    command: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    """sha256 of the sandbox policy and the toolchain the command ran with (workers/validation_cache.py)."""
+    result: Mapped[dict[str, Any]]
+    """What `compare` needs: exit code, JUnit counts and failing ids, limit, seconds, an output tail."""
+    hits: Mapped[int] = mapped_column(default=0)
+    """How many baselines this row has served instead of running the command."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)
 Index("ix_runs_campaign_held", Run.campaign_id, Run.held)
 # The dashboard's reads (see migration 0006 for the measurements).

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     sandbox_output_stop_mb: int = 1024
     """A boxed command that prints more than this is ended: a runaway, not a log. 0 = never."""
 
+    validation_cache: bool = True
+    """Reuse validation results recorded in the database for a tree already validated with the same
+    command, sandbox and toolchain (a phase's baseline is its previous phase's after-validation; a replay
+    over the same base commit reuses the first one's). Off = every baseline runs its commands again."""
+
     git_config_global: Path | None = None
     """Git config file for the worker's own git calls (credential helpers, sshCommand, url rewrites).
     Unset = none: the worker's git reads no global or system config, and ignores repository config

@@ -11,7 +11,7 @@ from shared.errors import DiskFull, GitError, HostFault, PatchParseError, Worksp
 from shared.models import utcnow
 from shared.specs import PhaseSpec
 from shared.states import AttemptOutcome
-from workers import steps
+from workers import steps, validation_cache
 from workers.apply import apply_writes
 from workers.builders import BuildRequest, BuildResult, get_builder
 from workers.patches import parse_change, resolve
@@ -114,17 +114,28 @@ def _validation_commands(phase: PhaseSpec, wt: Path) -> tuple[list[str], str]:
 
 
 def _baseline(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path, commands: list[str]) -> ValidationRun:
+    """Validation at the starting commit: remembered (this execution's earlier attempt, or any worker's
+    validation of the same tree, see workers/validation_cache.py), else run here and recorded."""
     if job.head_sha not in plan.baseline:
-        s = ctx.settings
-        plan.baseline[job.head_sha] = run_validation(
-            commands,
-            wt,
-            timeout=s.command_timeout_seconds,
-            max_bytes=s.max_log_bytes,
-            network=job.phase.network,
-        )
-        steps.reset(wt, job.head_sha)  # whatever the baseline left behind is not the builder's change
+        plan.baseline[job.head_sha] = _baseline_at(ctx, job, wt, commands)
     return plan.baseline[job.head_sha]
+
+
+def _baseline_at(ctx: WorkerContext, job: PhaseJob, wt: Path, commands: list[str]) -> ValidationRun:
+    s, network = ctx.settings, job.phase.network
+    use_store = s.validation_cache and bool(commands)
+    tree: str | None = None
+    if use_store:
+        tree, remembered = validation_cache.cached_baseline(s, wt, commands, network)
+        if remembered is not None:
+            return remembered
+    run = run_validation(
+        commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=network
+    )
+    steps.reset(wt, job.head_sha)  # whatever the baseline left behind is not the builder's change
+    if use_store:
+        validation_cache.remember(s, tree, run, network)
+    return run
 
 
 def _build(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path) -> BuildResult:
@@ -191,10 +202,16 @@ def _attempt_in(
         return Attempted(_rec(plan, AttemptOutcome.SCOPE_VIOLATION, started, reason, built, paths), built)
     steps.stage(wt, paths)
     patch = steps.staged_diff(wt, s.max_log_bytes * 4)
+    # The tree validation runs on, taken before it runs: recorded for the next phase if this one succeeds.
+    tree = validation_cache.staged_tree(wt) if s.validation_cache and commands else None
     after = run_validation(
         commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=phase.network
     )
     verdict = compare(baseline, after)
+    if baseline.reused:
+        note += (
+            f"baseline: {len(baseline.results)} result(s) reused from an earlier validation of this tree\n"
+        )
     report = note + verdict.summary + "\n\n" + after.report()
     if not verdict.ok:
         bad = next((r for r in after.results if not r.ok), None)
@@ -220,6 +237,8 @@ def _attempt_in(
     message = f"autopack: run {job.run_id} phase {job.phase_index} {phase.name}\n\n{phase.goal}".strip()
     sha = steps.commit(wt, message, s.git_author)
     publish(mirror, phase_ref(job.run_id, job.phase_index, lease.epoch), sha, s.push_results)
+    if tree is not None:  # a fact about a tree, not a write of the run's: it needs no fencing
+        validation_cache.remember_after(s, wt, tree, after, phase.network)
     rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, report, sha, patch)
     return Attempted(rec, built)
 

@@ -220,6 +220,8 @@ class CommandValidation:
 @dataclass(frozen=True)
 class ValidationRun:
     results: tuple[CommandValidation, ...]
+    reused: bool = False
+    """Read from the validation store (workers/validation_cache.py) rather than run here."""
 
     @property
     def ok(self) -> bool:

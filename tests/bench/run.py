@@ -8,7 +8,9 @@ cost per command (bwrap `true` against unboxed `true`, same run), (g) the campai
 pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
 and an interactive run's wait for its first phase while 500 campaign phases are queued; opt-in with
 `--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
-under them over that history, with EXPLAIN of their queries. Prints figures
+under them over that history, with EXPLAIN of their queries; (j) `--only validation`: phase time of a
+multi-phase run whose validation is a 400-test suite, with the validation store off and on (and a
+replay), and slot affinity on the 2,100-file repository. Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -40,6 +42,7 @@ from tests.bench import (
     provisioning,
     sandbox,
     scaling,
+    validation_reuse,
 )
 from tests.bench.noop_app import REDIS_URL
 from tests.bench.procs import ROOT
@@ -58,6 +61,7 @@ SECTIONS = (
     "sandbox",
     "report",
     "campaigns",
+    "validation",
 )
 OPT_IN = ("dashboard",)
 """Not in the default set: generating its history takes ~40 s and ~1.5 GB of disk."""
@@ -83,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="(e) `sleep 1` phases per slot configuration (the issue's full version: 500)",
     )
     parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
+    parser.add_argument("--validation-phases", type=int, default=6, help="(j) phases per timed run")
     parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
     parser.add_argument("--report-pairs", type=int, default=10_000, help="(g) pairs in the timed report")
     parser.add_argument("--campaign-children", type=int, default=500, help="(h) children of the campaign")
@@ -178,6 +183,10 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         h = run_campaigns(args, workdir, logdir)
         results["campaigns"] = h.as_dict()
         rows += h.rows()
+    if "validation" in chosen:
+        j = run_validation_reuse(args, workdir)
+        results["validation"] = j.as_dict()
+        rows += j.rows()
     if "dashboard" in chosen:
         i = run_dashboard(args, workdir, logdir)
         results["dashboard"] = i.as_dict()
@@ -263,6 +272,14 @@ def run_sandbox(args: argparse.Namespace, workdir: Path) -> sandbox.SandboxResul
         f"{f.bwrap_true.median_ms:.1f} ms vs plain true {f.plain_true.median_ms:.1f} ms"
     )
     return f
+
+
+def run_validation_reuse(args: argparse.Namespace, workdir: Path) -> validation_reuse.ValidationReuseResult:
+    say(f"(j) validation reuse: {args.validation_phases}-phase runs, 400 tests as validation, store off/on …")
+    j = validation_reuse.bench(workdir / "j", phases=args.validation_phases, files=args.files)
+    on, off = j.on.later(0).median_ms, j.off.later(0).median_ms
+    say(f"    phase 2.. median {off:.0f} ms with the store off, {on:.0f} ms on")
+    return j
 
 
 def run_celery(args: argparse.Namespace, logdir: Path) -> celery_roundtrip.CeleryResult:

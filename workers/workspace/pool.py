@@ -50,7 +50,7 @@ class WorkspaceManager:
         mirror = self.mirror(repo)
         mirror.ensure(sha)
         pool = self.root / "worktrees" / repo_key(repo)
-        with self._slot(pool) as slot:
+        with self._slot(pool, sha) as slot:
             try:
                 self._provision(mirror, slot, sha)
             except (GitError, OSError) as exc:
@@ -58,8 +58,8 @@ class WorkspaceManager:
             yield Worktree(slot, mirror)
 
     @contextmanager
-    def _slot(self, pool: Path) -> Iterator[Path]:
-        for n in range(self.slots):
+    def _slot(self, pool: Path, sha: str) -> Iterator[Path]:
+        for n in self._preferred_order(pool, sha):
             with flock(pool / f"slot-{n}.lock", blocking=False) as held:
                 if held is not None:
                     yield pool / f"slot-{n}"
@@ -68,6 +68,13 @@ class WorkspaceManager:
         n = os.getpid() % self.slots
         with flock(pool / f"slot-{n}.lock"):
             yield pool / f"slot-{n}"
+
+    def _preferred_order(self, pool: Path, sha: str) -> list[int]:
+        """Slots already checked out at `sha` first: a run's next phase starts where its previous phase
+        committed, and that slot's reset has nothing to rewrite (bench (j), 2,100 files: ~80-110 ms, against
+        ~300-500 ms across 20 commits). Read without the lock: a stale answer only costs a longer reset."""
+        at_sha = [n for n in range(self.slots) if slot_head(pool / f"slot-{n}") == sha]
+        return at_sha + [n for n in range(self.slots) if n not in at_sha]
 
     def _provision(self, mirror: Mirror, slot: Path, sha: str) -> None:
         record = repair.linked_record(mirror.path, slot)
@@ -122,3 +129,16 @@ class WorkspaceManager:
     def _mirror_dirs(self) -> list[Path]:
         mirrors = self.root / "mirrors"
         return sorted(d for d in mirrors.glob("*.git") if (d / "HEAD").exists()) if mirrors.is_dir() else []
+
+
+def slot_head(slot: Path) -> str | None:
+    """The commit a pooled worktree's HEAD names (it is always detached), read from its admin dir
+    without a git process; None when the slot does not exist or is not a detached linked worktree."""
+    try:
+        link = (slot / ".git").read_text()
+        if not link.startswith("gitdir: "):
+            return None
+        admin = slot / link.removeprefix("gitdir: ").strip()  # an absolute gitdir replaces `slot`
+        return (admin / "HEAD").read_text().strip()
+    except (OSError, ValueError):  # a damaged slot (garbage in .git) is repair.py's business, not ours
+        return None

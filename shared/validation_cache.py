@@ -1,0 +1,111 @@
+"""The validation-result store: results of validation commands by (tree, command, fingerprint).
+
+Protocol, stated once. A validation command's result depends on the files it runs on, the command, what
+ran before it in the same worktree (commands may leave files for the next), and the box and toolchain
+it ran in. The worker names those as: the git tree SHA of the worktree (exactly the files, nothing
+ignored or untracked beside them), the command string, the commands run before it on that tree, and a
+fingerprint of the sandbox policy and toolchain (`workers/validation_cache.py`). `entry_key` hashes the
+four into one primary key, so a lookup is one indexed read and a second writer of the same result
+finds the first one's row (`ON CONFLICT DO NOTHING`): a result is a fact about a tree, not about a run,
+so it needs no fencing, and any worker of the fleet may write or read it.
+
+What is stored is what `workers.validation.compare` reads of a baseline (exit code, JUnit counts and
+failing ids, limit) plus its time and an output tail; a timed-out command or one a limit killed is
+never stored (its result says more about the host's load than about the tree). Lookups are
+all-or-nothing (`lookup` returns None unless every command of the list is there), so a baseline is
+either entirely remembered or entirely run, never a mix that no single run produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.db import transaction
+from shared.models import ValidationResult, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One command's result on one tree under one fingerprint, in list order."""
+
+    command: str
+    prior: tuple[str, ...]
+    """The commands run before this one on the same worktree."""
+    result: dict[str, Any]
+
+
+def entry_key(tree_sha: str, fingerprint: str, prior: Sequence[str], command: str) -> str:
+    # NUL separates fields no command string can contain (bash cannot pass NUL), so keys cannot collide
+    # by shifting text from one field to the next.
+    text = "\0".join([tree_sha, fingerprint, str(len(prior)), *prior, command])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _keys(tree_sha: str, fingerprint: str, commands: Sequence[str]) -> list[str]:
+    return [entry_key(tree_sha, fingerprint, commands[:i], c) for i, c in enumerate(commands)]
+
+
+def lookup(url: str, tree_sha: str, fingerprint: str, commands: Sequence[str]) -> list[dict[str, Any]] | None:
+    """Every command's stored result, in order, or None when any is missing (or the store fails)."""
+    if not commands:
+        return None
+    keys = _keys(tree_sha, fingerprint, commands)
+    try:
+        with transaction(url) as session:
+            rows: dict[str, dict[str, Any]] = dict(
+                session.execute(
+                    select(ValidationResult.key, ValidationResult.result).where(
+                        ValidationResult.key.in_(keys)
+                    )
+                ).all()
+            )
+            if len(rows) < len(set(keys)):
+                return None
+            session.execute(
+                update(ValidationResult)
+                .where(ValidationResult.key.in_(keys))
+                .values(hits=ValidationResult.hits + 1)
+            )
+    except SQLAlchemyError as exc:  # the store is an optimisation: running the commands is always right
+        log.warning("validation cache lookup failed, running the commands: %s", exc)
+        return None
+    return [rows[k] for k in keys]
+
+
+def record(url: str, tree_sha: str, fingerprint: str, entries: Sequence[Entry]) -> int:
+    """Store the entries (a row already there is kept); returns how many were offered."""
+    if not entries:
+        return 0
+    values = [
+        {
+            "key": entry_key(tree_sha, fingerprint, e.prior, e.command),
+            "tree_sha": tree_sha,
+            "command": e.command,
+            "fingerprint": fingerprint,
+            "result": e.result,
+            "hits": 0,
+            "created_at": utcnow(),
+        }
+        for e in entries
+    ]
+    try:
+        with transaction(url) as session:
+            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+            stmt = (
+                dialect.insert(ValidationResult).values(values).on_conflict_do_nothing(index_elements=["key"])
+            )
+            session.execute(stmt)
+    except SQLAlchemyError as exc:
+        log.warning("validation cache write failed (the next baseline runs its commands): %s", exc)
+        return 0
+    return len(values)
