@@ -16,6 +16,7 @@ from api.client import ApiClient
 from shared.errors import InvalidSpec
 from shared.git import git
 from shared.plans.draft import Draft, normalize_plan
+from shared.plans.parse import clean_title, parse_plan
 from shared.settings import Settings
 from tests.conftest import TEMP_REPOS
 
@@ -255,3 +256,11 @@ def test_the_cli_prints_yaml_and_warnings_apart(
     empty.write_text("nothing here\n")
     refused = CliRunner().invoke(cli.cli, ["plan", "normalize", str(empty), "--repo", str(go_repo)])
     assert refused.exit_code == 1 and "line 1: no phases" in refused.stderr
+
+
+def test_parse_counts_lines_as_markdown_does_and_reads_setext_and_step_titles() -> None:
+    text = "Plan\r\n====\r\n\r\nStep 1\r\n------\r\nEdit `a.py`\u2028still line 6\r\n\r\n"
+    plan = parse_plan(text + "Step 2\r\n------\r\n")
+    assert [(i.title, i.line) for i in plan.items] == [("Step 1", 4), ("Step 2", 8)]
+    assert plan.title == "Plan" and plan.items[0].text == "Step 1\n\nEdit `a.py`\u2028still line 6"
+    assert plan.items[0].mentions[0].line == 6 and clean_title("Phase 2: Add x") == "Add x"

@@ -50,6 +50,7 @@ class RepoTree:
     blobs: dict[str, tuple[str, int]]
     """path -> (blob id, size in bytes)."""
     by_name: dict[str, list[str]] = field(default_factory=dict)
+    dirs: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, repo: Path, sha: str) -> RepoTree:
@@ -64,7 +65,8 @@ class RepoTree:
         by_name: dict[str, list[str]] = {}
         for path in sorted(blobs):
             by_name.setdefault(PurePosixPath(path).name, []).append(path)
-        return cls(repo, sha, blobs, by_name)
+        dirs = frozenset(str(parent) for path in blobs for parent in PurePosixPath(path).parents)
+        return cls(repo, sha, blobs, by_name, dirs - {"."})
 
     @property
     def short(self) -> str:
@@ -74,8 +76,7 @@ class RepoTree:
         return path in self.blobs
 
     def is_dir(self, path: str) -> bool:
-        prefix = path.rstrip("/") + "/"
-        return any(p.startswith(prefix) for p in self.blobs)
+        return path.rstrip("/") in self.dirs
 
     def read_text(self, path: str) -> str | None:
         found = self.blobs.get(path)

@@ -26,6 +26,7 @@ _NUMBERED_TITLE = re.compile(
     re.IGNORECASE,
 )
 _LIST_MARKER = re.compile(r"^\s*\d{1,9}[.)]\s?")
+_NEWLINE = re.compile(r"\r\n?|\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 
@@ -71,14 +72,15 @@ class _Block:
     title: str
     start: int  # 0-based first line
     end: int  # 0-based line after the last
+    head_end: int  # 0-based line after the title (a setext heading's title takes two)
 
 
 def parse_plan(text: str) -> Plan:
     """The plan's phases by the rules above; `PlanError` naming a line when it has none."""
     tokens = MarkdownIt("commonmark").parse(text)
-    lines = text.splitlines()
+    lines = _NEWLINE.split(text)  # as markdown-it counts lines (not str.splitlines, which splits more)
     headings = _headings(tokens)
-    title = headings[0] if headings and headings[0][0] == 1 and _count(headings, 1) == 1 else None
+    title = headings[0] if headings and headings[0].level == 1 and _count(headings, 1) == 1 else None
     rest = [h for h in headings if h is not title]
     blocks = _numbered_heading_blocks(rest, len(lines)) or _list_blocks(tokens)
     blocks = blocks or _heading_blocks(rest, len(lines))
@@ -88,8 +90,8 @@ def parse_plan(text: str) -> Plan:
     items = tuple(_item(b, lines, mentions) for b in blocks)
     inside = {m for item in items for m in item.mentions}
     return Plan(
-        title=title[2] if title else None,
-        title_line=title[1] + 1 if title else None,
+        title=title.text if title else None,
+        title_line=title.line + 1 if title else None,
         items=items,
         context_mentions=tuple(m for m in mentions if m not in inside),
     )
@@ -103,41 +105,49 @@ def clean_title(title: str) -> str:
 # --- phases ----------------------------------------------------------------------------------------
 
 
-def _headings(tokens: list[Token]) -> list[tuple[int, int, str]]:
-    """(level, 0-based line, text) of every top-level heading."""
+@dataclass(frozen=True)
+class _Heading:
+    level: int
+    line: int  # 0-based
+    end: int  # 0-based line after it
+    text: str
+
+
+def _headings(tokens: list[Token]) -> list[_Heading]:
+    """Every top-level heading (not those inside lists or quotes)."""
     out = []
     for i, tok in enumerate(tokens):
         if tok.type == "heading_open" and tok.level == 0 and tok.map:
-            out.append((int(tok.tag[1]), tok.map[0], tokens[i + 1].content.strip()))
+            out.append(_Heading(int(tok.tag[1]), tok.map[0], tok.map[1], tokens[i + 1].content.strip()))
     return out
 
 
-def _count(headings: list[tuple[int, int, str]], level: int) -> int:
-    return sum(1 for h in headings if h[0] == level)
+def _count(headings: list[_Heading], level: int) -> int:
+    return sum(1 for h in headings if h.level == level)
 
 
-def _sections(headings: list[tuple[int, int, str]], level: int, n_lines: int) -> list[_Block]:
+def _sections(headings: list[_Heading], level: int, n_lines: int) -> list[_Block]:
     """The sections of the headings at `level`: each ends at the next heading at that level or above."""
     blocks = []
-    for i, (lvl, line, title) in enumerate(headings):
-        if lvl != level:
+    for i, head in enumerate(headings):
+        if head.level != level:
             continue
-        end = next((h[1] for h in headings[i + 1 :] if h[0] <= level), n_lines)
-        blocks.append(_Block(title, line, end))
+        end = next((h.line for h in headings[i + 1 :] if h.level <= level), n_lines)
+        blocks.append(_Block(head.text, head.line, end, head.end))
     return blocks
 
 
-def _numbered_heading_blocks(headings: list[tuple[int, int, str]], n_lines: int) -> list[_Block]:
-    numbered = [h for h in headings if _NUMBERED_TITLE.match(h[2])]
+def _numbered_heading_blocks(headings: list[_Heading], n_lines: int) -> list[_Block]:
+    numbered = [h for h in headings if _NUMBERED_TITLE.match(h.text)]
     if not numbered:
         return []
-    return _sections(headings, min(h[0] for h in numbered), n_lines)
+    return _sections(headings, min(h.level for h in numbered), n_lines)
 
 
-def _heading_blocks(headings: list[tuple[int, int, str]], n_lines: int) -> list[_Block]:
+def _heading_blocks(headings: list[_Heading], n_lines: int) -> list[_Block]:
     if not headings:
         return []
-    return _sections(headings, min(h[0] for h in headings), n_lines)
+    return _sections(headings, min(h.level for h in headings), n_lines)
 
 
 def _list_blocks(tokens: list[Token]) -> list[_Block]:
@@ -150,7 +160,7 @@ def _list_blocks(tokens: list[Token]) -> list[_Block]:
         elif in_ordered and tok.type == "list_item_open" and tok.level == 1 and tok.map:
             first = next((t for t in tokens[i + 1 :] if t.type == "inline"), None)
             title = first.content.split("\n", 1)[0].strip() if first else ""
-            blocks.append(_Block(title, tok.map[0], tok.map[1]))
+            blocks.append(_Block(title, tok.map[0], tok.map[1], tok.map[0] + 1))
     return blocks
 
 
@@ -173,9 +183,12 @@ def _no_phases(tokens: list[Token], lines: list[str]) -> PlanError:
 
 
 def _item(block: _Block, lines: list[str], mentions: list[Mention]) -> PlanItem:
-    body = lines[block.start : block.end]
-    head = _LIST_MARKER.sub("", body[0], count=1).lstrip("# ").rstrip("# ").strip() if body else ""
-    rest = textwrap.dedent("\n".join(body[1:])).strip()
+    """The item's text: its title line without the list marker or `#`s, then the rest, dedented."""
+    first = lines[block.start] if block.start < len(lines) else ""
+    head = _LIST_MARKER.sub("", first, count=1).strip().strip("#").strip()
+    if block.head_end > block.start + 1:  # a setext heading: its text, not its underline
+        head = block.title
+    rest = textwrap.dedent("\n".join(lines[block.head_end : block.end])).strip()
     text = f"{head}\n\n{rest}" if rest else head
     inside = tuple(m for m in mentions if block.start < m.line <= block.end)
     return PlanItem(title=block.title, line=block.start + 1, text=text, mentions=inside)
