@@ -53,6 +53,8 @@ class Draft:
 class _Builder:
     tree: RepoTree
     settings: Settings
+    validation: Sourced | None
+    """The toolchain's test command at the commit, the same for every phase."""
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: list[PlanWarning] = field(default_factory=list)
 
@@ -78,7 +80,11 @@ def normalize_plan(
         plan = parse_plan(text)
     except PlanError as exc:
         raise InvalidSpec("plan", str(exc)) from exc
-    builder = _Builder(RepoTree.load(path, sha), settings)
+    if len(plan.items) > settings.max_phases_per_run:
+        extra = plan.items[settings.max_phases_per_run]
+        raise InvalidSpec("plan", f"line {extra.line}: at most {settings.max_phases_per_run} phases per run")
+    tree = RepoTree.load(path, sha)
+    builder = _Builder(tree, settings, validation(tree))
     body = _spec_body(plan, builder, str(path), base_ref, name)
     spec = _validated(body)
     admit(spec, settings)
@@ -161,7 +167,7 @@ def _fallback_scope(i: int, item: PlanItem, paths: list[PhasePaths], b: _Builder
 
 
 def _validation(where: str, item: PlanItem, b: _Builder) -> list[Sourced]:
-    found = validation(b.tree)
+    found = b.validation
     if found is None:
         b.warn(f"{where}.validation", item.line, f"no toolchain recognised at {b.tree.short}; none inferred")
         return []

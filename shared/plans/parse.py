@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from markdown_it import MarkdownIt
@@ -27,6 +28,7 @@ _NUMBERED_TITLE = re.compile(
 )
 _LIST_MARKER = re.compile(r"^\s*\d{1,9}[.)]\s?")
 _NEWLINE = re.compile(r"\r\n?|\n")
+_CONTEXT = 300
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
 
 
@@ -77,6 +79,7 @@ class _Block:
 
 def parse_plan(text: str) -> Plan:
     """The plan's phases by the rules above; `PlanError` naming a line when it has none."""
+    text = text.replace("\x00", "\ufffd")  # as CommonMark does; a NUL never reaches a goal
     tokens = MarkdownIt("commonmark").parse(text)
     lines = _NEWLINE.split(text)  # as markdown-it counts lines (not str.splitlines, which splits more)
     headings = _headings(tokens)
@@ -87,7 +90,8 @@ def parse_plan(text: str) -> Plan:
     if not blocks:
         raise _no_phases(tokens, lines)
     mentions = _mentions(tokens)
-    items = tuple(_item(b, lines, mentions) for b in blocks)
+    lines_of = [m.line for m in mentions]  # document order, so sorted
+    items = tuple(_item(b, lines, mentions, lines_of) for b in blocks)
     inside = {m for item in items for m in item.mentions}
     return Plan(
         title=title.text if title else None,
@@ -132,7 +136,8 @@ def _sections(headings: list[_Heading], level: int, n_lines: int) -> list[_Block
     for i, head in enumerate(headings):
         if head.level != level:
             continue
-        end = next((h.line for h in headings[i + 1 :] if h.level <= level), n_lines)
+        later = (headings[j] for j in range(i + 1, len(headings)))
+        end = next((h.line for h in later if h.level <= level), n_lines)
         blocks.append(_Block(head.text, head.line, end, head.end))
     return blocks
 
@@ -158,7 +163,7 @@ def _list_blocks(tokens: list[Token]) -> list[_Block]:
         if tok.level == 0 and tok.type in ("ordered_list_open", "ordered_list_close"):
             in_ordered = tok.type == "ordered_list_open"
         elif in_ordered and tok.type == "list_item_open" and tok.level == 1 and tok.map:
-            first = next((t for t in tokens[i + 1 :] if t.type == "inline"), None)
+            first = next((tokens[j] for j in range(i + 1, len(tokens)) if tokens[j].type == "inline"), None)
             title = first.content.split("\n", 1)[0].strip() if first else ""
             blocks.append(_Block(title, tok.map[0], tok.map[1], tok.map[0] + 1))
     return blocks
@@ -182,15 +187,16 @@ def _no_phases(tokens: list[Token], lines: list[str]) -> PlanError:
     )
 
 
-def _item(block: _Block, lines: list[str], mentions: list[Mention]) -> PlanItem:
-    """The item's text: its title line without the list marker or `#`s, then the rest, dedented."""
+def _item(block: _Block, lines: list[str], mentions: list[Mention], lines_of: list[int]) -> PlanItem:
+    """The item's text (its title line without the list marker or `#`s, then the rest, dedented) and the
+    mentions on its lines (`lines_of`: each mention's line, sorted)."""
     first = lines[block.start] if block.start < len(lines) else ""
     head = _LIST_MARKER.sub("", first, count=1).strip().strip("#").strip()
     if block.head_end > block.start + 1:  # a setext heading: its text, not its underline
         head = block.title
     rest = textwrap.dedent("\n".join(lines[block.head_end : block.end])).strip()
     text = f"{head}\n\n{rest}" if rest else head
-    inside = tuple(m for m in mentions if block.start < m.line <= block.end)
+    inside = tuple(mentions[bisect_right(lines_of, block.start) : bisect_right(lines_of, block.end)])
     return PlanItem(title=block.title, line=block.start + 1, text=text, mentions=inside)
 
 
@@ -208,10 +214,11 @@ def _mentions(tokens: list[Token]) -> list[Mention]:
 
 def _inline_mentions(children: list[Token], first_line: int) -> list[Mention]:
     text, spans = _flatten(children, first_line)
-    out = []
-    for start, content, line in spans:
-        out.append(Mention(content, line, _sentence_at(text, start)))
-    return out
+    if not spans:
+        return []
+    cuts = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)]
+    starts = [start for start, _ in cuts]
+    return [Mention(content, line, _sentence_at(text, at, cuts, starts)) for at, content, line in spans]
 
 
 def _flatten(children: list[Token], first_line: int) -> tuple[str, list[tuple[int, str, int]]]:
@@ -235,12 +242,9 @@ def _flatten(children: list[Token], first_line: int) -> tuple[str, list[tuple[in
     return "".join(parts), spans
 
 
-def _sentence_at(text: str, offset: int) -> str:
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        if match.start() > offset:
-            break
-        start = match.end()
-    end_match = _SENTENCE_END.search(text, offset + 1)
-    end = end_match.start() if end_match else len(text)
-    return text[start:end].replace("\n", " ").strip()
+def _sentence_at(text: str, offset: int, cuts: list[tuple[int, int]], starts: list[int]) -> str:
+    """The sentence around `offset` (at most `_CONTEXT` characters either side), on one line."""
+    k = bisect_right(starts, offset)
+    begin = max(cuts[k - 1][1] if k else 0, offset - _CONTEXT)
+    end = min(cuts[k][0] if k < len(cuts) else len(text), offset + _CONTEXT)
+    return text[begin:end].replace("\n", " ").strip()
