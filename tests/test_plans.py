@@ -179,6 +179,7 @@ def test_paths_that_do_not_exist_are_warnings_not_scope(py_repo: Path) -> None:
         ),
         ("# Ideas\n\nJust prose about `src/shop/cart.py`.\n", 1, "expected numbered items"),
         ("\n\n", 1, "the plan is empty"),
+        ("".join(f"{i}. Tidy `src/shop/cart.py`\n" for i in range(1, 202)), 201, "at most 200 phases"),
         ("1. Think hard about `nothing/here.py`\n", 1, "names no path that exists"),
     ],
 )
