@@ -101,6 +101,8 @@ def go_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SETTINGS = Settings(allowed_repos=[TEMP_REPOS], _env_file=None)  # type: ignore[call-arg]
+MAX = SETTINGS.max_phases_per_run
+TOO_MANY = "".join(f"{i}. Tidy `src/shop/cart.py`\n" for i in range(1, MAX + 2))
 
 
 def draft(plan: str, repo: Path) -> Draft:
@@ -179,7 +181,7 @@ def test_paths_that_do_not_exist_are_warnings_not_scope(py_repo: Path) -> None:
         ),
         ("# Ideas\n\nJust prose about `src/shop/cart.py`.\n", 1, "expected numbered items"),
         ("\n\n", 1, "the plan is empty"),
-        ("".join(f"{i}. Tidy `src/shop/cart.py`\n" for i in range(1, 202)), 201, "at most 200 phases"),
+        (TOO_MANY, MAX + 1, f"at most {MAX} phases"),
         ("1. Think hard about `nothing/here.py`\n", 1, "names no path that exists"),
     ],
 )
