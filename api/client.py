@@ -38,6 +38,11 @@ class ApiClient:
         out: dict[str, Any] = self._call("POST", "/runs", json=spec)
         return out
 
+    def normalize_plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /plans/normalize`: the run spec draft of a Markdown plan, its provenance and warnings."""
+        out: dict[str, Any] = self._call("POST", "/plans/normalize", json=body)
+        return out
+
     def run(self, run_id: int) -> dict[str, Any]:
         out: dict[str, Any] = self._call("GET", f"/runs/{run_id}")
         return out

@@ -60,6 +60,7 @@ OPERATIONS = [
     ("GET", "/campaigns/{campaign_id}", MAX_EXAMPLES),
     ("POST", "/campaigns/{campaign_id}/cancel", MAX_EXAMPLES),
     ("GET", "/campaigns/{campaign_id}/report", MAX_EXAMPLES),
+    ("POST", "/plans/normalize", MAX_EXAMPLES),
     ("GET", "/fleet", 3),  # no inputs but the key, and each call waits out a 1 s Celery inspect
     ("GET", "/metrics", 3),
     ("GET", "/health", 3),

@@ -8,91 +8,48 @@ change is worse than the baseline taken before it.
 
 from __future__ import annotations
 
-import configparser
-import json
 import os
 import shlex
 import stat
 import tempfile
-import tomllib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.toolchain import PYTEST_COMMAND as PYTEST_COMMAND  # re-exported for the pipeline and tests
+from shared.toolchain import InferredCommand as InferredCommand
+from shared.toolchain import infer_toolchain
 from workers.commands import CommandResult, run_command
 
-PYTEST_COMMAND = "python -m pytest -q"
-_NPM_DEFAULT_TEST = 'echo "Error: no test specified" && exit 1'
 _MAX_JUNIT_BYTES = 50_000_000
 _SHELL_OPERATORS = {"&&", "||", ";", "|", "&", "|&", ";;"}
 
 
-# --- inference -------------------------------------------------------------------------------------
+# --- inference (the rules live in shared/toolchain.py; plans use them on a tree at a ref) -------------
 
 
 @dataclass(frozen=True)
-class InferredCommand:
-    command: str
-    reason: str
+class _WorktreeFiles:
+    """`RepoFiles` over a checked-out worktree."""
 
+    root: Path
 
-def _pyproject_configures_pytest(worktree: Path) -> bool:
-    try:
-        data = tomllib.loads((worktree / "pyproject.toml").read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    tool = data.get("tool")
-    return isinstance(tool, dict) and "pytest" in tool
+    def is_file(self, path: str) -> bool:
+        return (self.root / path).is_file()
 
+    def read_text(self, path: str) -> str | None:
+        try:
+            return (self.root / path).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
 
-def _ini_has_section(path: Path, section: str) -> bool:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(path.read_text())
-    except (OSError, UnicodeDecodeError, configparser.Error):
-        return False
-    return parser.has_section(section)
-
-
-def _pytest_reason(worktree: Path) -> str | None:
-    if _pyproject_configures_pytest(worktree):
-        return "pyproject.toml [tool.pytest]"
-    checks: list[tuple[str, Callable[[], bool]]] = [
-        ("pytest.ini", lambda: (worktree / "pytest.ini").is_file()),
-        ("setup.cfg [tool:pytest]", lambda: _ini_has_section(worktree / "setup.cfg", "tool:pytest")),
-        ("tox.ini", lambda: (worktree / "tox.ini").is_file()),
-        ("conftest.py", lambda: (worktree / "conftest.py").is_file()),
-        ("tests/conftest.py", lambda: (worktree / "tests" / "conftest.py").is_file()),
-        ("tests/test_*.py", lambda: any((worktree / "tests").glob("test_*.py"))),
-    ]
-    return next((reason for reason, check in checks if check()), None)
-
-
-def _npm_has_test_script(worktree: Path) -> bool:
-    try:
-        scripts = json.loads((worktree / "package.json").read_text()).get("scripts")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return False
-    test = scripts.get("test") if isinstance(scripts, dict) else None
-    return isinstance(test, str) and bool(test.strip()) and test.strip() != _NPM_DEFAULT_TEST
+    def any_match(self, directory: str, pattern: str) -> bool:
+        return any((self.root / directory).glob(pattern))
 
 
 def infer_validation(worktree: Path) -> InferredCommand | None:
-    """A test command for the repository's toolchain, with the file that gave it away; None if unknown."""
-    reason = _pytest_reason(worktree)
-    if reason:
-        return InferredCommand(PYTEST_COMMAND, f"inferred pytest from {reason}")
-    if _npm_has_test_script(worktree):
-        return InferredCommand("npm test", "inferred npm test from package.json scripts.test")
-    for marker, command in (
-        ("go.mod", "go test ./..."),
-        ("Cargo.toml", "cargo test"),
-        ("pom.xml", "mvn -q test"),
-    ):
-        if (worktree / marker).is_file():
-            return InferredCommand(command, f"inferred {command} from {marker}")
-    return None
+    """A test command for the worktree's toolchain, with the file that gave it away; None if unknown."""
+    return infer_toolchain(_WorktreeFiles(worktree))
 
 
 # --- pytest and JUnit XML --------------------------------------------------------------------------

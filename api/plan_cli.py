@@ -1,0 +1,57 @@
+"""`autopack plan normalize PLAN.md > run.yaml`: a Markdown plan as a run spec draft, over the HTTP API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+import yaml
+
+from api.client import ApiClient, ClientError
+from shared.git import is_local
+from shared.settings import get_settings
+
+
+def _client() -> ApiClient:
+    settings = get_settings()
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return ApiClient(settings.api_url, key)
+
+
+@click.group()
+def plan() -> None:
+    """Markdown plans."""
+
+
+@plan.command()
+@click.argument("plan_file", type=click.File("r"), metavar="PLAN.md")
+@click.option("--repo", default=".", show_default=True, help="The repository (a local path).")
+@click.option("--ref", "base_ref", default="main", show_default=True, help="Base ref of the run.")
+@click.option("--name", default=None, help="Run name (default: the plan's title).")
+@click.option("--explain", is_flag=True, help="Also print where each value came from (stderr).")
+def normalize(plan_file: TextIO, repo: str, base_ref: str, name: str | None, explain: bool) -> None:
+    """Print the run spec draft of PLAN.md (`-` reads stdin) as YAML; warnings go to stderr.
+
+    The YAML can be submitted as it is: `autopack submit run.yaml`."""
+    if is_local(repo):
+        repo = str(Path(repo).resolve())  # the API may run elsewhere: send a full path
+    body: dict[str, Any] = {"repo": repo, "base_ref": base_ref, "plan": plan_file.read(), "name": name}
+    try:
+        draft = _client().normalize_plan(body)
+    except ClientError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(yaml.safe_dump(draft["spec"], sort_keys=False, allow_unicode=True), nl=False)
+    for warning in draft["warnings"]:
+        click.echo(f"warning: {_where(warning)}{warning['message']}", err=True)
+    if explain:
+        for key, source in draft["provenance"].items():
+            click.echo(f"{key}: {source}", err=True)
+
+
+def _where(warning: dict[str, Any]) -> str:
+    parts = [f"line {warning['line']}" if warning.get("line") else None, warning.get("field")]
+    text = ": ".join(p for p in parts if p)
+    return f"{text}: " if text else ""
