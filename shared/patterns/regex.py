@@ -38,13 +38,18 @@ def compile_rule(pattern: str) -> Callable[[str], bool]:
         raise RuleRegexError(f"the pattern is longer than {MAX_PATTERN_CHARS} characters")
     try:
         compiled = re2.compile(pattern, options=_options())
+    except UnicodeEncodeError:
+        raise RuleRegexError("the pattern is not valid Unicode") from None
     except re2.error as exc:
         raise RuleRegexError(f"not a valid RE2 pattern: {_text(exc)}") from None
     if compiled.search("") is not None:
         raise RuleRegexError("the pattern matches the empty string, so it would match every failure")
 
     def search(line: str) -> bool:
-        return compiled.search(line) is not None
+        try:
+            return compiled.search(line) is not None
+        except UnicodeEncodeError:  # a lone surrogate in captured output: RE2 reads UTF-8 only
+            return compiled.search(line.encode(errors="replace").decode()) is not None
 
     return search
 

@@ -5,9 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 RuleName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL bytes")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class ExampleAttempt(BaseModel):
@@ -51,15 +64,15 @@ class PatternReport(BaseModel):
 class RuleDraft(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pattern: Annotated[str, Field(min_length=1, max_length=300)]
+    pattern: Annotated[Text, Field(min_length=1, max_length=300)]
     """RE2 syntax; searched line by line in the failure output."""
     window: Annotated[int, Field(ge=1, le=20000)] = 2000
 
 
 class RuleIn(RuleDraft):
     name: RuleName
-    advice: Annotated[str, Field(min_length=1, max_length=4000)]
-    template: Annotated[str | None, Field(max_length=4000)] = None
+    advice: Annotated[Text, Field(min_length=1, max_length=4000)]
+    template: Annotated[Text | None, Field(max_length=4000)] = None
 
 
 class Measurement(BaseModel):
