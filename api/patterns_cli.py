@@ -49,6 +49,8 @@ def render_report(report: dict[str, Any]) -> str:
             f"doctor: {c['doctor_action'] or '-'}, {c['doctor_calls']} calls, {c['doctor_tokens']} tokens"
         )
         lines.append(f"   template:  {c['template']}")
+        if c["doctor_diagnosis"]:
+            lines.append(f"   diagnosis: {c['doctor_diagnosis'][:200]}")
         lines.append(f"   candidate: {c['candidate']['pattern']}")
         lines.extend(
             f"   e.g. attempt {e['attempt_id']} (run {e['run_id']}): {e['line']}" for e in c["examples"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api.patterns_cli import render_report
 from shared.db import transaction
 from shared.keys import create_key
 from shared.models import utcnow
@@ -87,6 +88,9 @@ def test_api_mines_measures_accepts_versions_and_retires(
 ) -> None:
     history = seed_history(fleet_settings.database_url, repo)
     report = client.get("/failures/patterns").json()
+    printed = render_report(report)
+    assert "score 24 (6 attempts, 4 runs) doctor: retry_with_fix, 6 calls, 5400 tokens" in printed
+    assert "diagnosis: d" in printed
     candidate = report["clusters"][0]["candidate"]
     figures = client.post("/failures/rules/measure", json={"pattern": candidate["pattern"]}).json()
     assert figures["failed_hits"] == figures["unexplained_hits"] == 6

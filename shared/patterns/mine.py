@@ -80,6 +80,7 @@ def _cluster(
     doctors = [a.doctor for a, _ in group.members if a.doctor and a.doctor.get("action")]
     actions = Counter(str(d["action"]) for d in doctors)
     advices = Counter(str(d["advice"]) for d in doctors if d.get("advice"))
+    diagnoses = Counter(str(d["diagnosis"]) for d in doctors if d.get("diagnosis"))
     used = [spend[(a.phase_id, a.number)] for a, _ in group.members if (a.phase_id, a.number) in spend]
     examples = [
         ExampleAttempt(attempt_id=a.id, run_id=a.run_id, phase_id=a.phase_id, number=a.number, line=line)
@@ -95,6 +96,7 @@ def _cluster(
         score=occurrences * group.runs,
         examples=examples,
         doctor_action=actions.most_common(1)[0][0] if actions else None,
+        doctor_diagnosis=diagnoses.most_common(1)[0][0][:2000] if diagnoses else None,
         doctor_calls=sum(calls for _, calls in used),
         doctor_tokens=sum(tokens for tokens, _ in used),
         candidate=Candidate(pattern=template_regex(template), advice=advice[:4000]),

@@ -49,6 +49,8 @@ class Cluster(BaseModel):
     examples: list[ExampleAttempt]
     doctor_action: str | None
     """The Doctor's most common action for the cluster's attempts (None: never asked)."""
+    doctor_diagnosis: str | None
+    """The Doctor's most common diagnosis for the cluster's attempts."""
     doctor_calls: int
     doctor_tokens: int
     """Input + output tokens of the Doctor calls on the cluster's attempts (usage rows, role doctor)."""
