@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from api.patterns_cli import render_report
 from shared.db import transaction
 from shared.keys import create_key
-from shared.models import utcnow
+from shared.models import Attempt, utcnow
 from shared.patterns.masking import mask
 from shared.patterns.mine import mine
 from shared.patterns.regex import CompiledRule, RuleRegexError, compile_rule, template_regex
-from shared.patterns.store import RuleBook
+from shared.patterns.schemas import RuleIn
+from shared.patterns.store import RuleBook, accept, retire, rule_set
 from shared.settings import Settings
 from shared.specs import PhaseSpec
 from shared.states import AttemptOutcome
@@ -201,3 +202,23 @@ def _failed(output: str) -> Attempted:
         commit_sha=None,
     )
     return Attempted(record=record, built=None, failure_output=output, exit_code=1)
+
+
+def test_the_rule_store_versions_and_counts_hits_on_postgres_and_sqlite(db_url: str, repo: Path) -> None:
+    history = seed_history(db_url, repo)
+    book = RuleBook()
+    with transaction(db_url) as session:
+        row = accept(session, RuleIn(name="frob", pattern="FrobnicatorError", advice="a"), "ops")
+        rule_id = row.id
+    (loaded,) = book.current(db_url)
+    with transaction(db_url) as session:
+        attempt = session.get(Attempt, history.by_shape["frob"][0])
+        assert attempt is not None
+        attempt.mitigation = {"pattern": "rule:frob", "rule_id": rule_id, "rule_version": 1}
+    with transaction(db_url) as session:
+        assert rule_set(session).rules[0].hits == 1
+        retire(session, rule_id)
+        retire(session, rule_id)  # twice: one version only
+    assert (loaded.version, book.current(db_url)) == (1, [])
+    with transaction(db_url) as session:
+        assert rule_set(session, include_retired=True).version == 2
