@@ -54,6 +54,13 @@ def test_rule_search_stays_linear_on_a_catastrophic_pattern() -> None:
     assert not search("a" * 200_000 + "c")
 
 
+def test_a_rule_matches_within_one_line_and_anchors_at_each_line() -> None:
+    find = compile_rule(r"^boom\s+\S+$")
+    assert find("first line\nboom  now\nlast") == "boom  now"
+    assert find("boom\nnow") is None  # never across lines
+    assert compile_rule(r"quota\s+exceeded")("a\nquota\nexceeded") is None
+
+
 def test_a_template_becomes_a_pattern_that_matches_its_raw_lines() -> None:
     pattern = template_regex("E FrobnicatorError: quota exceeded for widget <NUM> after <DUR>")
     assert pattern.startswith("E\\s+FrobnicatorError:")

@@ -506,21 +506,13 @@ def match_failure(
 
 
 def match_rules(lines: list[str], rules: Sequence[CompiledRule]) -> Mitigation | None:
-    """The first accepted rule (in acceptance order) one of `lines` matches, as a Mitigation."""
+    """The first accepted rule (in acceptance order) one of `lines` matches, as a Mitigation: each rule
+    is one RE2 pass over the capped lines, whose matches never span a line."""
+    if not rules:
+        return None
+    text = "\n".join(lines)
     for rule in rules:
-        found = _first(lines, _rule_finder(rule))
-        if found is not None:
-            return Mitigation(f"rule:{rule.name}", rule.advice, found[0], rule.id, rule.version)
+        line = rule.find(text)
+        if line is not None:
+            return Mitigation(f"rule:{rule.name}", rule.advice, line.strip(), rule.id, rule.version)
     return None
-
-
-_RULE_MATCH = re.compile("")
-
-
-def _rule_finder(rule: CompiledRule) -> Finder:
-    """A `Finder` over `rule.search` (RE2 gives a yes/no; the evidence is the whole line)."""
-
-    def find(line: str) -> re.Match[str] | None:
-        return _RULE_MATCH.match(line) if rule.search(line) else None
-
-    return find

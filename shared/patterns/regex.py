@@ -27,17 +27,22 @@ def _options() -> Any:
     options = re2.Options()
     options.log_errors = False
     options.max_mem = MAX_PROGRAM_MEMORY
+    options.never_nl = True  # a match never spans lines
     return options
 
 
-def compile_rule(pattern: str) -> Callable[[str], bool]:
-    """A linear-time `search(line) -> bool` for `pattern`, or RuleRegexError saying why it is refused."""
+def compile_rule(pattern: str) -> Callable[[str], str | None]:
+    """A linear-time `find(text)`: the first line of `text` that `pattern` matches, or None.
+
+    RE2's `never_nl` keeps every match inside one line, so a whole output is searched in one pass of
+    RE2 (no per-line Python loop) with the semantics of a line-by-line search. Raises RuleRegexError,
+    saying why, for a pattern that is not acceptable."""
     if not pattern.strip():
         raise RuleRegexError("the pattern is empty")
     if len(pattern) > MAX_PATTERN_CHARS:
         raise RuleRegexError(f"the pattern is longer than {MAX_PATTERN_CHARS} characters")
     try:
-        compiled = re2.compile(pattern, options=_options())
+        compiled = re2.compile(f"(?m){pattern}", options=_options())  # ^ and $ at each line
     except UnicodeEncodeError:
         raise RuleRegexError("the pattern is not valid Unicode") from None
     except re2.error as exc:
@@ -45,13 +50,23 @@ def compile_rule(pattern: str) -> Callable[[str], bool]:
     if compiled.search("") is not None:
         raise RuleRegexError("the pattern matches the empty string, so it would match every failure")
 
-    def search(line: str) -> bool:
+    def find(text: str) -> str | None:
         try:
-            return compiled.search(line) is not None
+            match = compiled.search(text)
         except UnicodeEncodeError:  # a lone surrogate in captured output: RE2 reads UTF-8 only
-            return compiled.search(line.encode(errors="replace").decode()) is not None
+            text = text.encode(errors="replace").decode()
+            match = compiled.search(text)
+        if match is None:
+            return None
+        start, end = match.span()
+        return text[text.rfind("\n", 0, start) + 1 : _line_end(text, end)]
 
-    return search
+    return find
+
+
+def _line_end(text: str, at: int) -> int:
+    end = text.find("\n", at)
+    return len(text) if end < 0 else end
 
 
 def _text(exc: Exception) -> str:
@@ -86,4 +101,5 @@ class CompiledRule:
     name: str
     version: int
     advice: str
-    search: Callable[[str], bool]
+    find: Callable[[str], str | None]
+    """The first line of a text the rule matches (see `compile_rule`)."""
