@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import ui
 from api.limits import BodyLimit
-from api.routes import campaigns, fleet, health, metrics, plans, runs
+from api.routes import campaigns, fleet, health, metrics, patterns, plans, runs
 from api.version import VERSION
 from shared.db import require_migrated
 from shared.errors import InvalidSpec, NotFound, ServiceUnavailable
@@ -30,6 +30,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.include_router(campaigns.router)
     app.include_router(plans.router)
     app.include_router(fleet.router)
+    app.include_router(patterns.router)
     app.include_router(fleet.metrics_router(settings, celery))
     ui.install(app, settings, celery)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -12,6 +12,7 @@ import click
 from api import run_cli
 from api.campaign_cli import campaign
 from api.client import ApiClient, ClientError
+from api.patterns_cli import patterns
 from api.plan_cli import plan
 from api.table import render_keys
 from shared.settings import Settings, get_settings
@@ -240,6 +241,7 @@ def _describe_fleet(view: dict[str, Any]) -> str:
 
 cli.add_command(campaign)
 cli.add_command(plan)
+cli.add_command(patterns)
 for command in run_cli.COMMANDS:
     cli.add_command(command)
 

@@ -358,6 +358,39 @@ class ValidationResult(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class FailureRuleSet(Base):
+    """The one row holding the version of the accepted failure rules. Accepting or retiring a rule bumps
+    it in the same transaction; workers compare it with the version they hold (one primary-key read)."""
+
+    __tablename__ = "failure_rule_set"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FailureRule(Base):
+    """A failure pattern an operator accepted: an RE2 regex (linear time) and the advice it gives.
+
+    Active while `retired_at` is NULL. Its hits are attempts whose `mitigation` names its id."""
+
+    __tablename__ = "failure_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    pattern: Mapped[str] = mapped_column(String(300))
+    advice: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(BigInteger)
+    """The rule-set version its acceptance made."""
+    template: Mapped[str | None] = mapped_column(Text)
+    """The mined template it came from, if any."""
+    measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Its figures on history when accepted (`shared.patterns.measure`)."""
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None]
+
+
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)
 Index("ix_runs_campaign_held", Run.campaign_id, Run.held)
 # The dashboard's reads (see migration 0006 for the measurements).

@@ -6,7 +6,8 @@ Four categories, kept apart because they differ in kind and must never be added 
   stays NULL and is counted apart (`unknown_calls`), never estimated;
 * avoided_context — tokens context selection kept out of prompts (an estimate, from `EfficiencyMetric`);
 * doctor_avoided — Doctor calls that failure hardening made unnecessary, valued at an estimate whose
-  source and sample size are stored with it (`PhaseMetric`);
+  source and sample size are stored with it (`PhaseMetric`), with the hits of each pattern (the built-in
+  six and accepted rules, `rule:<name>`) among the run's attempts;
 * ab_deltas — differences between A/B runs, which only campaigns can fill.
 
 Writes are idempotent and race-safe: an insert that loses a race on the unique key is ignored by the
@@ -16,6 +17,7 @@ database (`ON CONFLICT DO NOTHING`), and the caller gets the row that won, insid
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from shared.campaigns.deltas import ab_deltas
 from shared.errors import NotFound
-from shared.models import Base, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
+from shared.models import Attempt, Base, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
 
 DOCTOR_ROLE = "doctor"
 DOCTOR_FALLBACK_TOKENS = 2500
@@ -260,8 +262,16 @@ def _doctor_avoided(session: Session, run_id: int) -> dict[str, Any]:
         "failure_hardening_hits": sum(1 for p in phases if p["failure_hardening_hit"]),
         "doctor_skipped": sum(1 for p in phases if p["doctor_skipped"]),
         "tokens": sum(p["doctor_tokens_avoided"] or 0 for p in phases),
+        "patterns": pattern_hits(session, run_id),
         "phases": phases,
     }
+
+
+def pattern_hits(session: Session, run_id: int) -> dict[str, int]:
+    """Attempts of the run each hardening pattern or accepted rule explained, by pattern name."""
+    query = select(Attempt.mitigation).where(Attempt.run_id == run_id, Attempt.mitigation.is_not(None))
+    names = (m.get("pattern") for m in session.scalars(query) if isinstance(m, dict))
+    return dict(sorted(Counter(str(n) for n in names if n).items()))
 
 
 def _phase_metric(row: PhaseMetric, index: int) -> dict[str, Any]:

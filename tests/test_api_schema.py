@@ -61,6 +61,12 @@ OPERATIONS = [
     ("POST", "/campaigns/{campaign_id}/cancel", MAX_EXAMPLES),
     ("GET", "/campaigns/{campaign_id}/report", MAX_EXAMPLES),
     ("POST", "/plans/normalize", MAX_EXAMPLES),
+    ("GET", "/failures/patterns", MAX_EXAMPLES),
+    ("POST", "/failures/rules/measure", MAX_EXAMPLES),
+    ("GET", "/failures/rules", MAX_EXAMPLES),
+    ("POST", "/failures/rules", MAX_EXAMPLES),
+    ("GET", "/failures/rules/{rule_id}", MAX_EXAMPLES),
+    ("POST", "/failures/rules/{rule_id}/retire", MAX_EXAMPLES),
     ("GET", "/fleet", 3),  # no inputs but the key, and each call waits out a 1 s Celery inspect
     ("GET", "/metrics", 3),
     ("GET", "/health", 3),

@@ -3,6 +3,8 @@
 `match_failure` reads a failed attempt's build/validation output and, when a known pattern fits, returns a
 `Mitigation`: which pattern, concrete advice for the next attempt (naming the module, file or path), and the
 line that proved it. Patterns are small functions tried in `PATTERNS` order; the first match wins.
+After the built-in six, the rules operators accepted from mined failures (`shared.patterns`) are tried in
+the order they were accepted: each is an RE2 regex searched line by line, so it is linear-time too.
 
 Every pattern runs in time linear in the output's size, and the output is cut to `MAX_SCAN_CHARS` and each
 line to `MAX_LINE_CHARS` first: `re` holds the GIL for a whole search, so one backtracking search over a
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+
+from shared.patterns.regex import CompiledRule
 
 
 class FailurePattern(StrEnum):
@@ -32,9 +36,12 @@ class FailurePattern(StrEnum):
 
 @dataclass(frozen=True)
 class Mitigation:
-    pattern: FailurePattern
+    pattern: str
+    """A `FailurePattern`, or `rule:<name>` for an accepted rule."""
     advice: str
     evidence: str
+    rule_id: int | None = None
+    rule_version: int | None = None
 
 
 MAX_SCAN_CHARS = 2 * 2**20
@@ -477,12 +484,17 @@ PATTERNS: tuple[Pattern, ...] = (
 
 
 def match_failure(
-    output: str, *, exit_code: int | None, scope: list[str], worktree: Path | None = None
+    output: str,
+    *,
+    exit_code: int | None,
+    scope: list[str],
+    worktree: Path | None = None,
+    rules: Sequence[CompiledRule] = (),
 ) -> Mitigation | None:
     """The highest-priority known failure pattern in `output`, or None when none applies.
 
     `worktree`, when given, lets path-based patterns resolve absolute paths and look for a file that is
-    missing at the root but present in a subdirectory.
+    missing at the root but present in a subdirectory. `rules` are tried after the built-in patterns.
     """
     names = _NameIndex(worktree) if worktree is not None else None
     failure = Failure(_lines(output), exit_code, scope, worktree, names)
@@ -490,4 +502,17 @@ def match_failure(
         mitigation = pattern(failure)
         if mitigation is not None:
             return mitigation
+    return match_rules(failure.lines, rules)
+
+
+def match_rules(lines: list[str], rules: Sequence[CompiledRule]) -> Mitigation | None:
+    """The first accepted rule (in acceptance order) one of `lines` matches, as a Mitigation: each rule
+    is one RE2 pass over the capped lines, whose matches never span a line."""
+    if not rules:
+        return None
+    text = "\n".join(lines)
+    for rule in rules:
+        line = rule.find(text)
+        if line is not None:
+            return Mitigation(f"rule:{rule.name}", rule.advice, line.strip(), rule.id, rule.version)
     return None

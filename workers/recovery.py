@@ -1,17 +1,25 @@
-"""After a failed attempt: deterministic failure-hardening first, the Doctor only when nothing matched."""
+"""After a failed attempt: deterministic failure-hardening first, the Doctor only when nothing matched.
+
+Hardening is the built-in six patterns, then the rules operators accepted (`shared.patterns`), read from
+the run's database through the process's `RULEBOOK`: one version read per failure, a reload only when an
+accepted or retired rule moved the version, so running workers apply a new rule to their next failure.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.budget import BudgetExceeded
 from shared.errors import LlmError
+from shared.patterns.regex import CompiledRule
+from shared.patterns.store import RULEBOOK
 from shared.specs import PhaseSpec
 from workers.attempt import Attempted
 from workers.doctor import DoctorAction, DoctorAnswerError, cap_log, parse_diagnosis
-from workers.hardening import match_failure
+from workers.hardening import Mitigation, match_failure
 from workers.llm.gateway import LlmGateway
 from workers.llm.prompts import doctor_prompt
 
@@ -42,16 +50,27 @@ def analyse(
     gateway: LlmGateway | None,
     doctor_model: str | None,
     attempt: int,
+    rules: Sequence[CompiledRule] | None = None,
 ) -> Recovery:
+    """`rules` default to the accepted rules of the gateway's database (none without a gateway: with no
+    LLM there is no Doctor to spare, and the built-in six still apply)."""
     rec = attempted.record
     text = failure_text(attempted)
-    hit = match_failure(text, exit_code=attempted.exit_code, scope=phase.scope)
+    if rules is None:
+        rules = RULEBOOK.current(gateway.db_url) if gateway is not None else ()
+    hit = match_failure(text, exit_code=attempted.exit_code, scope=phase.scope, rules=rules)
     if hit is not None:
-        mitigation = {"pattern": str(hit.pattern), "advice": hit.advice, "evidence": hit.evidence}
-        return Recovery(advice=hit.advice, mitigation=mitigation, hardening_hit=True)
+        return Recovery(advice=hit.advice, mitigation=_mitigation(hit), hardening_hit=True)
     if gateway is None or doctor_model is None:
         return Recovery()
     return _ask_doctor(phase, rec.failure_reason or "", text, gateway, doctor_model, attempt)
+
+
+def _mitigation(hit: Mitigation) -> dict[str, Any]:
+    mitigation: dict[str, Any] = {"pattern": str(hit.pattern), "advice": hit.advice, "evidence": hit.evidence}
+    if hit.rule_id is not None:
+        mitigation.update(rule_id=hit.rule_id, rule_version=hit.rule_version)
+    return mitigation
 
 
 def _ask_doctor(
