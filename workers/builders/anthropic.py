@@ -13,7 +13,8 @@ class AnthropicBuilder:
 
     def build(self, request: BuildRequest) -> BuildResult:
         assert request.gateway is not None and request.model and request.max_tokens
-        context = select_context(request.worktree, request.phase, request.context_budget_tokens)
+        hints = "\n".join(filter(None, [request.previous_failure, request.advice]))
+        context = select_context(request.worktree, request.phase, request.context_budget_tokens, hints=hints)
         system, messages = builder_prompt(
             request.phase,
             context,
