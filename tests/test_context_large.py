@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from api.sample_repo import make_sample_repo
 from shared.specs import PhaseSpec
 from tests.support.bigfiles import go_file, python_module, python_tests, typescript_file
+from tests.support.simulator import JsonObject, Scripted
+from tests.test_llm_pipeline import Harness, harness, llm_settings  # noqa: F401 - fixtures used by name
 from workers.context import ContextSelection, select_context
 from workers.context.outline import _ast_outline, outline
 from workers.llm.prompts import builder_prompt
@@ -129,3 +132,48 @@ def test_one_budget_across_three_large_files_the_most_relevant_regions_win(tmp_p
         assert path in prompt  # every file is named, whatever its form
     assert "- src/notes.bin (7 bytes): binary" in prompt
     assert selection.estimated_tokens_kept <= 6_000
+
+
+# ------------------------------------------------------------------- end to end: a diff from the excerpt
+
+CHECK = (
+    "python -c \"import sys; sys.path.insert(0, 'src'); import bigmod; "
+    f"assert bigmod.Group06.compute_{TARGET}(2.0) == {2 * TARGET + 1}.0, 'not changed'\""
+)
+
+
+def diff_from_prompt(body: JsonObject) -> Scripted:
+    """A model that sees only the prompt: it writes a hunk against the excerpt's text and line numbers."""
+    prompt = body["messages"][0]["content"]
+    for (start, _), text in excerpts(prompt, "src/bigmod.py").items():
+        lines = text.splitlines()
+        if not any(f"def compute_{TARGET}(" in line for line in lines):
+            continue
+        at = next(i for i, line in enumerate(lines) if f"def compute_{TARGET}(" in line)
+        j = next(i for i in range(at, len(lines)) if "return round(" in lines[i])
+        before, after = lines[j - 3 : j], lines[j + 1 : j + 4]
+        hunk = [f" {line}" for line in before] + [f"-{lines[j]}", f"+{lines[j]} + 1"]
+        hunk += [f" {line}" for line in after]
+        first = start + j - 3
+        header = f"@@ -{first},{len(before) + 1 + len(after)} +{first},{len(before) + 1 + len(after)} @@"
+        diff = "\n".join(["--- a/src/bigmod.py", "+++ b/src/bigmod.py", header, *hunk])
+        return Scripted(text=f"```diff\n{diff}\n```\n")
+    return Scripted(text="the function was not in the prompt")
+
+
+@pytest.fixture
+def sample_repo(tmp_path: Path) -> Path:
+    """The harness's repository, with the two generated large files in it."""
+    extra = {"src/bigmod.py": python_module(1400), "tests/test_bigmod.py": python_tests(1400)}
+    return make_sample_repo(tmp_path / "origin", extra)
+
+
+@pytest.mark.parametrize("harness", [diff_from_prompt], indirect=True)
+def test_a_diff_written_from_the_excerpt_applies_and_validates(harness: Harness) -> None:
+    goal = f"compute_{TARGET} must return one more than it does"
+    run = harness.run({"goal": goal, "scope": ["src/", "tests/"], "validation": [CHECK]}, doctor=False)
+    assert run["state"] == "DONE_SUCCESS", run["phases"][0]["attempt_log"]
+    (attempt,) = run["phases"][0]["attempt_log"]
+    assert attempt["changed_paths"] == ["src/bigmod.py"]
+    (row,) = harness.rows("SELECT tokens_avoided_context FROM efficiency_metrics")
+    assert row.tokens_avoided_context > 100_000  # most of 550 KB stayed out of the prompt

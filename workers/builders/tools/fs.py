@@ -160,7 +160,16 @@ class ToolBox:
         if base:
             self.allowed(base)
         found = {rel for e in self._entries for rel in expand_entry(self.root, e)}
-        return sorted(r for r in found if not base or r == base or r.startswith(base + "/"))
+        wanted = sorted(r for r in found if not base or r == base or r.startswith(base + "/"))
+        return [r for r in wanted if self._readable(r)]
+
+    def _readable(self, rel: str) -> bool:
+        """Whether a listed file may be read: a symlink in scope to a file outside it may not."""
+        try:
+            self.allowed(rel)
+        except ToolError:
+            return False
+        return True
 
 
 def _read_lines(target: Path, shown: str) -> list[str]:
