@@ -12,16 +12,12 @@ from typing import Any
 import pytest
 
 from shared.specs import PhaseSpec
+from tests import test_llm_pipeline as pipeline
 from tests.support.simulator import JsonObject, Scripted, tool_results
-from tests.test_llm_pipeline import (  # noqa: F401 - fixtures used by name
-    GOOD_DIFF,
-    Harness,
-    answer,
-    harness,
-    llm_settings,
-    script,
-)
+from tests.test_llm_pipeline import GOOD_DIFF, Harness, answer, script
 from workers.builders.tools import ToolBox, ToolError, ToolLimits
+
+llm_settings, harness = pipeline.llm_settings, pipeline.harness  # the pipeline tests' fixtures, by name
 
 PHASE = PhaseSpec(name="p", goal="g", scope=["src/"], read_only_context=["docs/guide.md"])
 

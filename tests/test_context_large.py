@@ -9,14 +9,16 @@ import pytest
 
 from api.sample_repo import make_sample_repo
 from shared.specs import PhaseSpec
+from tests import test_llm_pipeline as pipeline
 from tests.support.bigfiles import go_file, python_module, python_tests, typescript_file
 from tests.support.simulator import JsonObject, Scripted
-from tests.test_llm_pipeline import Harness, harness, llm_settings  # noqa: F401 - fixtures used by name
+from tests.test_llm_pipeline import Harness
 from workers.context import ContextSelection, select_context
 from workers.context.outline import _ast_outline, outline
 from workers.llm.prompts import builder_prompt
 
 TARGET = 1234
+llm_settings, harness = pipeline.llm_settings, pipeline.harness  # the pipeline tests' fixtures, by name
 
 
 def write(root: Path, rel: str, text: str) -> None:
