@@ -6,7 +6,9 @@ builder attempt on that repository (LLM simulated, validation excluded), (e) sca
 `sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
 cost per command (bwrap `true` against unboxed `true`, same run), (g) the campaign A/B report over 10,000
 pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
-and an interactive run's wait for its first phase while 500 campaign phases are queued. Prints figures
+and an interactive run's wait for its first phase while 500 campaign phases are queued, (i) builder context:
+whole files against outline + excerpts at 8k/20k/60k tokens, prompt size, build time and recall of upstream
+changes' lines, on this repository and on more-itertools (sdists from the package registry). Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -29,6 +31,7 @@ from tests.bench import (
     campaign_report,
     campaigns,
     celery_roundtrip,
+    context,
     orchestration,
     pipeline,
     provisioning,
@@ -52,6 +55,7 @@ SECTIONS = (
     "sandbox",
     "report",
     "campaigns",
+    "context",
 )
 NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
@@ -156,6 +160,13 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         h = run_campaigns(args, workdir, logdir)
         results["campaigns"] = h.as_dict()
         rows += h.rows()
+    if "context" in chosen:
+        say(
+            "(i) builder context: whole files vs outline + excerpts at 8k/20k/60k, recall of upstream lines …"
+        )
+        i = context.bench(workdir / "i", ROOT)
+        results["context"] = i.as_dict()
+        rows += i.rows()
     return results, rows
 
 
@@ -263,7 +274,8 @@ scaling_notes: list[str] = []  # (e)'s notes, filled by run_all
 
 def notes(results: dict[str, Any]) -> list[str]:
     pipeline_notes: list[str] = results.get("pipeline", {}).get("notes", [])
-    return orchestration_notes(results) + pipeline_notes + scaling_notes
+    context_notes: list[str] = results.get("context", {}).get("notes", [])
+    return orchestration_notes(results) + pipeline_notes + scaling_notes + context_notes
 
 
 def orchestration_notes(results: dict[str, Any]) -> list[str]:

@@ -20,7 +20,11 @@ from workers.context.rank import PATH_WEIGHT, bm25_scores, words
 
 WHOLE_MAX_TOKENS = 4000
 """A file estimated above this (~16 KB) is shown as outline + excerpts unless everything fits whole."""
-OUTLINE_SHARE = 0.2
+WHOLE_MAX_SHARE = 0.1
+WHOLE_MIN_TOKENS = 1000
+"""Under a tighter budget a file above `WHOLE_MAX_SHARE` of it (but never one under `WHOLE_MIN_TOKENS`,
+~4 KB) is excerpted too: a relevant region should not lose to a whole file of mostly unrelated code."""
+OUTLINE_SHARE = 0.1
 """Share of the budget the outlines of partially shown files may take together (split evenly)."""
 SYMBOL_BONUS = 10.0
 """Added to a region whose definition is named in the goal, a deliverable or the previous failure:
@@ -83,8 +87,9 @@ def allocate(
     """Whole files if all fit; else small files whole and large ones as outline + excerpts, by rank."""
     if sum(c.tokens for c in ranked) <= budget:
         return _selection(ranked, [], [], listed, budget)
-    small = [c for c in ranked if c.tokens <= WHOLE_MAX_TOKENS]
-    partial = [_partial(c) for c in ranked if c.tokens > WHOLE_MAX_TOKENS]
+    whole_max = max(WHOLE_MIN_TOKENS, min(WHOLE_MAX_TOKENS, int(budget * WHOLE_MAX_SHARE)))
+    small = [c for c in ranked if c.tokens <= whole_max]
+    partial = [_partial(c) for c in ranked if c.tokens > whole_max]
     outline_cap = int(budget * OUTLINE_SHARE / len(partial)) if partial else 0
     spent = sum(_fit_outline(p, outline_cap, names) for p in partial)
     chosen = _spend(small, partial, sorted(set(words(query))), names, budget - spent)
