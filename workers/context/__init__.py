@@ -6,8 +6,9 @@ entry; nothing under `.git`, nothing whose real location is outside the worktree
 followed out of it; symlinked directories are not descended into).
 
 Every candidate appears in the prompt in exactly one of three forms, and the prompt says which and why:
-- **whole**: when all readable candidates fit the budget together, all of them; otherwise each file of at
-  most `WHOLE_MAX_TOKENS` that wins its place in the ranking below;
+- **whole**: when all readable candidates fit the budget together, all of them; otherwise each small file
+  (at most `WHOLE_MAX_SHARE` of the budget, within `WHOLE_MIN_TOKENS`..`WHOLE_MAX_TOKENS`) that wins its
+  place in the ranking below;
 - **outline + excerpts**: a larger readable file. Its outline (definitions with line ranges, from
   tree-sitter; see `outline.py`) takes a share of the budget (`OUTLINE_SHARE`, split evenly; named
   definitions first, then shallow ones), and its regions (innermost definitions, or windows of lines)
@@ -34,7 +35,15 @@ import os
 from pathlib import Path
 
 from shared.specs import PhaseSpec
-from workers.context.budget import OUTLINE_SHARE, WHOLE_MAX_TOKENS, ContextSelection, allocate, file_terms
+from workers.context.budget import (
+    OUTLINE_SHARE,
+    WHOLE_MAX_SHARE,
+    WHOLE_MAX_TOKENS,
+    WHOLE_MIN_TOKENS,
+    ContextSelection,
+    allocate,
+    file_terms,
+)
 from workers.context.excerpts import CONTEXT_LINES, PartialFile
 from workers.context.load import HARD_CAP_BYTES, Candidate, Listed, estimate_tokens, load_candidates
 from workers.context.rank import bm25_scores, identifiers, words
@@ -43,7 +52,9 @@ __all__ = [
     "CONTEXT_LINES",
     "HARD_CAP_BYTES",
     "OUTLINE_SHARE",
+    "WHOLE_MAX_SHARE",
     "WHOLE_MAX_TOKENS",
+    "WHOLE_MIN_TOKENS",
     "ContextSelection",
     "Listed",
     "PartialFile",
