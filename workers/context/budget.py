@@ -143,10 +143,10 @@ def _spend(
         if total + cost > budget:
             continue
         total += cost
-        if owner is None:
-            chosen.add(key)
+        if isinstance(item, Region) and owner is not None:
+            owner.regions.append(item)
         else:
-            owner.regions.append(item)  # type: ignore[arg-type]
+            chosen.add(key)
     return chosen
 
 
