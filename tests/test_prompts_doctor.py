@@ -190,3 +190,13 @@ def test_diagnose_raises_with_the_response_when_the_answer_is_unusable(doctor_si
         client.close()
     assert caught.value.response is not None and caught.value.response.text == "?"
     assert doctor_sim.bodies[1]["max_tokens"] == 64
+
+
+def test_a_long_listing_names_the_first_files_and_sums_up_the_rest_per_directory() -> None:
+    listed = [Listed(f"gen/{i:04d}.py", 10, "left out to fit the context budget") for i in range(250)]
+    listed += [Listed(f"other/{i}.py", 5, "left out to fit the context budget") for i in range(3)]
+    context = ContextSelection([], 0, 253, 0, 1000, [x.path for x in listed], 10, listed=listed)
+    user = user_text(builder_prompt(PHASE, context, attempt=1, previous_failure=None, advice=None)[1])
+    assert "- gen/0199.py (10 bytes)" in user and "gen/0200.py" not in user
+    assert "- gen/: 50 more files (500 bytes), left out to fit the context budget" in user
+    assert "- other/: 3 more files (15 bytes)" in user

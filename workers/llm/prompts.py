@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from shared.specs import PhaseSpec
-from workers.context import ContextSelection, PartialFile
+from workers.context import ContextSelection, Listed, PartialFile
 from workers.patches import ANSWER_FORMAT
 
 BUILDER_MARKER = "AUTOPACK-BUILDER"
@@ -18,6 +18,8 @@ DOCTOR_MARKER = "AUTOPACK-DOCTOR"
 DOCTOR_ACTIONS = ("retry_with_fix", "replan", "skip_phase", "mark_fatal")
 
 Messages = list[dict[str, str]]
+LISTED_BY_NAME = 200
+"""Files listed one by one before the rest are summed up per directory."""
 
 BUILDER_SYSTEM = f"""{BUILDER_MARKER}
 You are the builder of Autopack Fleet. You change a git repository so that one phase's goal is met:
@@ -125,9 +127,21 @@ def _files_block(context: ContextSelection) -> str:
     parts = [f"### {path} (whole)\n{_fenced(text)}" for path, text in context.files]
     parts += [_partial_block(p) for p in context.partial]
     if context.listed:
-        rows = [f"- {item.path} ({item.size:,} bytes): {item.reason}" for item in context.listed]
-        parts.append("### Listed only (content not shown)\n" + "\n".join(rows))
+        parts.append("### Listed only (content not shown)\n" + _listing(context.listed))
     return "\n\n".join(parts) if parts else "(no files selected)"
+
+
+def _listing(listed: list[Listed]) -> str:
+    """One line per listed file up to `LISTED_BY_NAME`; past it, one line per directory with its count and
+    bytes, so a scope of thousands of files costs a bounded prompt yet no file goes unaccounted."""
+    rows = [f"- {item.path} ({item.size:,} bytes): {item.reason}" for item in listed[:LISTED_BY_NAME]]
+    rest: dict[str, list[Listed]] = {}
+    for item in listed[LISTED_BY_NAME:]:
+        rest.setdefault(item.path.rpartition("/")[0] or ".", []).append(item)
+    for folder, items in sorted(rest.items()):
+        size = sum(item.size for item in items)
+        rows.append(f"- {folder}/: {len(items)} more files ({size:,} bytes), {items[0].reason}")
+    return "\n".join(rows)
 
 
 def _partial_block(partial: PartialFile) -> str:
