@@ -133,7 +133,7 @@ def estimate_tokens(
 ) -> int:
     """Bytes / 4, rounded up: only for reserving budget, never stored as spend. A tool loop's structured
     turns (content blocks) and the tool definitions count by their JSON size."""
-    size = len(system.encode()) + len(json.dumps(list(tools)).encode()) if tools else len(system.encode())
+    size = len(system.encode()) + (len(json.dumps(list(tools)).encode()) if tools else 0)
     for m in messages:
         content = m.get("content", "")
         size += len((content if isinstance(content, str) else json.dumps(content)).encode())

@@ -135,12 +135,11 @@ def _listing(listed: list[Listed]) -> str:
     """One line per listed file up to `LISTED_BY_NAME`; past it, one line per directory with its count and
     bytes, so a scope of thousands of files costs a bounded prompt yet no file goes unaccounted."""
     rows = [f"- {item.path} ({item.size:,} bytes): {item.reason}" for item in listed[:LISTED_BY_NAME]]
-    rest: dict[str, list[Listed]] = {}
+    rest: dict[tuple[str, str], list[int]] = {}
     for item in listed[LISTED_BY_NAME:]:
-        rest.setdefault(item.path.rpartition("/")[0] or ".", []).append(item)
-    for folder, items in sorted(rest.items()):
-        size = sum(item.size for item in items)
-        rows.append(f"- {folder}/: {len(items)} more files ({size:,} bytes), {items[0].reason}")
+        rest.setdefault((item.path.rpartition("/")[0] or ".", item.reason), []).append(item.size)
+    for (folder, reason), sizes in sorted(rest.items()):
+        rows.append(f"- {folder}/: {len(sizes)} more files ({sum(sizes):,} bytes), {reason}")
     return "\n".join(rows)
 
 
