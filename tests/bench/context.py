@@ -3,8 +3,8 @@ estimated tokens, on this repository's own recent small commits and on more-iter
 
 Each *case* is an upstream change: the tree before it, a goal, a scope and its target lines (the lines of
 the old files it changed or inserted after). For each case, budget and mode the bench measures the
-prompt's size, the time to build the context (median of 3), and recall: the share of target lines the
-prompt shows (a whole file shows all of its lines, a partial one its excerpts).
+prompt's size, the time to build the context (median of 3), and recall (per case in the JSON): the share
+of target lines the prompt shows (a whole file shows all of its lines, a partial one its excerpts).
 
 Cases: this repository's latest commits on `main` that change at most `MAX_TARGET_LINES` existing lines
 under workers/ or shared/ (goal = the commit message); and more-itertools sdists fetched from the package
@@ -219,6 +219,7 @@ def _attributed(old: Path, changes: Targets, names: set[str]) -> Targets:
 @dataclass(frozen=True)
 class Measure:
     source: str
+    case: str
     mode: str
     budget: int
     prompt_chars: int
@@ -238,7 +239,8 @@ def measure(case: Case, mode: str, budget: int) -> Measure:
         "content"
     ]
     hit, total = recall(selection, case.targets)
-    return Measure(case.source, mode, budget, len(prompt), statistics.median(samples) * 1000, hit, total)
+    build_ms = statistics.median(samples) * 1000
+    return Measure(case.source, case.name, mode, budget, len(prompt), build_ms, hit, total)
 
 
 @dataclass(frozen=True)
