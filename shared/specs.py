@@ -69,6 +69,20 @@ class RunConfig(BaseModel):
     context_budget_tokens: int = Field(default=20000, ge=0, le=1_000_000)
     """Estimated tokens of repository context a builder prompt may carry."""
 
+    builder_tools: bool = False
+    """Let the `anthropic` builder call read-only tools (read a line range, grep, list a directory) on the
+    files of its phase's scope and read-only context before it answers. Each model call of that loop is
+    an ordinary, budgeted usage row."""
+
+    tool_max_calls: int = Field(default=12, ge=1, le=100)
+    """Tool calls one builder attempt may make; past it every further call gets an error result."""
+
+    tool_max_bytes: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    """Bytes of tool results one builder attempt may receive in total (each result is cut to fit)."""
+
+    tool_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Wall-clock seconds one builder attempt may spend running tools (model calls not included)."""
+
     max_tokens: int | None = Field(default=None, ge=1, le=10**12)
     """Cap on LLM tokens (input + output) this run may spend; unset = no cap. Bounded so the budget
     ledger's SQL comparisons never overflow."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.specs import PhaseSpec
-from workers.context import MAX_FILE_BYTES, ContextSelection, estimate_tokens, select_context
+from workers.context import HARD_CAP_BYTES, ContextSelection, estimate_tokens, select_context
 
 
 def write(root: Path, rel: str, content: str | bytes) -> Path:
@@ -116,7 +116,7 @@ def test_token_estimate_is_utf8_bytes_over_four_rounded_up() -> None:
 def test_binary_and_huge_files_are_skipped(worktree: Path) -> None:
     write(worktree, "src/ok.py", "ok = True\n")
     write(worktree, "src/image.png", b"\x89PNG\r\n\x1a\n\x00\x00binary")
-    write(worktree, "src/huge.txt", "z" * (MAX_FILE_BYTES + 1))
+    write(worktree, "src/huge.txt", "z" * (HARD_CAP_BYTES + 1))
     write(worktree, "src/latin1.txt", b"caf\xe9\n")  # not UTF-8, but text: kept with a replacement char
     selection = select_context(worktree, phase(), budget_tokens=1_000_000)
     assert paths(selection) == ["src/latin1.txt", "src/ok.py"]

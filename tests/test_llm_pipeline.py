@@ -330,3 +330,13 @@ def test_a_budget_refusal_of_the_doctor_keeps_the_failed_attempts_record(pg_harn
     (stored,) = pg_harness.rows("SELECT doctor FROM attempts")
     assert "the budget refused" in str(stored.doctor) and "tokens cap 51010" in str(stored.doctor)
     assert len(pg_harness.sim.requests) == 1  # the Doctor was never called
+
+
+@script(answer(GOOD))
+def test_avoided_context_is_zero_not_unknown_when_nothing_was_left_out(harness: Harness) -> None:
+    run = harness.run({"deliverables": ["src/greet.py"]})
+    assert run["state"] == "DONE_SUCCESS"
+    (row,) = harness.rows("SELECT tokens_avoided_context FROM efficiency_metrics")
+    assert row.tokens_avoided_context == 0
+    metrics = harness.client._call("GET", f"/runs/{run['id']}/metrics")
+    assert metrics["avoided_context"]["tokens"] == 0 and metrics["avoided_context"]["unknown_rows"] == 0

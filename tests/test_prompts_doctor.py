@@ -10,7 +10,7 @@ import pytest
 from shared.errors import AutopackError
 from shared.specs import PhaseSpec
 from tests.support.simulator import MessagesSimulator, Scripted, route_by_system, system_text
-from workers.context import ContextSelection
+from workers.context import ContextSelection, Listed
 from workers.doctor import (
     Diagnosis,
     DoctorAction,
@@ -40,6 +40,7 @@ CONTEXT = ContextSelection(
     estimated_tokens_omitted=40,
     omitted_paths=["tests/test_big.py"],
     budget_tokens=20,
+    listed=[Listed("tests/test_big.py", 160, "left out to fit the context budget")],
 )
 DOCTOR_MODEL = "claude-haiku-4-5"
 GOOD = {"diagnosis": "pytest is not installed", "action": "retry_with_fix", "advice": "use unittest"}
@@ -59,9 +60,9 @@ def test_builder_prompt_first_attempt_has_goal_rules_format_and_files() -> None:
     assert PHASE.goal in user
     for item in ["src/greet.py", "tests/", "src/secrets.py", "README.md", "python -m pytest -q"]:
         assert f"- {item}" in user
-    assert "### src/greet.py\n````\ndef greet(name):\n    ```odd``` backticks\n````" in user
-    assert "### README.md\n```\n# Demo\n```" in user
-    assert "1 more files in scope were left out" in user
+    assert "### src/greet.py (whole)\n````\ndef greet(name):\n    ```odd``` backticks\n````" in user
+    assert "### README.md (whole)\n```\n# Demo\n```" in user
+    assert "- tests/test_big.py (160 bytes): left out to fit the context budget" in user
     assert "boom" not in user and "do X" not in user  # first attempt: no failure, no advice
 
 
@@ -79,7 +80,10 @@ def test_builder_prompt_retry_carries_failure_and_advice() -> None:
 
 def test_prompt_summary_is_one_short_line() -> None:
     line = prompt_summary(CONTEXT, attempt=2, advice="import greet")
-    assert line == "attempt 2: 2 files kept, 1 omitted, ~15 est. context tokens, with advice"
+    assert line == (
+        "attempt 2: 2 files whole, 0 as outline + excerpts, 1 left out for the budget, "
+        "~15 est. context tokens, with advice"
+    )
     assert prompt_summary(CONTEXT, attempt=1, advice="ignored").endswith("no advice")
 
 
@@ -186,3 +190,13 @@ def test_diagnose_raises_with_the_response_when_the_answer_is_unusable(doctor_si
         client.close()
     assert caught.value.response is not None and caught.value.response.text == "?"
     assert doctor_sim.bodies[1]["max_tokens"] == 64
+
+
+def test_a_long_listing_names_the_first_files_and_sums_up_the_rest_per_directory() -> None:
+    listed = [Listed(f"gen/{i:04d}.py", 10, "left out to fit the context budget") for i in range(250)]
+    listed += [Listed(f"other/{i}.py", 5, "left out to fit the context budget") for i in range(3)]
+    context = ContextSelection([], 0, 253, 0, 1000, [x.path for x in listed], 10, listed=listed)
+    user = user_text(builder_prompt(PHASE, context, attempt=1, previous_failure=None, advice=None)[1])
+    assert "- gen/0199.py (10 bytes)" in user and "gen/0200.py" not in user
+    assert "- gen/: 50 more files (500 bytes), left out to fit the context budget" in user
+    assert "- other/: 3 more files (15 bytes)" in user

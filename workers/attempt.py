@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import DiskFull, GitError, HostFault, PatchParseError, WorkspaceError
 from shared.models import utcnow
@@ -14,6 +14,7 @@ from shared.states import AttemptOutcome
 from workers import steps, validation_cache
 from workers.apply import apply_writes
 from workers.builders import BuildRequest, BuildResult, get_builder
+from workers.builders.tools import ToolLimits
 from workers.patches import parse_change, resolve
 from workers.publish import phase_ref, publish
 from workers.record import AttemptRecord, PhaseJob
@@ -154,10 +155,22 @@ def _build(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path) -> BuildResu
         max_tokens=plan.max_tokens,
         context_budget_tokens=int(job.config.get("context_budget_tokens", 20000)),
         gateway=plan.gateway,
+        tools=_tool_limits(job.config),
         recorded_output=job.recorded_outputs.get(plan.number)
         or job.recorded_outputs.get(max(job.recorded_outputs, default=0)),
     )
     return get_builder(str(job.config.get("builder", "script"))).build(request)
+
+
+def _tool_limits(config: dict[str, Any]) -> ToolLimits | None:
+    if not config.get("builder_tools"):
+        return None
+    defaults = ToolLimits()
+    return ToolLimits(
+        max_calls=int(config.get("tool_max_calls", defaults.max_calls)),
+        max_bytes=int(config.get("tool_max_bytes", defaults.max_bytes)),
+        max_seconds=float(config.get("tool_max_seconds", defaults.max_seconds)),
+    )
 
 
 def _apply(

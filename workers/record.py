@@ -320,7 +320,10 @@ def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> No
             LlmUsageEvent.phase_id == phase.id
         )
     ).all()
-    avoided = [(a.context or {}).get("estimated_tokens_omitted") for a in phase.attempts]
+    # Attempts whose builder selected no context (script, replay) know nothing about avoidance; an LLM
+    # attempt that left nothing out avoided exactly zero, which is a figure, not an unknown.
+    avoided = [_omitted(a.context) for a in phase.attempts]
+    known = [a for a in avoided if a is not None]
     wall = None
     if phase.started_at and phase.finished_at:
         wall = int((phase.finished_at - phase.started_at).total_seconds() * 1000)
@@ -330,7 +333,12 @@ def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> No
         phase.id,
         outcome,
         tokens_spent=sum((i or 0) + (o or 0) for i, o in spent) if spent else None,
-        tokens_avoided_context=sum(int(a) for a in avoided if a is not None) if any(avoided) else None,
+        tokens_avoided_context=sum(known) if known else None,
         attempts=len(phase.attempts),
         wall_ms=wall,
     )
+
+
+def _omitted(context: dict[str, Any] | None) -> int | None:
+    figure = (context or {}).get("estimated_tokens_omitted")
+    return None if figure is None else int(figure)

@@ -10,7 +10,9 @@ and an interactive run's wait for its first phase while 500 campaign phases are 
 `--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
 under them over that history, with EXPLAIN of their queries; (j) `--only validation`: phase time of a
 multi-phase run whose validation is a 400-test suite, with the validation store off and on (and a
-replay), and slot affinity on the 2,100-file repository. Prints figures
+replay), and slot affinity on the 2,100-file repository; (k) builder context: whole files against
+outline + excerpts at 8k/20k/60k tokens, prompt size, build time and recall of upstream changes' lines,
+on this repository and on more-itertools (sdists from the package registry). Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
@@ -35,6 +37,7 @@ from tests.bench import (
     campaign_report,
     campaigns,
     celery_roundtrip,
+    context,
     dashboard,
     dashboard_data,
     orchestration,
@@ -62,6 +65,7 @@ SECTIONS = (
     "report",
     "campaigns",
     "validation",
+    "context",
 )
 OPT_IN = ("dashboard",)
 """Not in the default set: generating its history takes ~40 s and ~1.5 GB of disk."""
@@ -192,6 +196,13 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         results["dashboard"] = i.as_dict()
         rows += i.rows()
         dashboard_notes.extend(i.notes)
+    if "context" in chosen:
+        say(
+            "(k) builder context: whole files vs outline + excerpts at 8k/20k/60k, recall of upstream lines …"
+        )
+        k = context.bench(workdir / "k", ROOT)
+        results["context"] = k.as_dict()
+        rows += k.rows()
     return results, rows
 
 
@@ -368,7 +379,8 @@ dashboard_notes: list[str] = []  # (i)'s notes, filled by run_all
 
 def notes(results: dict[str, Any]) -> list[str]:
     pipeline_notes: list[str] = results.get("pipeline", {}).get("notes", [])
-    return orchestration_notes(results) + pipeline_notes + scaling_notes + dashboard_notes
+    context_notes: list[str] = results.get("context", {}).get("notes", [])
+    return orchestration_notes(results) + pipeline_notes + scaling_notes + dashboard_notes + context_notes
 
 
 def orchestration_notes(results: dict[str, Any]) -> list[str]:

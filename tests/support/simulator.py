@@ -72,6 +72,13 @@ class Scripted:
     """Model named in the answer; None echoes the request's model."""
     request_id: str | None = None
     """`request-id` header; None makes one up (`req_sim_000001`, ...)."""
+    tool_uses: tuple[tuple[str, Any], ...] = ()
+    """(tool name, input) pairs sent as `tool_use` blocks after the text; any makes stop_reason `tool_use`."""
+
+    @classmethod
+    def tools(cls, *calls: tuple[str, Any], text: str = "", **kw: Any) -> Scripted:
+        """An answer that asks for tool calls, e.g. `Scripted.tools(("grep", {"pattern": "def f"}))`."""
+        return cls(text=text, stop_reason="tool_use", tool_uses=tuple(calls), **kw)
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = 1.0) -> Scripted:
@@ -246,13 +253,31 @@ class _Server(ThreadingHTTPServer):
         self.sim = sim
 
 
+def tool_results(body: JsonObject) -> list[JsonObject]:
+    """The `tool_result` blocks of a request's last user turn (what the client's tools answered)."""
+    messages = body.get("messages") or [{}]
+    content = messages[-1].get("content")
+    return (
+        [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if isinstance(content, list)
+        else []
+    )
+
+
 def message_body(answer: Scripted, request: JsonObject, message_id: str) -> JsonObject:
+    content: list[JsonObject] = (
+        [{"type": "text", "text": answer.text}] if answer.text or not answer.tool_uses else []
+    )
+    content += [
+        {"type": "tool_use", "id": f"toolu_{message_id}_{i}", "name": name, "input": tool_input}
+        for i, (name, tool_input) in enumerate(answer.tool_uses)
+    ]
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": answer.model or request.get("model", ""),
-        "content": [{"type": "text", "text": answer.text}],
+        "content": content,
         "stop_reason": answer.stop_reason,
         "stop_sequence": None,
         "usage": dict(answer.usage),

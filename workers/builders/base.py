@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shared.specs import PhaseSpec
 
 if TYPE_CHECKING:
+    from workers.builders.tools import ToolLimits
     from workers.llm.client import LlmResponse
     from workers.llm.gateway import LlmGateway
 
@@ -30,6 +31,8 @@ class BuildRequest:
     context_budget_tokens: int = 0
     gateway: LlmGateway | None = None
     """Budgeted, recorded access to the LLM (LLM builders only)."""
+    tools: ToolLimits | None = None
+    """Offer the read-only tools within these bounds (`config.builder_tools`); None offers none."""
     recorded_output: str | None = None
     """What the replayed run's builder answered for this phase and attempt (replay builder only)."""
 

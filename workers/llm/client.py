@@ -18,7 +18,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 
 import anthropic
-from anthropic.types import Message, MessageParam, TextBlock
+from anthropic.types import Message, MessageParam, TextBlock, ToolParam, ToolUseBlock
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InfraFailure, InfraKind, LlmAuthError, LlmError, LlmInfraError, LlmRequestError
@@ -62,8 +62,21 @@ class LlmUsage:
 
 
 @dataclass(frozen=True)
+class ToolUse:
+    """A tool call the model asked for: its id (echoed in the result), tool name and raw input."""
+
+    id: str
+    name: str
+    input: object
+
+
+@dataclass(frozen=True)
 class LlmResponse:
-    """One successful call. `latency_ms` is the successful try's round trip; retries' waits are excluded."""
+    """One successful call. `latency_ms` is the successful try's round trip; retries' waits are excluded.
+
+    `tool_uses` are the tool calls the answer asked for (only when tools were offered); `content` is the
+    answer's content blocks as request parameters, to send back as the assistant turn of a tool loop.
+    """
 
     text: str
     stop_reason: str | None
@@ -73,6 +86,8 @@ class LlmResponse:
     latency_ms: int
     model: str
     infra_retries: tuple[InfraFailure, ...]
+    tool_uses: tuple[ToolUse, ...] = ()
+    content: tuple[dict[str, Any], ...] = ()
 
 
 # ------------------------------------------------------------------------------------------- client
@@ -99,13 +114,20 @@ class LlmClient:
     def close(self) -> None:
         self._sdk.close()
 
-    def call(self, model: str, system: str, messages: list[dict[str, Any]], max_tokens: int) -> LlmResponse:
+    def call(
+        self,
+        model: str,
+        system: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        tools: Sequence[Mapping[str, Any]] = (),
+    ) -> LlmResponse:
         """One answer from `model`, retrying infra failures; raises `LlmError` subclasses otherwise."""
         failures: list[InfraFailure] = []
         while True:
             started = time.monotonic()
             try:
-                message = self._create(model, system, messages, max_tokens)
+                message = self._create(model, system, messages, max_tokens, tools)
             except anthropic.AnthropicError as exc:
                 failure = classify(exc)
                 if len(failures) >= self._retry.max_retries:
@@ -117,12 +139,20 @@ class LlmClient:
             latency_ms = round((time.monotonic() - started) * 1000)
             return to_response(message, latency_ms, failures)
 
-    def _create(self, model: str, system: str, messages: list[dict[str, Any]], max_tokens: int) -> Message:
+    def _create(
+        self,
+        model: str,
+        system: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        tools: Sequence[Mapping[str, Any]],
+    ) -> Message:
         return self._sdk.messages.create(
             model=model,
             system=system if system else anthropic.omit,
             messages=cast(list[MessageParam], messages),
             max_tokens=max_tokens,
+            tools=cast(list[ToolParam], list(tools)) if tools else anthropic.omit,
         )
 
     def _wait_for(self, failure: InfraFailure, retry_number: int) -> float:
@@ -195,6 +225,12 @@ def to_response(message: Message, latency_ms: int, failures: Sequence[InfraFailu
         latency_ms=latency_ms,
         model=message.model,
         infra_retries=tuple(failures),
+        tool_uses=tuple(
+            ToolUse(block.id, block.name, block.input)
+            for block in message.content
+            if isinstance(block, ToolUseBlock)
+        ),
+        content=tuple(block.model_dump(mode="json", exclude_none=True) for block in message.content),
     )
 
 

@@ -12,7 +12,9 @@ the lease epoch, so one left by a crashed call is charged by the reconciler (`ch
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -50,9 +52,10 @@ class LlmGateway:
         system: str,
         messages: list[dict[str, Any]],
         max_tokens: int,
+        tools: Sequence[Mapping[str, Any]] = (),
     ) -> LlmResponse:
         """One call, reserved and recorded; raises BudgetExceeded before spending anything."""
-        est_input = estimate_tokens(system, messages)
+        est_input = estimate_tokens(system, messages, tools)
         price = self.prices.price_for(model)
         if price is None and self.max_usd_cap is not None:
             raise UnpricedModel(self.run_id, model, self.max_usd_cap)  # never a $0 reservation
@@ -77,7 +80,7 @@ class LlmGateway:
         self.calls += 1
         key = f"run{self.run_id}:phase{self.phase_id}:e{self.epoch}:a{attempt}:{role}:{self.calls}"
         try:
-            response = self.client.call(model, system, messages, max_tokens)
+            response = self.client.call(model, system, messages, max_tokens, tools)
         except Exception as exc:
             with transaction(self.db_url) as session:
                 if maybe_billed(exc):
@@ -125,7 +128,13 @@ def maybe_billed(exc: Exception) -> bool:
     return not isinstance(exc, LlmError)
 
 
-def estimate_tokens(system: str, messages: list[dict[str, Any]]) -> int:
-    """Bytes / 4, rounded up: only for reserving budget, never stored as spend."""
-    size = len(system.encode()) + sum(len(str(m.get("content", "")).encode()) for m in messages)
+def estimate_tokens(
+    system: str, messages: list[dict[str, Any]], tools: Sequence[Mapping[str, Any]] = ()
+) -> int:
+    """Bytes / 4, rounded up: only for reserving budget, never stored as spend. A tool loop's structured
+    turns (content blocks) and the tool definitions count by their JSON size."""
+    size = len(system.encode()) + (len(json.dumps(list(tools)).encode()) if tools else 0)
+    for m in messages:
+        content = m.get("content", "")
+        size += len((content if isinstance(content, str) else json.dumps(content)).encode())
     return math.ceil(size / 4)

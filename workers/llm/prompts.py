@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from shared.specs import PhaseSpec
-from workers.context import ContextSelection
+from workers.context import ContextSelection, Listed, PartialFile
 from workers.patches import ANSWER_FORMAT
 
 BUILDER_MARKER = "AUTOPACK-BUILDER"
@@ -18,11 +18,16 @@ DOCTOR_MARKER = "AUTOPACK-DOCTOR"
 DOCTOR_ACTIONS = ("retry_with_fix", "replan", "skip_phase", "mark_fatal")
 
 Messages = list[dict[str, str]]
+LISTED_BY_NAME = 200
+"""Files listed one by one before the rest are summed up per directory."""
 
 BUILDER_SYSTEM = f"""{BUILDER_MARKER}
 You are the builder of Autopack Fleet. You change a git repository so that one phase's goal is met:
 its deliverables exist and its validation commands exit 0. You see the goal, the rules of this phase
-and a selection of the repository's files; answer with the change only.
+and the repository's files in scope, each in one of three forms: whole; outline + excerpts (a large file:
+its definitions with line ranges and its most relevant regions as exact text with their line numbers -
+base a diff's hunks on that text and those numbers, and never rewrite such a file whole); or listed only.
+Answer with the change only.
 
 Rules (a change that breaks one is rejected whole and nothing is written):
 - Change only paths inside the phase's scope: a scope entry is a file or a directory prefix.
@@ -86,7 +91,8 @@ def prompt_summary(context: ContextSelection, *, attempt: int, advice: str | Non
     """One short line describing a builder prompt, for storage next to the attempt."""
     with_advice = "with advice" if attempt > 1 and advice else "no advice"
     return (
-        f"attempt {attempt}: {context.kept} files kept, {context.omitted} omitted, "
+        f"attempt {attempt}: {context.kept} files whole, {len(context.partial)} as outline + excerpts, "
+        f"{context.omitted} left out for the budget, "
         f"~{context.estimated_tokens_kept} est. context tokens, {with_advice}"
     )
 
@@ -117,13 +123,39 @@ def _bullets(items: list[str]) -> str:
 
 
 def _files_block(context: ContextSelection) -> str:
-    if not context.files:
-        shown = "(no files selected)"
-    else:
-        shown = "\n\n".join(f"### {path}\n{_fenced(text)}" for path, text in context.files)
-    if context.omitted:
-        shown += f"\n\n({context.omitted} more files in scope were left out to fit the context budget.)"
-    return shown
+    """Every candidate file in its form: whole, outline + excerpts, or listed with its size and why."""
+    parts = [f"### {path} (whole)\n{_fenced(text)}" for path, text in context.files]
+    parts += [_partial_block(p) for p in context.partial]
+    if context.listed:
+        parts.append("### Listed only (content not shown)\n" + _listing(context.listed))
+    return "\n\n".join(parts) if parts else "(no files selected)"
+
+
+def _listing(listed: list[Listed]) -> str:
+    """One line per listed file up to `LISTED_BY_NAME`; past it, one line per directory with its count and
+    bytes, so a scope of thousands of files costs a bounded prompt yet no file goes unaccounted."""
+    rows = [f"- {item.path} ({item.size:,} bytes): {item.reason}" for item in listed[:LISTED_BY_NAME]]
+    rest: dict[tuple[str, str], list[int]] = {}
+    for item in listed[LISTED_BY_NAME:]:
+        rest.setdefault((item.path.rpartition("/")[0] or ".", item.reason), []).append(item.size)
+    for (folder, reason), sizes in sorted(rest.items()):
+        rows.append(f"- {folder}/: {len(sizes)} more files ({sum(sizes):,} bytes), {reason}")
+    return "\n".join(rows)
+
+
+def _partial_block(partial: PartialFile) -> str:
+    head = (
+        f"### {partial.path} (outline + excerpts: {len(partial.lines):,} lines, {partial.size:,} bytes, "
+        "too large to show whole within the context budget)"
+    )
+    body = [head, "Outline (definition, first-last line):", _fenced(partial.outline_text or "(no outline)")]
+    spans = partial.excerpts()
+    if not spans:
+        body.append("(no excerpt fitted the budget)")
+    for start, end in spans:
+        body.append(f"Excerpt, lines {start}-{end} of {partial.path} (exact text):")
+        body.append(_fenced(partial.excerpt_text(start, end)))
+    return "\n".join(body)
 
 
 def _fenced(text: str) -> str:
