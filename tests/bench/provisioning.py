@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.sample_repo import git as repo_git
 from shared.git import git
 from tests.bench.stats import Row, Summary, ratio, settled, times
 from workers.workspace import WorkspaceManager
@@ -35,6 +34,10 @@ def write(root: Path, rel: str, text: str) -> None:
     target = root / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
+
+
+def repo_git(path: Path, *args: str) -> str:
+    return git(*args, cwd=path)
 
 
 def make_big_repo(path: Path, files: int = 2100, commits: int = 32, touched: int = 25) -> list[str]:
