@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -184,6 +184,15 @@ class Settings(BaseSettings):
 
     push_results: bool = True
     """Push each run's result branch `autopack/run-<id>` back to the repository the run came from."""
+
+    result_branch_retention_days: float = Field(default=30.0, ge=0)
+    """How long after a run ended its result branch `autopack/run-<id>` and its phase refs are kept, in
+    the origin (when `push_results`) and in each host's mirror; 0 keeps them forever. Every push reads
+    every ref of the origin, so an origin that keeps every run's branch makes every later phase slower.
+    A pruned run says so (`runs.branch_pruned_at`); its commits stay in the origin until its own gc."""
+
+    retention_batch: int = Field(default=200, ge=1)
+    """Most runs whose refs one reconciler pass prunes (one push per repository per pass)."""
 
     git_author: str = "Autopack Fleet <autopack@localhost>"
     """Author and committer of phase commits."""

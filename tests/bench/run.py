@@ -35,6 +35,7 @@ from tests.bench import (
     celery_roundtrip,
     dashboard,
     dashboard_data,
+    history,
     orchestration,
     pipeline,
     provisioning,
@@ -59,8 +60,8 @@ SECTIONS = (
     "report",
     "campaigns",
 )
-OPT_IN = ("dashboard",)
-"""Not in the default set: generating its history takes ~40 s and ~1.5 GB of disk."""
+OPT_IN = ("dashboard", "history")
+"""Not in the default set: dashboard's history takes ~40 s and ~1.5 GB of disk; history's ~3 min."""
 ALL_SECTIONS = SECTIONS + OPT_IN
 NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
@@ -97,6 +98,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dashboard-keep",
         action="store_true",
         help=f"(i) keep the database {DATABASE}_dashboard, and reuse it if already generated",
+    )
+    parser.add_argument(
+        "--history-levels",
+        default=",".join(map(str, history.LEVELS)),
+        help="(j) earlier runs before each measurement, comma-separated",
+    )
+    parser.add_argument("--history-phases", type=int, default=10, help="(j) phases timed per level")
+    parser.add_argument(
+        "--history-legacy",
+        action="store_true",
+        help="(j) measure the code before the fix too (every ref fetched, no commit-graph)",
     )
     parser.add_argument(
         "--only",
@@ -183,7 +195,31 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         results["dashboard"] = i.as_dict()
         rows += i.rows()
         dashboard_notes.extend(i.notes)
+    if "history" in chosen:
+        for j in run_history(args, workdir):
+            results["history_legacy" if j.legacy else "history"] = j.as_dict()
+            rows += j.rows()
     return results, rows
+
+
+def run_history(args: argparse.Namespace, workdir: Path) -> list[history.HistoryResult]:
+    levels = tuple(int(n) for n in args.history_levels.split(","))
+    out = []
+    for legacy in (True, False) if args.history_legacy else (False,):
+        label = " as before the fix" if legacy else ""
+        say(f"(j) history{label}: per-phase CPU and wall after {', '.join(f'{n:,}' for n in levels)} runs …")
+        with bench_database(f"{DATABASE}_history") as db_url:
+            out.append(
+                history.bench(
+                    db_url,
+                    workdir / ("j-legacy" if legacy else "j"),
+                    legacy=legacy,
+                    levels=levels,
+                    phases=args.history_phases,
+                    say=say,
+                )
+            )
+    return out
 
 
 def run_dashboard(args: argparse.Namespace, workdir: Path, logdir: Path) -> dashboard.DashboardResult:

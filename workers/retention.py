@@ -1,0 +1,166 @@
+"""Retention of result refs: a run's branch and phase refs go once it ended longer ago than the setting.
+
+Every push reads every ref of the origin (git has no protocol v2 push), so an origin that keeps every
+run's branch makes every later phase slower. The reconciler prunes in bounded steps, each pass:
+
+1. The origin: the `retention_batch` runs that ended longest ago, before the cutoff, and are not yet
+   pruned (an index range over `runs(finished_at) WHERE branch_pruned_at IS NULL`, never a scan of
+   every run) lose `refs/heads/autopack/run-<id>` and `refs/autopack/run-<id>/*` in the origin (when
+   results are pushed: one `ls-remote` and one push per repository), then are marked
+   `branch_pruned_at`. Only ended runs are chosen (a live run has no `finished_at`), and never the
+   source of a live run (a campaign child starts from its source's commit, fetched from the origin).
+2. This host's mirrors: of the run branches a mirror holds (only those published from this host), the
+   `retention_batch` oldest run ids are checked against the database, and those marked pruned are
+   deleted with their phase refs. Every host does this for its own mirrors, whoever pruned the origin.
+
+Two hosts pruning the same batch at once both push the same deletions; a ref already gone is no error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from shared.db import transaction
+from shared.errors import GitError
+from shared.git import git
+from shared.models import Run, utcnow
+from shared.states import RUN_TERMINAL, RunState
+from workers.workspace.locks import retrying_locks
+
+log = logging.getLogger(__name__)
+
+BRANCH_PREFIX = "refs/heads/autopack/run-"
+PHASE_PREFIX = "refs/autopack/run-"
+LIVE = [RunState.QUEUED, RunState.RUNNING]
+
+
+def run_ref_patterns(run_id: int) -> tuple[str, str]:
+    """What a run owns in a repository: its branch (exact) and its phase refs (a prefix)."""
+    return f"{BRANCH_PREFIX}{run_id}", f"{PHASE_PREFIX}{run_id}/"
+
+
+def owner_of(ref: str) -> int | None:
+    """The run a result ref belongs to, or None for any other ref."""
+    for prefix in (BRANCH_PREFIX, PHASE_PREFIX):
+        if ref.startswith(prefix):
+            head = ref[len(prefix) :].split("/", 1)[0]
+            return int(head) if head.isdigit() else None
+    return None
+
+
+def expired_runs(db_url: str, older_than: timedelta, limit: int) -> list[tuple[int, str]]:
+    """(run id, repo) of at most `limit` ended runs, oldest first, past retention and not yet pruned."""
+    sources_of_live = select(Run.parent_run_id).where(Run.state.in_(LIVE), Run.parent_run_id.is_not(None))
+    query = (
+        select(Run.id, Run.repo)
+        .where(
+            Run.branch_pruned_at.is_(None),
+            Run.finished_at < utcnow() - older_than,
+            Run.state.in_(list(RUN_TERMINAL)),
+            Run.id.not_in(sources_of_live),
+        )
+        .order_by(Run.finished_at)
+        .limit(limit)
+    )
+    with transaction(db_url) as session:
+        return [(run_id, repo) for run_id, repo in session.execute(query).all()]
+
+
+def mark_pruned(db_url: str, run_ids: Sequence[int]) -> None:
+    with transaction(db_url) as session:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(run_ids), Run.branch_pruned_at.is_(None))
+            .values(branch_pruned_at=utcnow())
+        )
+
+
+def pruned_among(db_url: str, run_ids: Sequence[int]) -> set[int]:
+    if not run_ids:
+        return set()
+    with transaction(db_url) as session:
+        query = select(Run.id).where(Run.id.in_(run_ids), Run.branch_pruned_at.is_not(None))
+        return set(session.scalars(query))
+
+
+def remote_result_refs(scratch: Path, repo: str, run_ids: set[int]) -> list[str]:
+    """The refs of these runs that the origin holds (one listing: v2 `ls-remote` sends no prefixes
+    for patterns, so this reads every ref, once per pass with something to prune)."""
+    out = git("ls-remote", "--refs", "--", repo, git_dir=scratch, timeout=120)
+    refs = (line.partition("\t")[2] for line in out.splitlines())
+    return [ref for ref in refs if owner_of(ref) in run_ids]
+
+
+def delete_remote(scratch: Path, repo: str, refs: Sequence[str]) -> None:
+    """Delete `refs` in the origin in one push; a ref another host deleted meanwhile is no error."""
+    if not refs:
+        return
+    try:
+        git("push", "--quiet", "--no-verify", "--", repo, *(f":{ref}" for ref in refs), git_dir=scratch)
+    except GitError as exc:
+        if "does not exist" not in str(exc):
+            raise
+
+
+def scratch_repo(workspace: Path) -> Path:
+    """An empty bare repository to run `ls-remote` and deletion pushes from (they need no objects)."""
+    path = workspace / "retention.git"
+    if not (path / "HEAD").exists():
+        git("init", "--quiet", "--bare", str(path))
+    return path
+
+
+def prune_origins(db_url: str, workspace: Path, older_than: timedelta, limit: int, push: bool) -> list[int]:
+    """Step 1 of the module docstring; returns the runs marked pruned. A repository that cannot be
+    reached keeps its runs unmarked, for a later pass."""
+    by_repo: dict[str, set[int]] = defaultdict(set)
+    for run_id, repo in expired_runs(db_url, older_than, limit):
+        by_repo[repo].add(run_id)
+    done: list[int] = []
+    for repo, run_ids in by_repo.items():
+        try:
+            if push:
+                scratch = scratch_repo(workspace)
+                delete_remote(scratch, repo, remote_result_refs(scratch, repo, run_ids))
+        except GitError as exc:
+            log.warning("retention: cannot prune result refs in %s: %s", repo, exc)
+            continue
+        mark_pruned(db_url, sorted(run_ids))
+        done += sorted(run_ids)
+    return done
+
+
+def mirror_run_ids(mirror: Path) -> list[int]:
+    """Ids of the runs whose branch this mirror holds, ascending."""
+    out = git("for-each-ref", "--format=%(refname)", "refs/heads/autopack/", git_dir=mirror)
+    return sorted({i for i in map(owner_of, out.splitlines()) if i is not None})
+
+
+def delete_local(mirror: Path, run_ids: Iterable[int]) -> int:
+    """Delete these runs' branches and phase refs in the mirror; returns how many refs went."""
+    patterns = [p for run_id in run_ids for p in run_ref_patterns(run_id)]
+    if not patterns:
+        return 0
+    refs = git("for-each-ref", "--format=%(refname)", *patterns, git_dir=mirror).split()
+    if refs:
+        stdin = "".join(f"delete {ref}\n" for ref in refs)
+        delete = ("update-ref", "--no-deref", "--stdin")
+        retrying_locks(lambda: git(*delete, git_dir=mirror, stdin=stdin), lambda: [mirror])
+    return len(refs)
+
+
+def mirror_dirs(workspace: Path) -> list[Path]:
+    mirrors = workspace / "mirrors"
+    return sorted(d for d in mirrors.glob("*.git") if (d / "HEAD").exists()) if mirrors.is_dir() else []
+
+
+def prune_mirror(db_url: str, mirror: Path, limit: int) -> int:
+    """Step 2 of the module docstring for one mirror; returns how many refs went."""
+    oldest = mirror_run_ids(mirror)[:limit]
+    return delete_local(mirror, sorted(pruned_among(db_url, oldest)))
