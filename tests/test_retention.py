@@ -238,10 +238,11 @@ def test_the_source_of_a_live_campaign_child_keeps_its_branch(
 ) -> None:
     source = new_run(db_url, sample_repo, RunState.DONE_FAILED, ended_days_ago=60)
     new_run(db_url, sample_repo, RunState.QUEUED, ended_days_ago=None, parent=source)
-    assert retention.expired_runs(db_url, timedelta(days=30), 10) == []
+    assert retention.expired_runs(db_url, retention.Policy(days=30), 10) == []
     with transaction(db_url) as session:
         session.execute(update(Run).where(Run.parent_run_id == source).values(state=RunState.CANCELLED))
-    assert retention.expired_runs(db_url, timedelta(days=30), 10) == [(source, str(sample_repo.resolve()))]
+    expected = [(source, str(sample_repo.resolve()))]
+    assert retention.expired_runs(db_url, retention.Policy(days=30), 10) == expected
 
 
 def test_retention_zero_keeps_every_branch(db_url: str, sample_repo: Path, tmp_path: Path) -> None:
@@ -313,3 +314,19 @@ def test_dropping_reflogs_removes_those_of_a_mirror_cloned_before_and_stops_new_
         commit_file(wt.path, "src/x.py", "X = 2\n", "phase 1")
 
     assert not list((mirror.path / "worktrees").glob("*/logs/HEAD"))
+
+
+def test_a_count_cap_prunes_all_but_the_newest_runs_whatever_their_age(
+    db_url: str, sample_repo: Path, tmp_path: Path
+) -> None:
+    ended = {
+        new_run(db_url, sample_repo, RunState.DONE_SUCCESS, ended_days_ago=d): d for d in (5, 4, 3, 2, 1)
+    }
+    new_run(db_url, sample_repo, RunState.RUNNING, ended_days_ago=None)
+    policy = retention.Policy(days=30, keep_runs=2)
+
+    expired = [run_id for run_id, _ in retention.expired_runs(db_url, policy, 10)]
+
+    assert expired == sorted(ended, key=lambda run_id: -ended[run_id])[:3]  # the three oldest, oldest first
+    assert retention.expired_runs(db_url, retention.Policy(days=30, keep_runs=5), 10) == []
+    assert retention.expired_runs(db_url, retention.Policy(), 10) == []

@@ -1,4 +1,5 @@
-"""Retention of result refs: a run's branch and phase refs go once it ended longer ago than the setting.
+"""Retention of result refs: a run's branch and phase refs go once it ended longer ago than the setting
+(`result_branch_retention_days`), or once that many newer runs ended (`result_branch_retention_runs`).
 
 Every push reads every ref of the origin (git has no protocol v2 push), so an origin that keeps every
 run's branch makes every later phase slower. The reconciler prunes in bounded steps, each pass:
@@ -21,10 +22,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared.db import transaction
 from shared.errors import GitError
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 BRANCH_PREFIX = "refs/heads/autopack/run-"
 PHASE_PREFIX = "refs/autopack/run-"
 LIVE = [RunState.QUEUED, RunState.RUNNING]
+GIT_TIMEOUT = 30.0
+"""Retention runs on the reconciler's thread: an unreachable origin must not hold up re-dispatching."""
 
 
 def run_ref_patterns(run_id: int) -> tuple[str, str]:
@@ -54,21 +59,54 @@ def owner_of(ref: str) -> int | None:
     return None
 
 
-def expired_runs(db_url: str, older_than: timedelta, limit: int) -> list[tuple[int, str]]:
+@dataclass(frozen=True)
+class Policy:
+    """A run's refs go once it ended more than `days` ago, or once `keep_runs` runs ended after it;
+    0 turns either rule off."""
+
+    days: float = 0.0
+    keep_runs: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.days > 0 or self.keep_runs > 0
+
+
+def cutoff(session: Session, policy: Policy) -> datetime | None:
+    """Runs that ended before this are past retention (None: none is). The count rule reads the
+    `keep_runs`-th newest unpruned end time: an index walk of that many entries, not of every run."""
+    cutoffs = [utcnow() - timedelta(days=policy.days)] if policy.days > 0 else []
+    if policy.keep_runs > 0:
+        nth = session.scalar(
+            select(Run.finished_at)
+            .where(Run.branch_pruned_at.is_(None), Run.finished_at.is_not(None))
+            .order_by(Run.finished_at.desc())
+            .offset(policy.keep_runs - 1)
+            .limit(1)
+        )
+        if nth is not None:
+            cutoffs.append(nth)
+    return max(cutoffs) if cutoffs else None
+
+
+def expired_runs(db_url: str, policy: Policy, limit: int) -> list[tuple[int, str]]:
     """(run id, repo) of at most `limit` ended runs, oldest first, past retention and not yet pruned."""
     sources_of_live = select(Run.parent_run_id).where(Run.state.in_(LIVE), Run.parent_run_id.is_not(None))
-    query = (
-        select(Run.id, Run.repo)
-        .where(
-            Run.branch_pruned_at.is_(None),
-            Run.finished_at < utcnow() - older_than,
-            Run.state.in_(list(RUN_TERMINAL)),
-            Run.id.not_in(sources_of_live),
-        )
-        .order_by(Run.finished_at)
-        .limit(limit)
-    )
     with transaction(db_url) as session:
+        before = cutoff(session, policy)
+        if before is None:
+            return []
+        query = (
+            select(Run.id, Run.repo)
+            .where(
+                Run.branch_pruned_at.is_(None),
+                Run.finished_at < before,
+                Run.state.in_(list(RUN_TERMINAL)),
+                Run.id.not_in(sources_of_live),
+            )
+            .order_by(Run.finished_at)
+            .limit(limit)
+        )
         return [(run_id, repo) for run_id, repo in session.execute(query).all()]
 
 
@@ -92,7 +130,7 @@ def pruned_among(db_url: str, run_ids: Sequence[int]) -> set[int]:
 def remote_result_refs(scratch: Path, repo: str, run_ids: set[int]) -> list[str]:
     """The refs of these runs that the origin holds (one listing: v2 `ls-remote` sends no prefixes
     for patterns, so this reads every ref, once per pass with something to prune)."""
-    out = git("ls-remote", "--refs", "--", repo, git_dir=scratch, timeout=120)
+    out = git("ls-remote", "--refs", "--", repo, git_dir=scratch, timeout=GIT_TIMEOUT)
     refs = (line.partition("\t")[2] for line in out.splitlines())
     return [ref for ref in refs if owner_of(ref) in run_ids]
 
@@ -102,7 +140,8 @@ def delete_remote(scratch: Path, repo: str, refs: Sequence[str]) -> None:
     if not refs:
         return
     try:
-        git("push", "--quiet", "--no-verify", "--", repo, *(f":{ref}" for ref in refs), git_dir=scratch)
+        deletions = (f":{ref}" for ref in refs)
+        git("push", "--quiet", "--no-verify", "--", repo, *deletions, git_dir=scratch, timeout=GIT_TIMEOUT)
     except GitError as exc:
         if "does not exist" not in str(exc):
             raise
@@ -116,11 +155,11 @@ def scratch_repo(workspace: Path) -> Path:
     return path
 
 
-def prune_origins(db_url: str, workspace: Path, older_than: timedelta, limit: int, push: bool) -> list[int]:
+def prune_origins(db_url: str, workspace: Path, policy: Policy, limit: int, push: bool) -> list[int]:
     """Step 1 of the module docstring; returns the runs marked pruned. A repository that cannot be
     reached keeps its runs unmarked, for a later pass."""
     by_repo: dict[str, set[int]] = defaultdict(set)
-    for run_id, repo in expired_runs(db_url, older_than, limit):
+    for run_id, repo in expired_runs(db_url, policy, limit):
         by_repo[repo].add(run_id)
     done: list[int] = []
     for repo, run_ids in by_repo.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -72,11 +71,11 @@ class Reconciler:
         for mirror in retention.mirror_dirs(s.workspace_dir):
             compact_objects(mirror)
             drop_reflogs(mirror)
-        if s.result_branch_retention_days <= 0:
+        policy = retention.Policy(s.result_branch_retention_days, s.result_branch_retention_runs)
+        if not policy.active:
             return
-        older = timedelta(days=s.result_branch_retention_days)
         pruned = retention.prune_origins(
-            s.database_url, s.workspace_dir, older, s.retention_batch, s.push_results
+            s.database_url, s.workspace_dir, policy, s.retention_batch, s.push_results
         )
         if pruned:
             log.info("retention: pruned the result refs of %d run(s) in their origins", len(pruned))
