@@ -22,6 +22,7 @@ from workers.celery_app import QUEUE
 from workers.host.guard import HostGuard
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
+from workers.workspace.locks import flock
 from workers.workspace.mirror import compact_objects, drop_reflogs
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ class Reconciler:
         once there are many, and keep its worktrees' reflogs from growing."""
         s = self.settings
         for mirror in retention.mirror_dirs(s.workspace_dir):
-            compact_objects(mirror)
-            drop_reflogs(mirror)
+            with flock(mirror.with_suffix(".lock"), blocking=False) as held:
+                if held is not None:  # busy fetching or adding a worktree: next pass
+                    compact_objects(mirror)
+                    drop_reflogs(mirror)
         policy = retention.Policy(s.result_branch_retention_days, s.result_branch_retention_runs)
         if not policy.active:
             return

@@ -231,6 +231,7 @@ class Level:
     """What was measured after `history` earlier runs."""
 
     history: int
+    label: str = ""
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     reconcile: list[float] = field(default_factory=list)
@@ -345,6 +346,7 @@ class HistoryResult:
             "levels": [
                 {
                     "history": lv.history,
+                    "label": lv.label,
                     "wall": Summary.of(lv.wall).as_dict(),
                     "cpu": Summary.of(lv.cpu).as_dict(),
                     "reconcile_pass": Summary.of(lv.reconcile).as_dict(),
@@ -363,7 +365,7 @@ class HistoryResult:
         for lv in self.levels:
             cpu = Summary.of(lv.cpu)
             grow = times(ratio(cpu.median_ms, fresh))
-            at = f"after {lv.history:,} runs:"
+            at = f"after {lv.history:,} runs{lv.label}:"
             rows += [
                 Row.timing(SECTION + label, f"{at} phase wall", Summary.of(lv.wall)),
                 Row.timing(SECTION + label, f"{at} phase CPU", cpu, "target <= 1.15x fresh", grow),
@@ -380,7 +382,7 @@ def bench(db_url: str, workdir: Path, *, legacy: bool = False, **kwargs: Any) ->
     if not legacy:
         return bench_levels(db_url, workdir, **kwargs)
     with legacy_git(db_url):
-        return replace_legacy(bench_levels(db_url, workdir, **kwargs))
+        return replace_legacy(bench_levels(db_url, workdir, **{**kwargs, "keep_runs": 0}))
 
 
 def replace_legacy(result: HistoryResult) -> HistoryResult:
@@ -393,9 +395,11 @@ def bench_levels(
     *,
     levels: tuple[int, ...] = LEVELS,
     phases: int = 10,
+    keep_runs: int = 1_000,
     say: Say = print,
 ) -> HistoryResult:
-    """Measure each level in turn, growing one repository and one database from level to level."""
+    """Measure each level in turn, growing one repository and one database from level to level; then
+    (unless `keep_runs` is 0) once more after retention pruned all but the newest `keep_runs` runs."""
     workdir.mkdir(parents=True, exist_ok=True)
     repo = make_sample_repo(workdir / "origin")
     origin = repo / ".git"
@@ -418,4 +422,28 @@ def bench_levels(
         cpu, wall = Summary.of(level.cpu), Summary.of(level.wall)
         say(f"    after {target:,}: phase wall {wall.median_ms:.0f} ms, CPU {cpu.median_ms:.0f} ms")
         results.append(level)
+    if keep_runs and done > keep_runs:
+        results.append(after_retention(ctx, repo, done, keep_runs, phases, workdir, say))
     return HistoryResult(False, results)
+
+
+def after_retention(
+    ctx: WorkerContext, repo: Path, history: int, keep: int, phases: int, workdir: Path, say: Say
+) -> Level:
+    """The reconciler's retention keeping the newest `keep` runs' refs (all at once here: batches of
+    the whole history), then the phases measured again."""
+    start = time.perf_counter()
+    kept = ctx.settings.model_copy(
+        update={"result_branch_retention_runs": keep, "retention_batch": history * 2}
+    )
+    reconciler = Reconciler(kept, ctx.dispatcher)
+    reconciler._retain()
+    reconciler.workspace.compact_refs()
+    for git_dir in (repo / ".git", ctx.workspace.mirror(str(repo)).path):
+        mirror_mod.compact_refs(git_dir, limit=0)
+    say(f"    retention keeping the newest {keep:,} runs: {time.perf_counter() - start:.1f} s")
+    level = measure_level(ctx, repo, history, phases, workdir)
+    level.label = f", retention keeping {keep:,}"
+    cpu = Summary.of(level.cpu)
+    say(f"    after {history:,}, {keep:,} kept: phase CPU {cpu.median_ms:.0f} ms")
+    return level

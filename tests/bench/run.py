@@ -106,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--history-phases", type=int, default=10, help="(j) phases timed per level")
     parser.add_argument(
+        "--history-keep",
+        type=int,
+        default=1_000,
+        help="(j) then measure again after retention kept only this many newest runs' refs (0: skip)",
+    )
+    parser.add_argument(
         "--history-legacy",
         action="store_true",
         help="(j) measure the code before the fix too (every ref fetched, no commit-graph)",
@@ -216,6 +222,7 @@ def run_history(args: argparse.Namespace, workdir: Path) -> list[history.History
                     legacy=legacy,
                     levels=levels,
                     phases=args.history_phases,
+                    keep_runs=args.history_keep,
                     say=say,
                 )
             )

@@ -185,7 +185,13 @@ def drop_reflogs(git_dir: Path) -> None:
     """Stop the reflogs of a mirror's worktrees growing: each pooled slot's `logs/HEAD` gained two lines
     per phase (its commit and the next reset), forever, since a mirror never runs gc to expire them.
     With `core.logAllRefUpdates` false git writes a reflog only when one exists, so the existing ones
-    (of mirrors cloned before this setting) go; nothing reads them."""
-    git("config", "core.logAllRefUpdates", "false", git_dir=git_dir)
+    (of mirrors cloned before this setting) go; nothing reads them. Writes the config only when it
+    says otherwise (two reconcilers on a host would race for its lock every pass)."""
+    try:
+        current = git("config", "--get", "core.logAllRefUpdates", git_dir=git_dir).strip()
+    except GitError:  # unset
+        current = ""
+    if current != "false":
+        git("config", "core.logAllRefUpdates", "false", git_dir=git_dir)
     for logs in (git_dir / "worktrees").glob("*/logs"):
         shutil.rmtree(logs, ignore_errors=True)
