@@ -275,18 +275,28 @@ def test_a_mirror_drops_runs_another_host_pruned_and_keeps_the_rest(
     assert branch_ref(gone) in refs(sample_repo / ".git")  # the origin is not this step's business
 
 
-def test_a_deletion_another_host_made_first_is_no_error(manager: WorkspaceManager, sample_repo: Path) -> None:
+def test_a_deletion_another_host_made_first_is_no_error(
+    manager: WorkspaceManager, sample_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     published_run(manager, sample_repo, 21)
+    published_run(manager, sample_repo, 22)
     scratch = retention.scratch_repo(manager.root)
-    listed = retention.remote_result_refs(scratch, str(sample_repo), {21})
-    assert sorted(listed) == sorted([branch_ref(21), phase_ref(21, 0, 2)])
-    sh_git(sample_repo, "update-ref", "-d", branch_ref(21))  # another host got there first
+    real = retention.remote_result_refs
+    listings: list[list[str]] = []
 
-    retention.delete_remote(scratch, str(sample_repo), listed)
+    def stale_once(scratch: Path, repo: str, run_ids: set[int]) -> list[str]:
+        listed = real(scratch, repo, run_ids)
+        if not listings:  # another host deletes run 21's branch right after this listing
+            sh_git(sample_repo, "update-ref", "-d", branch_ref(21))
+        listings.append(listed)
+        return listed
 
-    assert not refs(sample_repo / ".git", "refs/autopack/") + refs(
-        sample_repo / ".git", "refs/heads/autopack/"
-    )
+    monkeypatch.setattr(retention, "remote_result_refs", stale_once)
+    retention.delete_remote(scratch, str(sample_repo), {21, 22})
+
+    assert len(listings) == 1 and branch_ref(21) in listings[0]
+    origin = sample_repo / ".git"
+    assert not refs(origin, "refs/autopack/") + refs(origin, "refs/heads/autopack/")
 
 
 def test_pooled_worktrees_keep_no_reflog_that_grows_per_phase(

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -135,16 +136,19 @@ def remote_result_refs(scratch: Path, repo: str, run_ids: set[int]) -> list[str]
     return [ref for ref in refs if owner_of(ref) in run_ids]
 
 
-def delete_remote(scratch: Path, repo: str, refs: Sequence[str]) -> None:
-    """Delete `refs` in the origin in one push; a ref another host deleted meanwhile is no error."""
+def delete_remote(scratch: Path, repo: str, run_ids: set[int]) -> None:
+    """Delete these runs' refs in the origin in one atomic push: one ref transaction, so a packed-refs
+    file is rewritten once, not once per ref (9,000 deletions one by one took over 30 s). A ref another
+    host deleted since the listing is no error (receive-pack warns "deleting a non-existent ref")."""
+    refs = remote_result_refs(scratch, repo, run_ids)
     if not refs:
         return
-    try:
-        deletions = (f":{ref}" for ref in refs)
-        git("push", "--quiet", "--no-verify", "--", repo, *deletions, git_dir=scratch, timeout=GIT_TIMEOUT)
-    except GitError as exc:
-        if "does not exist" not in str(exc):
-            raise
+    deletions = (f":{ref}" for ref in refs)
+    git("push", "--atomic", "--quiet", "--no-verify", "--", repo, *deletions, **_remote(scratch))
+
+
+def _remote(scratch: Path) -> dict[str, Any]:
+    return {"git_dir": scratch, "timeout": GIT_TIMEOUT}
 
 
 def scratch_repo(workspace: Path) -> Path:
@@ -165,8 +169,7 @@ def prune_origins(db_url: str, workspace: Path, policy: Policy, limit: int, push
     for repo, run_ids in by_repo.items():
         try:
             if push:
-                scratch = scratch_repo(workspace)
-                delete_remote(scratch, repo, remote_result_refs(scratch, repo, run_ids))
+                delete_remote(scratch_repo(workspace), repo, run_ids)
         except GitError as exc:
             log.warning("retention: cannot prune result refs in %s: %s", repo, exc)
             continue

@@ -373,7 +373,7 @@ class HistoryResult:
                 Row.timing(SECTION + label, f"{at} mirror fetch of 1 commit, CPU", Summary.of(lv.fetch_cpu)),
             ]
             top = ", ".join(f"{k} {v:.0f}" for k, v in list(lv.git_ms.items())[:4])
-            rows.append(Row(SECTION + label, f"after {lv.history:,} runs: git ms/phase", top))
+            rows.append(Row(SECTION + label, f"{at} git ms/phase", top))
         return rows
 
 
