@@ -93,7 +93,13 @@ def _program_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -
     return out
 
 
-def git(*args: str, cwd: Path | None = None, git_dir: Path | None = None, timeout: float = 300) -> str:
+def git(
+    *args: str,
+    cwd: Path | None = None,
+    git_dir: Path | None = None,
+    timeout: float = 300,
+    stdin: str | None = None,
+) -> str:
     base = ["git", *_SAFE]
     if git_dir is not None:
         base += ["--git-dir", str(git_dir)]
@@ -104,7 +110,7 @@ def git(*args: str, cwd: Path | None = None, git_dir: Path | None = None, timeou
         raise GitError(f"cannot read git config: {exc}") from exc
     try:
         done = subprocess.run(
-            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from exc

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -104,6 +105,8 @@ class Run(Base):
     # Where the result branch was last seen to point; differs from head_sha only after a crash
     # between recording a phase and moving the branch, which the reconciler then repairs.
     branch_sha: Mapped[str | None] = mapped_column(String(64))
+    # When retention deleted the result branch and phase refs (workers/retention.py); NULL: not pruned.
+    branch_pruned_at: Mapped[datetime | None]
     spec: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64))
     config: Mapped[dict[str, Any]]
@@ -400,3 +403,8 @@ Index("ix_phases_deliveries", Phase.deliveries)
 Index("ix_llm_usage_events_phase_attempt", LlmUsageEvent.phase_id, LlmUsageEvent.attempt_number)
 Index("ix_campaign_pairs_a_run_id", CampaignPair.a_run_id)
 Index("ix_campaign_pairs_b_run_id", CampaignPair.b_run_id)
+# Retention's batch and the reconciler's lagging branches: partial indexes (migration 0007).
+_UNPRUNED = text("branch_pruned_at IS NULL")
+_LAGGING = text("head_sha <> base_sha AND (branch_sha IS NULL OR branch_sha <> head_sha)")
+Index("ix_runs_unpruned_finished", Run.finished_at, postgresql_where=_UNPRUNED, sqlite_where=_UNPRUNED)
+Index("ix_runs_branch_lagging", Run.id, postgresql_where=_LAGGING, sqlite_where=_LAGGING)

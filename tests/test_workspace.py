@@ -100,7 +100,7 @@ def test_first_use_clones_a_bare_mirror_and_checks_out_a_detached_worktree_at_th
         assert [Path(p).resolve() for p in worktree_records(mirror)] == [wt.path.resolve()]
 
 
-def test_mirror_keeps_commits_from_gc_and_fetches_heads_tags_and_autopack_refs(
+def test_mirror_keeps_commits_from_gc_and_fetches_branches_and_tags_but_not_run_branches(
     manager: WorkspaceManager, sample_repo: Path
 ) -> None:
     mirror = manager.mirror(str(sample_repo))

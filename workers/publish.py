@@ -4,7 +4,10 @@ A phase's commit is first pushed under a ref keyed by (run, phase, lease epoch) 
 and it makes the commit reachable from other hosts before the database names it as the run's head.
 Only after the database recorded it does the run branch `autopack/run-<id>` move there; the same
 atomic push deletes that phase ref, whose job the branch now does. Every push reads every ref of the
-remote, so refs left behind by each run would make every later push slower.
+remote (git 2.39 pushes over protocol v0 only: the origin advertises all its refs, the pushing side
+walks back from each one it has, and receive-pack checks connectivity against all of them), so result
+refs are bounded by retention (workers/retention.py) and commit-graphs make each tip cheap to read
+(workers/workspace/mirror.py `compact_refs`).
 """
 
 from __future__ import annotations

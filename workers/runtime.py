@@ -17,11 +17,13 @@ from shared.errors import BranchConflict
 from shared.outbox import lagging_branches, reconcile
 from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
-from workers import drain
+from workers import drain, retention
 from workers.celery_app import QUEUE
 from workers.host.guard import HostGuard
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
+from workers.workspace.locks import flock
+from workers.workspace.mirror import compact_objects, drop_reflogs
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,32 @@ class Reconciler:
                 log.warning("run %s: result branch still behind: %s", run_id, exc)
         try:
             self.workspace.compact_refs()
+            self._retain()
         except Exception as exc:  # a slower push is no reason to stop re-dispatching
-            log.warning("packing refs failed: %s", exc)
+            log.warning("packing refs or pruning expired result refs failed: %s", exc)
         enqueued = reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
         return enqueued + sweep(s.database_url, self.dispatcher)
+
+    def _retain(self) -> None:
+        """Bounded work per pass: prune the refs of at most `retention_batch` expired runs in their
+        origins and as many in each mirror here (workers/retention.py); pack a mirror's loose objects
+        once there are many, and keep its worktrees' reflogs from growing."""
+        s = self.settings
+        for mirror in retention.mirror_dirs(s.workspace_dir):
+            with flock(mirror.with_suffix(".lock"), blocking=False) as held:
+                if held is not None:  # busy fetching or adding a worktree: next pass
+                    compact_objects(mirror)
+                    drop_reflogs(mirror)
+        policy = retention.Policy(s.result_branch_retention_days, s.result_branch_retention_runs)
+        if not policy.active:
+            return
+        pruned = retention.prune_origins(
+            s.database_url, s.workspace_dir, policy, s.retention_batch, s.push_results
+        )
+        if pruned:
+            log.info("retention: pruned the result refs of %d run(s) in their origins", len(pruned))
+        for mirror in retention.mirror_dirs(s.workspace_dir):
+            retention.prune_mirror(s.database_url, mirror, s.retention_batch)
 
     def _conflict(self, run_id: int, head: str, exc: BranchConflict) -> None:
         """The recorded head cannot reach the run's branch: retrying would never succeed, so the run

@@ -8,12 +8,14 @@ cost per command (bwrap `true` against unboxed `true`, same run), (g) the campai
 pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
 and an interactive run's wait for its first phase while 500 campaign phases are queued; opt-in with
 `--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
-under them over that history, with EXPLAIN of their queries; (j) `--only validation`: phase time of a
+under them over that history, with EXPLAIN of their queries; (j) phase time of a
 multi-phase run whose validation is a 400-test suite, with the validation store off and on (and a
 replay), and slot affinity on the 2,100-file repository; (k) builder context: whole files against
 outline + excerpts at 8k/20k/60k tokens, prompt size, build time and recall of upstream changes' lines,
-on this repository and on more-itertools (sdists from the package registry). Prints figures
-and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
+on this repository and on more-itertools (sdists from the package registry); opt-in with
+`--only history`: (l) per-phase CPU and wall after 0, 1,000, 5,000 and 10,000 earlier runs (generated),
+with `--history-legacy` the code before the fix too. Prints figures and ratios, writes
+bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
 never fails on timing: only a crash exits non-zero.
 """
 
@@ -40,6 +42,7 @@ from tests.bench import (
     context,
     dashboard,
     dashboard_data,
+    history,
     orchestration,
     pipeline,
     provisioning,
@@ -67,8 +70,8 @@ SECTIONS = (
     "validation",
     "context",
 )
-OPT_IN = ("dashboard",)
-"""Not in the default set: generating its history takes ~40 s and ~1.5 GB of disk."""
+OPT_IN = ("dashboard", "history")
+"""Not in the default set: dashboard's history takes ~40 s and ~1.5 GB of disk; history's ~3 min."""
 ALL_SECTIONS = SECTIONS + OPT_IN
 NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
@@ -106,6 +109,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dashboard-keep",
         action="store_true",
         help=f"(i) keep the database {DATABASE}_dashboard, and reuse it if already generated",
+    )
+    parser.add_argument(
+        "--history-levels",
+        default=",".join(map(str, history.LEVELS)),
+        help="(l) earlier runs before each measurement, comma-separated",
+    )
+    parser.add_argument("--history-phases", type=int, default=10, help="(l) phases timed per level")
+    parser.add_argument(
+        "--history-keep",
+        type=int,
+        default=1_000,
+        help="(l) then measure again after retention kept only this many newest runs' refs (0: skip)",
+    )
+    parser.add_argument(
+        "--history-legacy",
+        action="store_true",
+        help="(l) measure the code before the fix too (every ref fetched, no commit-graph)",
     )
     parser.add_argument(
         "--only",
@@ -203,7 +223,32 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         k = context.bench(workdir / "k", ROOT)
         results["context"] = k.as_dict()
         rows += k.rows()
+    if "history" in chosen:
+        for j in run_history(args, workdir):
+            results["history_legacy" if j.legacy else "history"] = j.as_dict()
+            rows += j.rows()
     return results, rows
+
+
+def run_history(args: argparse.Namespace, workdir: Path) -> list[history.HistoryResult]:
+    levels = tuple(int(n) for n in args.history_levels.split(","))
+    out = []
+    for legacy in (True, False) if args.history_legacy else (False,):
+        label = " as before the fix" if legacy else ""
+        say(f"(l) history{label}: per-phase CPU and wall after {', '.join(f'{n:,}' for n in levels)} runs …")
+        with bench_database(f"{DATABASE}_history") as db_url:
+            out.append(
+                history.bench(
+                    db_url,
+                    workdir / ("j-legacy" if legacy else "j"),
+                    legacy=legacy,
+                    levels=levels,
+                    phases=args.history_phases,
+                    keep_runs=args.history_keep,
+                    say=say,
+                )
+            )
+    return out
 
 
 def run_dashboard(args: argparse.Namespace, workdir: Path, logdir: Path) -> dashboard.DashboardResult:

@@ -1,0 +1,454 @@
+"""(l) History: per-phase CPU and wall after 0, 1,000, 5,000 and 10,000 earlier runs.
+
+The point is the repository and database shape, not waiting, so history is generated, not executed:
+one `git fast-import` stream writes N result commits, each on its own `refs/heads/autopack/run-<id>`
+(and one run in ten leaves a fenced phase ref behind, as a taken-over holder does), into the origin and
+into this host's mirror (a long-lived host published them there), refs packed as the reconciler packs
+them; N ended runs with two phases each go into Postgres in one `INSERT ... SELECT unnest`. Then real
+phases (`true`, validated by `true`, results pushed) run through `execute_phase` in this process, and
+their wall and CPU (this process plus every git it spawned) are taken per phase, with the time of one
+reconciler pass.
+
+`legacy=True` measures the code before the fix: every fetch and clone takes every ref, every push
+negotiates over protocol v0 (the remote advertises every ref).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from api.sample_repo import make_sample_repo
+from shared.db import transaction
+from shared.runs import create_run
+from shared.settings import Settings
+from shared.specs import RunSpec
+from tests.bench.stats import Row, Summary, ratio, times
+from workers import retention
+from workers.executor import WorkerContext, execute_phase
+from workers.runtime import Reconciler
+from workers.workspace import mirror as mirror_mod
+
+SECTION = "(l) history"
+LEVELS = (0, 1_000, 5_000, 10_000)
+Say = Callable[[str], None]
+
+
+class NullDispatcher:
+    """The bench drives phases itself: nothing is queued."""
+
+    def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
+        return None
+
+    def waiting(self) -> set[tuple[int, int]] | None:
+        return set()
+
+
+def bench_settings(db_url: str, workspace: Path) -> Settings:
+    return Settings(
+        database_url=db_url,
+        broker_url="memory://",
+        workspace_dir=workspace,
+        worktrees_per_repo=2,
+        allowed_repos=[f"{Path(tempfile.gettempdir()).resolve()}/**"],
+        push_results=True,
+        log_level="WARNING",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+def git_out(*args: str, git_dir: Path, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["git", "--git-dir", str(git_dir), *args], input=stdin, capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def fast_import_stream(base_sha: str, ids: range) -> str:
+    """One commit per run on its own branch, and a fenced phase ref for one run in ten; identical
+    bytes give identical SHAs in every repository it is fed to."""
+    out: list[str] = []
+    for run_id in ids:
+        body = f"run {run_id}\n"
+        msg = f"autopack: run {run_id} phase 1 history\n"
+        out += [
+            f"commit refs/heads/autopack/run-{run_id}",
+            f"mark :{run_id}",
+            "committer Autopack <autopack@localhost> 1700000000 +0000",
+            f"data {len(msg)}",
+            msg.rstrip("\n"),
+            f"from {base_sha}",
+            "M 100644 inline history.txt",
+            f"data {len(body)}",
+            body,
+        ]
+        if run_id % 10 == 0:
+            out += [f"reset refs/autopack/run-{run_id}/phase-1-e2", f"from :{run_id}", ""]
+    return "\n".join(out) + "\n"
+
+
+def add_git_history(repos: list[Path], base_sha: str, ids: range) -> dict[int, str]:
+    """Write the history into every repository in `repos`; returns each run's head."""
+    stream = fast_import_stream(base_sha, ids)
+    marks = Path(tempfile.mkstemp(prefix="marks-")[1])
+    try:
+        for repo in repos:
+            git_out("fast-import", "--quiet", f"--export-marks={marks}", git_dir=repo, stdin=stream)
+            mirror_mod.compact_refs(repo, limit=0)  # as the reconciler would have, long before
+        heads = {}
+        for line in marks.read_text().splitlines():
+            mark, sha = line.split()
+            heads[int(mark[1:])] = sha
+        return heads
+    finally:
+        marks.unlink()
+
+
+HISTORY_SQL = """
+WITH h AS (SELECT * FROM unnest(%(ids)s::bigint[], %(heads)s::text[]) AS h(id, head))
+INSERT INTO runs (id, name, repo, base_ref, base_sha, head_sha, branch_sha, spec, spec_hash, config, state,
+                  cancel_requested, held, lease_epoch, tokens_spent, tokens_reserved, usd_spent, usd_reserved,
+                  created_at, started_at, finished_at)
+SELECT id, 'history-' || id, %(repo)s, 'main', %(base)s, head, head, %(spec)s::json, %(hash)s,
+       %(config)s::json, 'DONE_SUCCESS', false, false, 1, 0, 0, 0, 0,
+       %(now)s - make_interval(secs => (%(last)s - id) * 60 + 30),
+       %(now)s - make_interval(secs => (%(last)s - id) * 60 + 29),
+       %(now)s - make_interval(secs => (%(last)s - id) * 60 + 20)
+FROM h;
+INSERT INTO phases (run_id, index, name, spec, state, attempts_used, deliveries, dispatched_at, started_at,
+                    finished_at, commit_sha)
+SELECT r.id, i, 'p' || i, %(pspec)s::json, 'COMPLETE', 1, 1, r.started_at, r.started_at, r.finished_at,
+       CASE WHEN i = 1 THEN r.head_sha ELSE r.base_sha END
+FROM runs r CROSS JOIN generate_series(0, 1) AS i
+WHERE r.id = ANY(%(ids)s::bigint[]);
+SELECT setval(pg_get_serial_sequence('runs', 'id'), (SELECT max(id) FROM runs));
+ANALYZE runs;
+ANALYZE phases;
+"""
+
+
+OLD_FETCH_REFSPECS = (
+    "+refs/heads/*:refs/heads/*",
+    "+refs/tags/*:refs/tags/*",
+    "+refs/autopack/*:refs/autopack/*",
+)
+
+
+@contextmanager
+def legacy_git(db_url: str) -> Iterator[None]:
+    """The code before the fix: mirrors clone and fetch every ref, no commit-graph is written, and
+    the reconciler's `lagging_branches` has no partial index."""
+    saved = (mirror_mod.write_commit_graph, mirror_mod.Mirror._fetch_missing, mirror_mod.Mirror._clone)
+
+    def fetch_all(self: mirror_mod.Mirror, sha: str) -> None:
+        self._fetch(*OLD_FETCH_REFSPECS)
+
+    def clone_all(self: mirror_mod.Mirror) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        subprocess.run(["git", "clone", "--quiet", "--bare", "--", self.repo, str(tmp)], check=True)
+        for n, spec in enumerate(OLD_FETCH_REFSPECS):
+            git_out("config", *(["--add"] if n else []), "remote.origin.fetch", spec, git_dir=tmp)
+        git_out("config", "gc.auto", "0", git_dir=tmp)
+        tmp.rename(self.path)
+
+    mirror_mod.write_commit_graph = lambda git_dir: None
+    mirror_mod.Mirror._fetch_missing = fetch_all  # type: ignore[method-assign]
+    mirror_mod.Mirror._clone = clone_all  # type: ignore[method-assign]
+    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+        conn.execute("DROP INDEX IF EXISTS ix_runs_branch_lagging")
+    try:
+        yield
+    finally:
+        mirror_mod.write_commit_graph = saved[0]
+        mirror_mod.Mirror._fetch_missing = saved[1]  # type: ignore[method-assign]
+        mirror_mod.Mirror._clone = saved[2]  # type: ignore[method-assign]
+
+
+def libpq(db_url: str) -> str:
+    return db_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def add_db_history(db_url: str, repo: Path, base_sha: str, heads: dict[int, str]) -> None:
+    spec = noop_spec(repo, "history")
+    params = {
+        "ids": list(heads),
+        "heads": list(heads.values()),
+        "repo": str(repo.resolve()),
+        "base": base_sha,
+        "spec": json.dumps(spec.model_dump(mode="json")),
+        "hash": spec.spec_hash(),
+        "config": json.dumps(spec.config.model_dump(mode="json")),
+        "pspec": json.dumps(spec.phases[0].model_dump(mode="json")),
+        "now": datetime.now(UTC) - timedelta(minutes=5),
+        "last": max(heads),
+    }
+    with psycopg.connect(libpq(db_url)) as conn:
+        for statement in HISTORY_SQL.split(";"):
+            if statement.strip():
+                conn.execute(statement, params)  # type: ignore[arg-type]
+
+
+def next_run_id(db_url: str) -> int:
+    with psycopg.connect(libpq(db_url)) as conn:
+        row = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()
+    return int(row[0]) if row else 1
+
+
+def noop_spec(repo: Path, name: str, phases: int = 2) -> RunSpec:
+    return RunSpec.model_validate(
+        {
+            "repo": str(repo),
+            "base_ref": "main",
+            "name": name,
+            "config": {"builder": "script", "max_attempts": 1, "doctor": False},
+            "phases": [
+                {"name": f"noop-{k}", "scope": ["src/"], "command": "true", "validation": ["true"]}
+                for k in range(phases)
+            ],
+        }
+    )
+
+
+def cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Level:
+    """What was measured after `history` earlier runs."""
+
+    history: int
+    label: str = ""
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    reconcile: list[float] = field(default_factory=list)
+    fetch_cpu: list[float] = field(default_factory=list)
+    git_ms: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+def run_phases(ctx: WorkerContext, repo: Path, name: str, level: Level | None) -> None:
+    """One 2-phase run, each phase executed here; `level` None: a warm-up, not recorded."""
+    with transaction(ctx.settings.database_url) as session:
+        run = create_run(session, noop_spec(repo, name))
+        run_id, phase_ids = run.id, [p.id for p in run.phases]
+    for phase_id in phase_ids:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        outcome = execute_phase(ctx, run_id, phase_id)
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        if level is None:
+            continue
+        if outcome != "complete":
+            level.failures.append(f"run {run_id} phase {phase_id}: {outcome}")
+        level.wall.append(wall)
+        level.cpu.append(cpu)
+
+
+@contextmanager
+def traced(path: Path) -> Iterator[Path]:
+    """GIT_TRACE2_EVENT for every git this process spawns while inside."""
+    os.environ["GIT_TRACE2_EVENT"] = str(path)
+    try:
+        yield path
+    finally:
+        del os.environ["GIT_TRACE2_EVENT"]
+
+
+def git_time_by_command(trace: Path, phases: int) -> dict[str, float]:
+    """Milliseconds per phase spent in each git command (by its verb; children such as receive-pack and
+    upload-pack count on their own), from a trace2 event log."""
+    verbs: dict[str, str] = {}
+    total: dict[str, float] = defaultdict(float)
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        sid = event.get("sid", "")
+        if event.get("event") == "start":
+            verbs[sid] = verb(event.get("argv", []))
+        elif event.get("event") == "exit" and "/" not in sid.rsplit("/", 1)[-1]:
+            total[verbs.get(sid, "?")] += float(event.get("t_abs", 0.0)) * 1000 / max(phases, 1)
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def verb(argv: list[str]) -> str:
+    """`git -c a=b --git-dir X push …` -> "push"; `git-receive-pack '/path'` -> "receive-pack"."""
+    if argv and Path(argv[0]).name.startswith("git-"):
+        return Path(argv[0]).name.removeprefix("git-")
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--git-dir", "-C"):
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return arg
+    return "?"
+
+
+def measure_level(ctx: WorkerContext, repo: Path, history: int, phases: int, workdir: Path) -> Level:
+    level = Level(history)
+    run_phases(ctx, repo, f"warm-{history}", None)
+    for i in range(max(phases // 2, 1)):
+        run_phases(ctx, repo, f"bench-{history}-{i}", level)
+    with traced(workdir / f"trace-{history}.json") as trace:
+        run_phases(ctx, repo, f"traced-{history}", None)
+    level.git_ms = git_time_by_command(trace, 2)
+    reconciler = Reconciler(ctx.settings, ctx.dispatcher)
+    for _ in range(3):
+        start = time.perf_counter()
+        reconciler.run_once()
+        level.reconcile.append(time.perf_counter() - start)
+    level.fetch_cpu = fetch_samples(ctx, repo, history)
+    return level
+
+
+FETCHES = 5
+RETENTION_BATCH = 500
+
+
+def fetch_samples(ctx: WorkerContext, repo: Path, history: int) -> list[float]:
+    """CPU of this host's mirror fetching one commit another host pushed (a run that moved host):
+    a commit on a new run branch of the origin, then `Mirror.ensure` of it."""
+    origin, mirror = repo / ".git", ctx.workspace.mirror(str(repo))
+    tree = git_out("rev-parse", "main^{tree}", git_dir=origin).strip()
+    out = []
+    for i in range(FETCHES):
+        sha = git_out(
+            "commit-tree", "-p", "main", "-m", f"elsewhere {history} {i}", tree, git_dir=origin
+        ).strip()
+        git_out("update-ref", f"refs/heads/autopack/run-{10**9 + history + i}", sha, git_dir=origin)
+        cpu = cpu_seconds()
+        mirror.ensure(sha)
+        out.append(cpu_seconds() - cpu)
+    return out
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    legacy: bool
+    levels: list[Level]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "legacy": self.legacy,
+            "levels": [
+                {
+                    "history": lv.history,
+                    "label": lv.label,
+                    "wall": Summary.of(lv.wall).as_dict(),
+                    "cpu": Summary.of(lv.cpu).as_dict(),
+                    "reconcile_pass": Summary.of(lv.reconcile).as_dict(),
+                    "mirror_fetch_cpu": Summary.of(lv.fetch_cpu).as_dict(),
+                    "git_ms_per_phase": lv.git_ms,
+                    "failures": lv.failures,
+                }
+                for lv in self.levels
+            ],
+        }
+
+    def rows(self) -> list[Row]:
+        label = " (legacy: every ref)" if self.legacy else ""
+        fresh = Summary.of(self.levels[0].cpu).median_ms if self.levels else float("nan")
+        rows: list[Row] = []
+        for lv in self.levels:
+            cpu = Summary.of(lv.cpu)
+            grow = times(ratio(cpu.median_ms, fresh))
+            at = f"after {lv.history:,} runs{lv.label}:"
+            rows += [
+                Row.timing(SECTION + label, f"{at} phase wall", Summary.of(lv.wall)),
+                Row.timing(SECTION + label, f"{at} phase CPU", cpu, "target <= 1.15x fresh", grow),
+                Row.timing(SECTION + label, f"{at} reconciler pass", Summary.of(lv.reconcile)),
+                Row.timing(SECTION + label, f"{at} mirror fetch of 1 commit, CPU", Summary.of(lv.fetch_cpu)),
+            ]
+            top = ", ".join(f"{k} {v:.0f}" for k, v in list(lv.git_ms.items())[:4])
+            rows.append(Row(SECTION + label, f"{at} git ms/phase", top))
+        return rows
+
+
+def bench(db_url: str, workdir: Path, *, legacy: bool = False, **kwargs: Any) -> HistoryResult:
+    """The section, as the code is, or (`legacy`) as it was before the fix."""
+    if not legacy:
+        return bench_levels(db_url, workdir, **kwargs)
+    with legacy_git(db_url):
+        return replace_legacy(bench_levels(db_url, workdir, **{**kwargs, "keep_runs": 0}))
+
+
+def replace_legacy(result: HistoryResult) -> HistoryResult:
+    return HistoryResult(True, result.levels)
+
+
+def bench_levels(
+    db_url: str,
+    workdir: Path,
+    *,
+    levels: tuple[int, ...] = LEVELS,
+    phases: int = 10,
+    keep_runs: int = 1_000,
+    say: Say = print,
+) -> HistoryResult:
+    """Measure each level in turn, growing one repository and one database from level to level; then
+    (unless `keep_runs` is 0) once more after retention pruned all but the newest `keep_runs` runs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    repo = make_sample_repo(workdir / "origin")
+    origin = repo / ".git"
+    base_sha = git_out("rev-parse", "main", git_dir=origin).strip()
+    ctx = WorkerContext.build(bench_settings(db_url, workdir / "workspace"), NullDispatcher())
+    mirror = ctx.workspace.mirror(str(repo)).path
+    results: list[Level] = []
+    done = 0
+    for target in levels:
+        if target > done:
+            start = time.perf_counter()
+            first = next_run_id(db_url)
+            ids = range(first, first + target - done)
+            repos = [origin, *([mirror] if (mirror / "HEAD").exists() else [])]
+            heads = add_git_history(repos, base_sha, ids)
+            add_db_history(db_url, repo, base_sha, heads)
+            say(f"    +{target - done:,} runs of history in {time.perf_counter() - start:.1f} s")
+            done = target
+        level = measure_level(ctx, repo, target, phases, workdir)
+        cpu, wall = Summary.of(level.cpu), Summary.of(level.wall)
+        say(f"    after {target:,}: phase wall {wall.median_ms:.0f} ms, CPU {cpu.median_ms:.0f} ms")
+        results.append(level)
+    if keep_runs and done > keep_runs:
+        results.append(after_retention(ctx, repo, done, keep_runs, phases, workdir, say))
+    return HistoryResult(False, results)
+
+
+def after_retention(
+    ctx: WorkerContext, repo: Path, history: int, keep: int, phases: int, workdir: Path, say: Say
+) -> Level:
+    """The reconciler's retention keeping the newest `keep` runs' refs, pass after pass, then the
+    phases measured again."""
+    start = time.perf_counter()
+    policy = {"result_branch_retention_runs": keep, "retention_batch": RETENTION_BATCH}
+    reconciler = Reconciler(ctx.settings.model_copy(update=policy), ctx.dispatcher)
+    passes = 0
+    while passes < history // RETENTION_BATCH + 2:  # as many reconciler passes as it takes
+        passes += 1
+        reconciler._retain()
+        if not retention.expired_runs(ctx.settings.database_url, retention.Policy(keep_runs=keep), 1):
+            break
+    for git_dir in (repo / ".git", ctx.workspace.mirror(str(repo)).path):
+        mirror_mod.compact_refs(git_dir, limit=0)
+    seconds = time.perf_counter() - start
+    say(f"    retention keeping the newest {keep:,} runs: {passes} passes, {seconds:.1f} s")
+    level = measure_level(ctx, repo, history, phases, workdir)
+    level.label = f", retention keeping {keep:,}"
+    cpu = Summary.of(level.cpu)
+    say(f"    after {history:,}, {keep:,} kept: phase CPU {cpu.median_ms:.0f} ms")
+    return level
