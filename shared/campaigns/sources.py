@@ -90,6 +90,8 @@ def _mode_refusal(run: Run, mode: CampaignMode) -> str | None:
             return "nothing to re-run: every phase completed"
         if run.head_sha != run.base_sha and run.branch_sha != run.head_sha:
             return "its last completed commit never reached its result branch, so no worker can fetch it"
+        if run.head_sha != run.base_sha and run.branch_pruned_at is not None:
+            return "its result branch expired (result-branch retention), so its commits cannot be reused"
     if mode == CampaignMode.REPLAY and not any(p.attempts_used for p in run.phases):
         return "no recorded builder answer to replay: no phase was attempted"
     return None
