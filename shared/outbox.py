@@ -4,6 +4,10 @@
 UPDATE that only one caller can win, so two reconcilers never both enqueue the same phase; a phase
 whose message was lost (broker restart, worker killed with the message unacked) is claimed again once
 `redispatch_after_seconds` have passed with no live lease on its run.
+
+`claim` wins an entry inside the caller's transaction, so a worker finishing a phase claims the next
+one in the transaction that releases its lease (workers/record.py `wrap_up`); the message is sent
+(`enqueue_claimed`) only after that commit, and a broker refusal puts the entry back to pending.
 """
 
 from __future__ import annotations

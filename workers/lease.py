@@ -80,6 +80,8 @@ class Lease:
         return True
 
     def renew(self) -> bool:
+        if self.released:  # given up in a transaction while the heartbeat was still running
+            return True
         try:
             with transaction(self.db_url) as session:
                 self.fence(session)

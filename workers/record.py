@@ -2,6 +2,32 @@
 
 Writes are idempotent: attempts are unique per (phase, number), state moves are checked, so a task
 that runs twice (redelivery, cold shutdown mid-commit) ends with the same rows as one that ran once.
+
+A successful no-op phase costs three transactions (it cost seven: acquire, start, a cancel check,
+success, the branch note, release, the next phase's claim). Why each merge keeps the fencing contract
+(a result write commits only while `runs.lease_epoch` is the writer's, checked in the same transaction):
+
+1. `begin` = acquire + `start`. The grant is `UPDATE runs … SET lease_epoch = lease_epoch + 1 WHERE the
+   lease is free RETURNING lease_epoch`: it holds the run row's write lock until this transaction
+   commits, so no one can take the lease over between the grant and start's writes, which therefore
+   carry the new epoch as surely as a separate `fence` would (that fence would re-check a value the
+   same transaction just wrote). A takeover before the grant makes the grant match zero rows and start
+   never runs. A delivery with nothing to do (stale, cancelled, out of order) releases in it too.
+2. `succeed`: fence + the attempt + the phase's completion + the next phase's outbox reset, as before.
+   It must stay apart from 3: the run branch may move only after the database names the commit, and
+   the run may finish only after the branch moved.
+3. `wrap_up` = the branch note + finishing the run (last phase) + the lease release, all in one UPDATE
+   of the run row `WHERE lease_epoch = :mine AND lease_owner = :me` (`Lease.give_up`), plus the next
+   phase's outbox claim. A holder taken over since 2 matches zero rows: nothing of the note, the
+   finish or the release is written (the reconciler notes lagging branches and finishes runs, as it
+   did when the old `finish_run` raised LeaseLost). The claim is the outbox's own conditional UPDATE
+   (`dispatched_at IS NULL`), which only one caller can win and which never needed the lease; it
+   commits with the release, so the message is sent (after the commit) only once the run is free
+   for the worker that receives it, as before. A crash before 3 commits leaves the claim pending and
+   the lease to expire: the reconciler re-dispatches, as it did after a crash between 2 and 3.
+
+Cancel checks cost no query: the fencing UPDATE returns `cancel_requested` (`Lease.cancel_seen`), and
+`start` refuses a cancelled run; see workers/lease.py.
 """
 
 from __future__ import annotations

@@ -28,6 +28,15 @@ from shared.specs import RunSpec
 from tests.bench.stats import Row, Summary
 
 SECTION = "(j) phase db"
+BEFORE = {
+    "middle phase": "7 / 49 / 7",
+    "last phase": "7 / 51 / 7",
+    "idle worker main: USS / PSS": "35.5 / 84.1 MiB",
+    "idle worker child 0: USS / PSS": "73.7 / 93.9 MiB",
+    "idle worker child 1: USS / PSS": "19.5 / 66.8 MiB",
+}
+"""This section's figures on cac3fc1 (before issue 12's database and memory work), same machine: the
+comparison column. Transactions: acquire, start, cancel check, success, branch note, release, claim."""
 
 
 @dataclass
@@ -246,15 +255,20 @@ class PhaseDbResult:
                 SECTION,
                 f"{label}: transactions / round trips / pings",
                 f"{n.transactions} / {n.round_trips} / {n.pings}",
+                versus=f"before: {BEFORE[label]}",
             )
             for label, n in (("middle phase", c.middle), ("last phase", c.last))
         ]
         rows.append(Row.timing(SECTION, "in-process no-op phase wall (middle phase)", _summary(c.middle_ms)))
+        rows.append(
+            Row(SECTION, "middle phase: ms with a connection checked out", f"{c.middle.db_ms:.1f} ms")
+        )
         rows += [
             Row(
                 SECTION,
                 f"idle worker {m.role}: USS / PSS",
                 f"{m.uss_kib / 1024:.1f} / {m.pss_kib / 1024:.1f} MiB",
+                versus=f"before: {BEFORE.get(f'idle worker {m.role}: USS / PSS', '?')}",
             )
             for m in self.memory
         ]

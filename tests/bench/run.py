@@ -6,7 +6,8 @@ builder attempt on that repository (LLM simulated, validation excluded), (e) sca
 `sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
 cost per command (bwrap `true` against unboxed `true`, same run), (g) the campaign A/B report over 10,000
 pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
-and an interactive run's wait for its first phase while 500 campaign phases are queued; opt-in with
+and an interactive run's wait for its first phase while 500 campaign phases are queued, (j) transactions
+and round trips of one no-op phase and the idle worker's USS/PSS (`--only phase_db`); opt-in with
 `--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
 under them over that history, with EXPLAIN of their queries. Prints figures
 and ratios, writes bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
@@ -36,6 +37,7 @@ from tests.bench import (
     dashboard,
     dashboard_data,
     orchestration,
+    phase_db,
     pipeline,
     provisioning,
     sandbox,
@@ -58,11 +60,12 @@ SECTIONS = (
     "sandbox",
     "report",
     "campaigns",
+    "phase_db",
 )
 OPT_IN = ("dashboard",)
 """Not in the default set: generating its history takes ~40 s and ~1.5 GB of disk."""
 ALL_SECTIONS = SECTIONS + OPT_IN
-NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
+NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns", "phase_db"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
 
@@ -178,6 +181,10 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         h = run_campaigns(args, workdir, logdir)
         results["campaigns"] = h.as_dict()
         rows += h.rows()
+    if "phase_db" in chosen:
+        j = run_phase_db(workdir, logdir)
+        results["phase_db"] = j.as_dict()
+        rows += j.rows()
     if "dashboard" in chosen:
         i = run_dashboard(args, workdir, logdir)
         results["dashboard"] = i.as_dict()
@@ -244,6 +251,13 @@ def existing_database(name: str) -> str | None:
             return url if conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one() > 0 else None
     except sa.exc.SQLAlchemyError:
         return None
+
+
+def run_phase_db(workdir: Path, logdir: Path) -> phase_db.PhaseDbResult:
+    say("(j) database work of one no-op phase (in-process), idle worker USS/PSS …")
+    flush_redis()
+    with bench_database(f"{DATABASE}_phase_db") as db_url:
+        return phase_db.bench(db_url, REDIS_URL, workdir / "j", logdir / "j", say=say)
 
 
 def run_campaigns(args: argparse.Namespace, workdir: Path, logdir: Path) -> campaigns.CampaignBench:
