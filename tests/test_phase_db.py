@@ -91,6 +91,7 @@ def test_every_fenced_write_brings_the_cancel_flag_without_a_query(
 
 def test_a_connection_used_a_moment_ago_is_not_pinged_but_an_idle_one_is(pg: str) -> None:
     engine = engine_for(pg)
+    engine.dispose()  # no connection left idle by earlier tests
     with transaction(pg) as session:
         session.execute(sa.text("SELECT 1"))
     with DbCounter(engine) as counter:
@@ -106,6 +107,7 @@ def test_a_connection_used_a_moment_ago_is_not_pinged_but_an_idle_one_is(pg: str
 def test_a_connection_whose_backend_died_is_replaced_before_use(pg: str) -> None:
     # What a Postgres restart does to every pooled connection, a moment after it was last used:
     # no idle-time ping would catch it, the closed socket does.
+    engine_for(pg).dispose()  # one pooled connection: the next checkout is the one that dies
     with transaction(pg) as session:
         pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
