@@ -46,7 +46,13 @@ def api(host: str | None, port: int | None) -> None:
 
 @cli.command()
 @click.option("--concurrency", "-c", type=int, default=None, help="Phases at once (default from settings).")
-@click.option("--hostname", "-n", default=None, help="Celery node name (default celery@<host>).")
+@click.option(
+    "--hostname",
+    "-n",
+    default=None,
+    help="Celery node name (default autopack-<pid>@<host>: unique per process, so workers on one host "
+    "all show in `autopack fleet`).",
+)
 def worker(concurrency: int | None, hostname: str | None) -> None:
     """Start a Celery worker on the phase queue (fleet mode: needs Redis and Postgres).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -14,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.errors import DatabaseNotMigrated, ServiceUnavailable
@@ -36,6 +38,9 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+IDLE_PING_SECONDS = 10.0
+"""A pooled connection idle longer than this is pinged on checkout (see `_liveness`)."""
+
 IDLE_IN_TRANSACTION_MS = 30_000
 """How long Postgres lets a session sit idle inside a transaction before ending it (see make_engine)."""
 
@@ -50,9 +55,50 @@ def make_engine(url: str) -> Engine:
     # A holder frozen mid-transaction (SIGSTOP, a partition) must not pin the run row forever:
     # Postgres ends such a session, and a waiter gives up instead of queueing behind it.
     options = f"-c lock_timeout=15000 -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"options": options}
-    )
+    engine = create_engine(url, pool_size=5, max_overflow=10, connect_args={"options": options})
+    _liveness(engine)
+    return engine
+
+
+def _liveness(engine: Engine) -> None:
+    """Instead of `pool_pre_ping` (a SELECT 1 round trip on every checkout, 7 of them per no-op phase):
+    ping only a connection that sat idle over IDLE_PING_SECONDS, or whose socket is readable.
+
+    Between transactions the server has nothing to say to an idle connection; when Postgres restarts
+    or kills the backend it sends a FATAL notice and closes the socket, so the socket turns readable
+    and costs no round trip to notice. Readable (or a long idle, where a silent partition may hide)
+    gets the real ping, and a failed ping raises DisconnectionError, on which the pool drops the
+    connection and checks out (or opens) another: a dead connection never reaches a phase's write."""
+
+    def connected(_dbapi_conn: Any, record: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    def checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    def checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle = time.monotonic() - record.info.get("used_at", 0.0)
+        if idle <= IDLE_PING_SECONDS and not _readable(dbapi_conn):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+
+    event.listen(engine, "connect", connected)
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checked_out)
+
+
+def _readable(dbapi_conn: Any) -> bool:
+    """True when the server sent something (a termination notice, EOF) to a connection between
+    transactions; psycopg's socket is non-blocking, so this is a zero-timeout poll, no round trip."""
+    try:
+        fd = dbapi_conn.pgconn.socket
+    except Exception:  # closed, or not psycopg: let the ping decide
+        return True
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 @lru_cache(maxsize=8)

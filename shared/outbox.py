@@ -4,6 +4,10 @@
 UPDATE that only one caller can win, so two reconcilers never both enqueue the same phase; a phase
 whose message was lost (broker restart, worker killed with the message unacked) is claimed again once
 `redispatch_after_seconds` have passed with no live lease on its run.
+
+`claim` wins an entry inside the caller's transaction, so a worker finishing a phase claims the next
+one in the transaction that releases its lease (workers/record.py `wrap_up`); the message is sent
+(`enqueue_claimed`) only after that commit, and a broker refusal puts the entry back to pending.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from shared.budget import charge_orphaned
 from shared.db import transaction
@@ -29,17 +33,27 @@ def claim_and_enqueue(
     db_url: str, dispatcher: Dispatcher, run_id: int, phase_id: int, stale_after: float | None
 ) -> bool:
     """Enqueue the phase if its outbox entry is pending (or stale); True when this call enqueued it."""
+    with transaction(db_url) as session:
+        won = claim(session, phase_id, stale_after)
+        background = won and session.scalar(select(Run.campaign_id).where(Run.id == run_id)) is not None
+    return won and enqueue_claimed(db_url, dispatcher, run_id, phase_id, background=background)
+
+
+def claim(session: Session, phase_id: int, stale_after: float | None = None) -> bool:
+    """Inside the caller's transaction: win the phase's pending (or stale) outbox entry. Only one
+    caller can win it; the winner enqueues after the transaction commits (`enqueue_claimed`)."""
     now = utcnow()
     pending: ColumnElement[bool] = Phase.dispatched_at.is_(None)
     if stale_after is not None:
         pending = or_(pending, Phase.dispatched_at < now - timedelta(seconds=stale_after))
-    with transaction(db_url) as session:
-        won = session.execute(
-            update(Phase).where(Phase.id == phase_id, pending).values(dispatched_at=now)
-        ).rowcount  # type: ignore[attr-defined]
-        background = won and session.scalar(select(Run.campaign_id).where(Run.id == run_id)) is not None
-    if not won:
-        return False
+    won = session.execute(update(Phase).where(Phase.id == phase_id, pending).values(dispatched_at=now))
+    return bool(won.rowcount)  # type: ignore[attr-defined]
+
+
+def enqueue_claimed(
+    db_url: str, dispatcher: Dispatcher, run_id: int, phase_id: int, *, background: bool
+) -> bool:
+    """Send a claimed phase to the broker; if it cannot take it, the entry goes back to pending."""
     try:
         dispatcher.enqueue(run_id, phase_id, background=background)
     except Exception as exc:

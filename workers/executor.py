@@ -17,7 +17,7 @@ from shared.campaigns.flow import advance
 from shared.dispatch import Dispatcher
 from shared.errors import Drained, HostFault, LeaseLost, LlmAuthError, LlmInfraError
 from shared.models import EscalationEvent
-from shared.outbox import claim_and_enqueue
+from shared.outbox import claim_and_enqueue, enqueue_claimed
 from shared.settings import Settings
 from shared.states import AttemptOutcome, FailureKind
 from workers import drain, record
@@ -27,7 +27,7 @@ from workers.doctor import DoctorAction
 from workers.escalation import escalate, trigger
 from workers.host.guard import GUARD_PERIOD_SECONDS
 from workers.host.health import HostHealth
-from workers.lease import Lease, acquire, heartbeat
+from workers.lease import Lease, heartbeat
 from workers.llm.client import LlmClient, RetryPolicy
 from workers.llm.gateway import LlmGateway
 from workers.publish import move_branch, phase_ref
@@ -83,16 +83,16 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
         time.sleep(GUARD_PERIOD_SECONDS * 1.5)
         ctx.dispatcher.enqueue(run_id, phase_id)
         return "handed on: this host is sick"
-    lease = acquire(s.database_url, run_id, ctx.owner(), s.lease_ttl_seconds)
+    # One transaction takes the lease and marks the phase EXECUTING (see record.begin).
+    owner, ttl = ctx.owner(), s.lease_ttl_seconds
+    lease, job = record.begin(s.database_url, run_id, phase_id, owner, ttl, s.max_deliveries)
     if lease is None:
-        return "busy: another worker holds this run"
+        return str(job)
     then: list[int] = []  # the next phase, enqueued only once our lease is released
-    job: PhaseJob | str = "not started"
     try:
+        if isinstance(job, str):
+            return job  # the lease went back in the same transaction
         with heartbeat(lease, s.lease_heartbeat_seconds):
-            job = record.start(lease, phase_id, s.max_deliveries)
-            if isinstance(job, str):
-                return job
             return _execute(ctx, lease, job, then)
     except LeaseLost as exc:
         log.warning("%s; this execution records nothing more", exc)
@@ -212,11 +212,12 @@ def _execute(ctx: WorkerContext, lease: Lease, job: PhaseJob, then: list[int]) -
 
 
 def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then: list[int]) -> str:
-    s = ctx.settings
     max_attempts = int(job.config.get("max_attempts", 2))
     for number in range(job.attempts_used + 1, max_attempts + 1):
         lease.check()
-        if record.cancel_requested(s.database_url, job.run_id):
+        # No query: `start` refused a cancelled run, and the fenced writes since (the last attempt's
+        # record) and the heartbeat refresh `cancel_seen` from the same UPDATE that proves the lease.
+        if lease.cancel_seen:
             record.cancel(lease, job)
             return "cancelled"
         if drain.requested():
@@ -226,7 +227,7 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
         ctx.health.ok()
         rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:
-            return _finish_success(ctx, lease, job, rec, then)
+            return _finish_success(ctx, lease, job, rec)
         recovery = _recover(ctx, loop, job, attempted, number)
         record.attempt(lease, job, replace(rec, mitigation=recovery.mitigation, doctor=recovery.doctor))
         _after_failure(lease, loop, job, attempted, recovery)
@@ -307,23 +308,24 @@ def _escalate(
     loop.max_tokens = esc.new_max_tokens
 
 
-def _finish_success(
-    ctx: WorkerContext, lease: Lease, job: PhaseJob, rec: AttemptRecord, then: list[int]
-) -> str:
+def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, rec: AttemptRecord) -> str:
     s = ctx.settings
     sha = rec.commit_sha
     assert sha is not None
     next_phase = record.succeed(lease, job, rec, sha)
     mirror = ctx.workspace.mirror(job.repo).path
+    moved: str | None = None
     try:
         drop = phase_ref(job.run_id, job.phase_index, lease.epoch)
-        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results, drop)
+        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results, drop, note=False)
+        moved = sha
     except Exception as exc:  # recorded already; the reconciler moves the branch later
         log.warning("run %s: moving result branch failed: %s", job.run_id, exc)
-    if next_phase is None:
-        record.finish_run(lease, job)  # only now: a finished run's branch is already where it says
-    else:
-        then.append(next_phase)
+    # Only after the move: a finished run's branch is already where it says. One transaction notes
+    # the branch, finishes the run or claims the next phase, and releases the lease.
+    if record.wrap_up(lease, job, moved, next_phase) and next_phase is not None:
+        background = job.campaign_id is not None
+        enqueue_claimed(s.database_url, ctx.dispatcher, job.run_id, next_phase, background=background)
     return "complete"
 
 

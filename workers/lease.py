@@ -4,6 +4,10 @@ A lease is a row state on `runs`: owner, expiry, and an epoch bumped on every gr
 result write carry `lease_epoch = :mine`, so a paused or partitioned holder that was taken over finds
 zero rows to update and records nothing (Kleppmann's fencing token, kept by the database itself).
 Times come from the worker's clock: hosts must run NTP, and the TTL must dwarf the expected skew.
+
+The fencing UPDATE also returns the run's `cancel_requested`, so every fenced write and every heartbeat
+refreshes `Lease.cancel_seen` for free: the attempt loop asks the lease, not the database, whether the
+run was cancelled (the flag it reads is at most one fenced write or one heartbeat old).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import case, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -35,22 +40,48 @@ class Lease:
     epoch: int
     ttl: float
     lost: threading.Event = field(default_factory=threading.Event)
+    cancel_seen: bool = False
+    """The run's `cancel_requested` as of the last fenced statement (a write or a heartbeat)."""
+    released: bool = False
+    """Set once a transaction gave the lease up (`give_up`); `release` is then a no-op."""
 
     def fence(self, session: Session) -> None:
         """Inside a write transaction: prove we still hold the lease (and renew it) or raise LeaseLost.
 
         The UPDATE takes the run row's write lock, so a takeover cannot slip in before our commit.
         """
-        res = session.execute(
+        cancel = session.execute(
             update(Run)
             .where(Run.id == self.run_id, Run.lease_epoch == self.epoch, Run.lease_owner == self.owner)
             .values(lease_expires_at=utcnow() + timedelta(seconds=self.ttl))
+            .returning(Run.cancel_requested)
+        ).scalar_one_or_none()
+        if cancel is None:
+            self.lost.set()
+            raise LeaseLost(f"run {self.run_id}: lease epoch {self.epoch} is no longer ours")
+        self.cancel_seen = bool(cancel)
+
+    def give_up(self, session: Session, branch_sha: str | None = None) -> bool:
+        """Inside a transaction: release the lease if it is still ours (fenced like `fence`), so the
+        release commits atomically with what else the transaction writes; False if it was lost.
+        `branch_sha`: note, in the same statement, that the run branch now points there (when that is
+        still the recorded head). The caller sets `released` once the transaction committed."""
+        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if branch_sha is not None:
+            values["branch_sha"] = case((Run.head_sha == branch_sha, branch_sha), else_=Run.branch_sha)
+        res = session.execute(
+            update(Run)
+            .where(Run.id == self.run_id, Run.lease_epoch == self.epoch, Run.lease_owner == self.owner)
+            .values(values)
         )
         if res.rowcount != 1:  # type: ignore[attr-defined]
             self.lost.set()
-            raise LeaseLost(f"run {self.run_id}: lease epoch {self.epoch} is no longer ours")
+            return False
+        return True
 
     def renew(self) -> bool:
+        if self.released:  # given up in a transaction while the heartbeat was still running
+            return True
         try:
             with transaction(self.db_url) as session:
                 self.fence(session)
@@ -59,6 +90,8 @@ class Lease:
             return False
 
     def release(self) -> None:
+        if self.released:
+            return
         with transaction(self.db_url) as session:
             session.execute(
                 update(Run)
@@ -73,22 +106,28 @@ class Lease:
 
 def acquire(db_url: str, run_id: int, owner: str, ttl: float) -> Lease | None:
     """Take the run's lease if it is free or expired; None if a live holder has it."""
-    now = utcnow()
     with transaction(db_url) as session:
-        epoch = session.execute(
-            update(Run)
-            .where(
-                Run.id == run_id,
-                Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
-                or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
-            )
-            .values(
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=ttl),
-                lease_epoch=Run.lease_epoch + 1,
-            )
-            .returning(Run.lease_epoch)
-        ).scalar_one_or_none()
+        return grant(session, db_url, run_id, owner, ttl)
+
+
+def grant(session: Session, db_url: str, run_id: int, owner: str, ttl: float) -> Lease | None:
+    """`acquire` inside the caller's transaction: the UPDATE holds the run row's write lock until it
+    commits, so whatever the caller writes next in it is written under the new epoch."""
+    now = utcnow()
+    epoch = session.execute(
+        update(Run)
+        .where(
+            Run.id == run_id,
+            Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
+            or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=ttl),
+            lease_epoch=Run.lease_epoch + 1,
+        )
+        .returning(Run.lease_epoch)
+    ).scalar_one_or_none()
     return None if epoch is None else Lease(db_url, run_id, owner, epoch, ttl)
 
 

@@ -54,9 +54,17 @@ def _repos(mirror: Path) -> list[Path]:
 
 
 def move_branch(
-    db_url: str, mirror: Path, run_id: int, sha: str, push: bool, drop: str | None = None
+    db_url: str,
+    mirror: Path,
+    run_id: int,
+    sha: str,
+    push: bool,
+    drop: str | None = None,
+    *,
+    note: bool = True,
 ) -> None:
-    """Point the run branch at the recorded head, then note that it does (idempotent).
+    """Point the run branch at the recorded head, then note that it does (idempotent). `note=False`:
+    the caller notes it in a transaction of its own (the executor's `record.wrap_up`).
 
     Fast-forward only: a holder frozen between recording phase i and moving the branch, then taken
     over, would otherwise move the branch back from phase i+1 when it wakes (seen in the chaos batch).
@@ -69,5 +77,7 @@ def move_branch(
         raise BranchConflict(
             f"the origin's autopack/run-{run_id} holds commits that {sha[:12]} does not descend from"
         ) from exc
+    if not note:
+        return
     with transaction(db_url) as session:
         session.execute(update(Run).where(Run.id == run_id, Run.head_sha == sha).values(branch_sha=sha))

@@ -2,6 +2,32 @@
 
 Writes are idempotent: attempts are unique per (phase, number), state moves are checked, so a task
 that runs twice (redelivery, cold shutdown mid-commit) ends with the same rows as one that ran once.
+
+A successful no-op phase costs three transactions (it cost seven: acquire, start, a cancel check,
+success, the branch note, release, the next phase's claim). Why each merge keeps the fencing contract
+(a result write commits only while `runs.lease_epoch` is the writer's, checked in the same transaction):
+
+1. `begin` = acquire + `start`. The grant is `UPDATE runs … SET lease_epoch = lease_epoch + 1 WHERE the
+   lease is free RETURNING lease_epoch`: it holds the run row's write lock until this transaction
+   commits, so no one can take the lease over between the grant and start's writes, which therefore
+   carry the new epoch as surely as a separate `fence` would (that fence would re-check a value the
+   same transaction just wrote). A takeover before the grant makes the grant match zero rows and start
+   never runs. A delivery with nothing to do (stale, cancelled, out of order) releases in it too.
+2. `succeed`: fence + the attempt + the phase's completion + the next phase's outbox reset, as before.
+   It must stay apart from 3: the run branch may move only after the database names the commit, and
+   the run may finish only after the branch moved.
+3. `wrap_up` = the branch note + finishing the run (last phase) + the lease release, all in one UPDATE
+   of the run row `WHERE lease_epoch = :mine AND lease_owner = :me` (`Lease.give_up`), plus the next
+   phase's outbox claim. A holder taken over since 2 matches zero rows: nothing of the note, the
+   finish or the release is written (the reconciler notes lagging branches and finishes runs, as it
+   did when the old `finish_run` raised LeaseLost). The claim is the outbox's own conditional UPDATE
+   (`dispatched_at IS NULL`), which only one caller can win and which never needed the lease; it
+   commits with the release, so the message is sent (after the commit) only once the run is free
+   for the worker that receives it, as before. A crash before 3 commits leaves the claim pending and
+   the lease to expire: the reconciler re-dispatches, as it did after a crash between 2 and 3.
+
+Cancel checks cost no query: the fencing UPDATE returns `cancel_requested` (`Lease.cancel_seen`), and
+`start` refuses a cancelled run; see workers/lease.py.
 """
 
 from __future__ import annotations
@@ -9,12 +35,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.campaigns.caps import CampaignCaps, caps_of
-from shared.db import transaction
+from shared.db import engine_for, transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
+from shared.outbox import claim
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
 from shared.specs import PhaseSpec
 from shared.states import (
@@ -25,7 +52,7 @@ from shared.states import (
     RunState,
 )
 from shared.telemetry import record_efficiency, record_phase_metrics
-from workers.lease import Lease
+from workers.lease import Lease, grant
 
 if TYPE_CHECKING:
     from workers.recovery import Recovery
@@ -76,57 +103,80 @@ class AttemptRecord:
 
 
 def _load(session: Session, run_id: int, phase_id: int) -> tuple[Run, Phase]:
+    """The run and the phase, in two SELECTs: the phase comes out of `run.phases`, which every caller
+    needs anyway (a separate get of the phase was a third round trip)."""
     run = session.get(Run, run_id)
-    phase = session.get(Phase, phase_id)
-    assert run is not None and phase is not None and phase.run_id == run_id
+    assert run is not None
+    phase = next(p for p in run.phases if p.id == phase_id)
     return run, phase
+
+
+def begin(
+    db_url: str, run_id: int, phase_id: int, owner: str, ttl: float, max_deliveries: int
+) -> tuple[Lease | None, PhaseJob | str]:
+    """Take the run's lease and `start` the phase in ONE transaction: (None, why) when a live holder
+    has the run. A delivery with nothing to do gives the lease back in that same transaction."""
+    with transaction(db_url) as session:
+        lease = grant(session, db_url, run_id, owner, ttl)
+        if lease is None:
+            return None, "busy: another worker holds this run"
+        # No fence: the grant's UPDATE bumped the epoch to ours and holds the row lock to commit.
+        job = _start(session, lease, phase_id, max_deliveries)
+        if isinstance(job, str):
+            lease.give_up(session)
+    lease.released = isinstance(job, str)  # only once that commit went through
+    return lease, job
 
 
 def start(lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
     """Mark the phase EXECUTING and return its job, or a reason why this delivery has nothing to do."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
-        run, phase = _load(session, lease.run_id, phase_id)
-        if RunState(run.state).terminal or PhaseState(phase.state) in PHASE_TERMINAL:
-            return f"stale delivery: run {run.state}, phase {phase.state}"
-        if run.cancel_requested:
-            finish_cancelled(session, run)
-            return "cancelled"
-        nxt = next(p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL)
-        if nxt.id != phase.id:
-            return f"out of order: phase {nxt.index} comes first"
-        phase.deliveries += 1
-        if phase.deliveries > max_deliveries:
-            reason = f"delivered {phase.deliveries - 1} times without finishing"
-            handed = phase.failure_reason  # a hand-back's reason; none when the worker died each time
-            reason += f"; last: {handed}" if handed else " (worker died each time)"
-            _fail(session, run, phase, reason, FailureKind.INFRA)
-            return "gave up: " + reason
-        if phase.state == PhaseState.QUEUED:
-            move_phase(phase, PhaseState.EXECUTING)
-            phase.started_at = utcnow()
-        if run.state == RunState.QUEUED:
-            move_run(run, RunState.RUNNING)
-            run.started_at = utcnow()
-        last = phase.attempts[-1] if phase.attempts else None
-        return PhaseJob(
-            run_id=run.id,
-            phase_id=phase.id,
-            phase_index=phase.index,
-            phase=PhaseSpec.model_validate(phase.spec),
-            repo=run.repo,
-            head_sha=run.head_sha,
-            config=dict(run.config),
-            attempts_used=len(phase.attempts),
-            last_failure=last.failure_reason if last else None,
-            last_advice=_advice_of(last),
-            recorded_outputs=_recorded_outputs(session, run, phase),
-            escalated_max_tokens=session.scalar(
-                select(EscalationEvent.new_max_tokens).where(EscalationEvent.phase_id == phase.id)
-            ),
-            campaign_id=run.campaign_id,
-            campaign_caps=caps_of(session, run.campaign_id),
-        )
+        return _start(session, lease, phase_id, max_deliveries)
+
+
+def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -> PhaseJob | str:
+    run, phase = _load(session, lease.run_id, phase_id)
+    if RunState(run.state).terminal or PhaseState(phase.state) in PHASE_TERMINAL:
+        return f"stale delivery: run {run.state}, phase {phase.state}"
+    if run.cancel_requested:
+        finish_cancelled(session, run)
+        return "cancelled"
+    nxt = next(p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL)
+    if nxt.id != phase.id:
+        return f"out of order: phase {nxt.index} comes first"
+    phase.deliveries += 1
+    if phase.deliveries > max_deliveries:
+        reason = f"delivered {phase.deliveries - 1} times without finishing"
+        handed = phase.failure_reason  # a hand-back's reason; none when the worker died each time
+        reason += f"; last: {handed}" if handed else " (worker died each time)"
+        _fail(session, run, phase, reason, FailureKind.INFRA)
+        return "gave up: " + reason
+    if phase.state == PhaseState.QUEUED:
+        move_phase(phase, PhaseState.EXECUTING)
+        phase.started_at = utcnow()
+    if run.state == RunState.QUEUED:
+        move_run(run, RunState.RUNNING)
+        run.started_at = utcnow()
+    last = phase.attempts[-1] if phase.attempts else None
+    return PhaseJob(
+        run_id=run.id,
+        phase_id=phase.id,
+        phase_index=phase.index,
+        phase=PhaseSpec.model_validate(phase.spec),
+        repo=run.repo,
+        head_sha=run.head_sha,
+        config=dict(run.config),
+        attempts_used=len(phase.attempts),
+        last_failure=last.failure_reason if last else None,
+        last_advice=_advice_of(last),
+        recorded_outputs=_recorded_outputs(session, run, phase),
+        escalated_max_tokens=session.scalar(
+            select(EscalationEvent.new_max_tokens).where(EscalationEvent.phase_id == phase.id)
+        ),
+        campaign_id=run.campaign_id,
+        campaign_caps=caps_of(session, run.campaign_id),
+    )
 
 
 def _advice_of(attempt: Attempt | None) -> str | None:
@@ -173,9 +223,8 @@ def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptReco
             **asdict(rec),
         )
     )
-    phase = session.get(Phase, job.phase_id)
-    assert phase is not None
-    phase.attempts_used = rec.number
+    # A plain UPDATE: loading the phase to set one column cost a SELECT more.
+    session.execute(update(Phase).where(Phase.id == job.phase_id).values(attempts_used=rec.number))
 
 
 def succeed(lease: Lease, job: PhaseJob, rec: AttemptRecord, sha: str) -> int | None:
@@ -201,6 +250,25 @@ def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
         return following[0].id
     # The last phase: the run ends DONE_SUCCESS in `finish_run`, once its branch has moved.
     return None
+
+
+def wrap_up(lease: Lease, job: PhaseJob, branch_sha: str | None, next_phase: int | None) -> bool:
+    """After a success's branch move, in ONE transaction: note where the branch now is, finish the run
+    (last phase) or claim the next phase's outbox entry, and release the lease. True when the next
+    phase was claimed: the caller then enqueues it (only after this commit, as the outbox requires).
+
+    Fenced: the note, the finish and the release apply only while `lease_epoch` is still ours. A lost
+    lease skips them (the reconciler notes lagging branches and finishes runs), but the claim is
+    made anyway: it is the outbox's own race-free UPDATE, which needs no lease."""
+    with transaction(lease.db_url) as session:
+        ours = lease.give_up(session, branch_sha)
+        if ours and next_phase is None:
+            run, _ = _load(session, job.run_id, job.phase_id)
+            if run.state == RunState.RUNNING:
+                finish_if_done(run)  # after the note above: DONE_SUCCESS waits for the branch
+        claimed = next_phase is not None and claim(session, next_phase)
+    lease.released = True
+    return claimed
 
 
 def finish_run(lease: Lease, job: PhaseJob) -> None:
@@ -293,8 +361,11 @@ def cancel(lease: Lease, job: PhaseJob) -> None:
 
 
 def cancel_requested(db_url: str, run_id: int) -> bool:
-    with transaction(db_url) as session:
-        return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+    """One statement, no transaction around it (autocommit): a single round trip. The attempt loop
+    reads `Lease.cancel_seen` instead, which every fenced write refreshes for free."""
+    engine = engine_for(db_url)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        return bool(conn.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
 
 
 def phase_metrics(db_url: str, job: PhaseJob, recovery: Recovery) -> None:

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
+from sqlalchemy.engine import make_url
 
 from shared.settings import Settings
 from workers.celery_app import PHASE_TASK, CeleryDispatcher
@@ -30,5 +31,12 @@ def execute_phase_task(task: Task[Any, Any], run_id: int, phase_id: int) -> str:
 
 
 def register(app: Celery) -> None:
+    preload_driver(app.autopack_settings.database_url)
     # shared=False: each app (tests, the embedded fleet) gets its own task bound to its own settings.
     app.task(name=PHASE_TASK, bind=True, shared=False)(execute_phase_task)
+
+
+def preload_driver(db_url: str) -> None:
+    """Import the database driver now, in the prefork parent: the engine is built lazily in each child,
+    and a driver first imported there (psycopg and its C extension) would be private to every child."""
+    make_url(db_url).get_dialect().import_dbapi()

@@ -6,7 +6,8 @@ builder attempt on that repository (LLM simulated, validation excluded), (e) sca
 `sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
 cost per command (bwrap `true` against unboxed `true`, same run), (g) the campaign A/B report over 10,000
 pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
-and an interactive run's wait for its first phase while 500 campaign phases are queued; opt-in with
+and an interactive run's wait for its first phase while 500 campaign phases are queued, (m) transactions
+and round trips of one no-op phase and the idle worker's USS/PSS (`--only phase_db`); opt-in with
 `--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
 under them over that history, with EXPLAIN of their queries; (j) phase time of a
 multi-phase run whose validation is a 400-test suite, with the validation store off and on (and a
@@ -44,6 +45,7 @@ from tests.bench import (
     dashboard_data,
     history,
     orchestration,
+    phase_db,
     pipeline,
     provisioning,
     sandbox,
@@ -69,11 +71,12 @@ SECTIONS = (
     "campaigns",
     "validation",
     "context",
+    "phase_db",
 )
 OPT_IN = ("dashboard", "history")
 """Not in the default set: dashboard's history takes ~40 s and ~1.5 GB of disk; history's ~3 min."""
 ALL_SECTIONS = SECTIONS + OPT_IN
-NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns"})
+NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns", "phase_db"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
 
@@ -211,6 +214,10 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         j = run_validation_reuse(args, workdir)
         results["validation"] = j.as_dict()
         rows += j.rows()
+    if "phase_db" in chosen:
+        m = run_phase_db(workdir, logdir)
+        results["phase_db"] = m.as_dict()
+        rows += m.rows()
     if "dashboard" in chosen:
         i = run_dashboard(args, workdir, logdir)
         results["dashboard"] = i.as_dict()
@@ -309,6 +316,13 @@ def existing_database(name: str) -> str | None:
             return url if conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one() > 0 else None
     except sa.exc.SQLAlchemyError:
         return None
+
+
+def run_phase_db(workdir: Path, logdir: Path) -> phase_db.PhaseDbResult:
+    say("(m) database work of one no-op phase (in-process), idle worker USS/PSS …")
+    flush_redis()
+    with bench_database(f"{DATABASE}_phase_db") as db_url:
+        return phase_db.bench(db_url, REDIS_URL, workdir / "j", logdir / "j", say=say)
 
 
 def run_campaigns(args: argparse.Namespace, workdir: Path, logdir: Path) -> campaigns.CampaignBench:

@@ -69,13 +69,15 @@ def worker_process(
     concurrency: int | None = None,
     workspace: Path | None = None,
     env: dict[str, str] | None = None,
+    named: bool = True,
 ) -> Iterator[Proc]:
     """A real `autopack worker` (Celery prefork) subprocess; waits until it consumes. `env` adds to
-    (or overrides) its environment, e.g. a PATH with tests/support/gitshim.py in front."""
+    (or overrides) its environment, e.g. a PATH with tests/support/gitshim.py in front. `named=False`
+    leaves out `--hostname` (the worker's default node name); `name` then only names the log."""
     env = settings_env(settings, AUTOPACK_LOG_LEVEL="INFO", **(env or {}))  # readiness: the INFO log
     if workspace is not None:  # a different "host": its own mirrors and worktrees
         env["AUTOPACK_WORKSPACE_DIR"] = str(workspace)
-    args = [AUTOPACK, "worker", "--hostname", f"{name}@%h"]
+    args = [AUTOPACK, "worker", *(["--hostname", f"{name}@%h"] if named else [])]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
     proc = spawn(args, env, logdir / f"{name}.log")

@@ -1,0 +1,124 @@
+"""The database work of a phase: how many transactions and round trips it costs, that a pooled
+connection is not pinged when it was used a moment ago, that a dead one is still replaced before a
+phase uses it, and that the cancel flag comes with the fenced writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import update
+
+from shared.db import IDLE_PING_SECONDS, engine_for, transaction
+from shared.models import Run, utcnow
+from shared.settings import Settings
+from shared.states import AttemptOutcome
+from tests.bench.phase_db import DbCounter, count_phases, new_run
+from tests.conftest import PG_ADMIN
+from workers import record
+from workers.lease import acquire
+from workers.record import AttemptRecord, PhaseJob
+
+PHASE_TRANSACTIONS = 3
+"""Lease + start; the success; branch note + finish or next-phase claim + lease release."""
+PHASE_ROUND_TRIPS = 40
+"""Postgres round trips of one no-op phase, with a margin over the 30-32 measured (49-51 before)."""
+
+
+@pytest.fixture
+def pg_settings(pg: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=pg,
+        broker_url="redis://127.0.0.1:6379/0",  # never used: the phases' dispatcher is recorded
+        workspace_dir=tmp_path / "workspace",
+        log_level="WARNING",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+def test_a_no_op_phase_costs_three_transactions_and_no_pings(
+    pg_settings: Settings, sample_repo: Path
+) -> None:
+    counts = count_phases(pg_settings, sample_repo, runs=2)
+    for phase in (counts.middle, counts.last):
+        assert phase.transactions == PHASE_TRANSACTIONS, phase
+        assert phase.commits == PHASE_TRANSACTIONS, phase
+        assert phase.pings == 0, phase
+        assert phase.round_trips <= PHASE_ROUND_TRIPS, phase
+
+
+def test_a_busy_delivery_is_one_transaction_and_a_stale_one_releases_in_it(
+    pg_settings: Settings, sample_repo: Path
+) -> None:
+    db = pg_settings.database_url
+    run_id, (first, _) = new_run(db, sample_repo, 2)
+    holder = acquire(db, run_id, "someone-else", ttl=30)
+    assert holder is not None
+    with DbCounter(engine_for(db)) as counter:
+        lease, why = record.begin(db, run_id, first, "me", 30, max_deliveries=3)
+    assert lease is None and why == "busy: another worker holds this run"
+    assert counter.counts.transactions == 1
+    holder.release()
+
+    with transaction(db) as session:  # the run was cancelled while its message waited
+        session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+    with DbCounter(engine_for(db)) as counter:
+        lease, why = record.begin(db, run_id, first, "me", 30, max_deliveries=3)
+    assert lease is not None and lease.released and why == "cancelled"
+    assert counter.counts.transactions == 1
+    with transaction(db) as session:
+        assert session.scalar(sa.select(Run.lease_owner).where(Run.id == run_id)) is None
+
+
+def test_every_fenced_write_brings_the_cancel_flag_without_a_query(
+    pg_settings: Settings, sample_repo: Path
+) -> None:
+    db = pg_settings.database_url
+    run_id, (first, _) = new_run(db, sample_repo, 2)
+    lease, job = record.begin(db, run_id, first, "me", 30, max_deliveries=3)
+    assert lease is not None and isinstance(job, PhaseJob)
+    assert not lease.cancel_seen
+    with transaction(db) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+    now = utcnow()
+    rec = AttemptRecord(1, AttemptOutcome.BUILD_FAILED, now, now, "no", None, None, [], None, None)
+    record.attempt(lease, job, rec)
+    assert lease.cancel_seen
+    assert record.cancel_requested(db, run_id)
+    lease.release()
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged_but_an_idle_one_is(pg: str) -> None:
+    engine = engine_for(pg)
+    engine.dispose()  # no connection left idle by earlier tests
+    with transaction(pg) as session:
+        session.execute(sa.text("SELECT 1"))
+    with DbCounter(engine) as counter:
+        with transaction(pg) as session:
+            session.execute(sa.text("SELECT 1"))
+        assert counter.counts.pings == 0
+        _age_pool(engine, IDLE_PING_SECONDS + 1)
+        with transaction(pg) as session:
+            session.execute(sa.text("SELECT 1"))
+        assert counter.counts.pings == 1
+
+
+def test_a_connection_whose_backend_died_is_replaced_before_use(pg: str) -> None:
+    # What a Postgres restart does to every pooled connection, a moment after it was last used:
+    # no idle-time ping would catch it, the closed socket does.
+    engine_for(pg).dispose()  # one pooled connection: the next checkout is the one that dies
+    with transaction(pg) as session:
+        pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        assert conn.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with DbCounter(engine_for(pg)) as counter, transaction(pg) as session:
+        assert session.scalar(sa.text("SELECT pg_backend_pid()")) != pid
+    assert counter.counts.pings == 1
+
+
+def _age_pool(engine: sa.Engine, seconds: float) -> None:
+    """Make every pooled connection look idle for `seconds` longer than it is."""
+    for record_ in list(engine.pool._pool.queue):  # type: ignore[attr-defined]
+        record_.info["used_at"] -= seconds
