@@ -22,6 +22,9 @@ from workers.record import AttemptRecord, PhaseJob
 
 PHASE_TRANSACTIONS = 3
 """Lease + start; the success; branch note + finish or next-phase claim + lease release."""
+VALIDATION_STORE_TRANSACTIONS = 2
+"""With the validation store on: the baseline's lookup, and recording the phase's validation for the
+next phase (shared/validation_cache.py); both outside the lease's fenced writes."""
 PHASE_ROUND_TRIPS = 40
 """Postgres round trips of one no-op phase, with a margin over the 30-32 measured (49-51 before)."""
 
@@ -40,12 +43,21 @@ def pg_settings(pg: str, tmp_path: Path) -> Settings:
 def test_a_no_op_phase_costs_three_transactions_and_no_pings(
     pg_settings: Settings, sample_repo: Path
 ) -> None:
-    counts = count_phases(pg_settings, sample_repo, runs=2)
+    counts = count_phases(pg_settings.model_copy(update={"validation_cache": False}), sample_repo, runs=2)
     for phase in (counts.middle, counts.last):
         assert phase.transactions == PHASE_TRANSACTIONS, phase
         assert phase.commits == PHASE_TRANSACTIONS, phase
         assert phase.pings == 0, phase
         assert phase.round_trips <= PHASE_ROUND_TRIPS, phase
+
+
+def test_the_validation_store_adds_its_lookup_and_its_record_and_nothing_else(
+    pg_settings: Settings, sample_repo: Path
+) -> None:
+    counts = count_phases(pg_settings, sample_repo, runs=2)
+    for phase in (counts.middle, counts.last):
+        assert phase.transactions == PHASE_TRANSACTIONS + VALIDATION_STORE_TRANSACTIONS, phase
+        assert phase.pings == 0, phase
 
 
 def test_a_busy_delivery_is_one_transaction_and_a_stale_one_releases_in_it(
