@@ -558,7 +558,9 @@ def test_the_git_view_survives_refs_packed_away_while_it_is_copied(
 ) -> None:
     # Another phase's reconciler packs loose refs (deleting them) while a box's view is being built.
     _, mine, _ = pool
-    git("update-ref", "refs/autopack/run-1/phase-0-e1", "HEAD", git_dir=mine.mirror.path)
+    # The mirror is a bare repo made by init + fetch: its own HEAD names no branch; the slot's does.
+    head = git("rev-parse", "HEAD", cwd=mine.path).strip()
+    git("update-ref", "refs/autopack/run-1/phase-0-e1", head, git_dir=mine.mirror.path)
     real_copy = shutil.copy2
 
     def packed_meanwhile(src: str, dst: object) -> object:

@@ -33,7 +33,8 @@ WORKER_STEPS = (
     "push-branch",
 )
 """Every git step a worker runs for a phase (it never runs `checkout`: it moves a slot with `reset
---hard`). `clone` and `worktree-add` run once per host and slot; `fetch` when a commit is new to the host."""
+--hard`). `clone` (the first fetch into a new mirror, see `_SCRIPT`) and `worktree-add` run once per host and
+slot; `fetch` when a commit is new to the host."""
 
 FIRST_USE_STEPS = ("clone", "worktree-add")
 
@@ -42,13 +43,17 @@ real=__REAL__
 args=("$@"); i=0; step=""
 while [ $i -lt ${#args[@]} ]; do
   case "${args[$i]}" in
-    -c|-C|--git-dir) i=$((i+2));;
+    --git-dir) gitdir="${args[$((i+1))]}"; i=$((i+2));;
+    -c|-C) i=$((i+2));;
     -*) i=$((i+1));;
     worktree) step="worktree-${args[$((i+1))]}"; break;;
     *) step="${args[$i]}"; break;;
   esac
 done
 if [ "$step" = push ] && [[ " $* " == *" --atomic "* ]]; then step=push-branch; fi
+# A mirror is made by `init` + `fetch` into `<mirror>.tmp` (workers/workspace/mirror.py): that first
+# fetch is the host's clone.
+if [ "$step" = fetch ] && [[ "${gitdir:-}" == *.tmp ]]; then step=clone; fi
 d="${GITSHIM_DIR:-}"
 if [ -n "$d" ] && [ -n "$step" ]; then
   if [ -e "$d/fail-$step" ]; then
