@@ -67,8 +67,14 @@ def run_chaos(
                     ids.append(submit(batch_spec(repo, len(ids), ids[0])))
                 chaos.thread.start()
                 while not chaos.state.done.is_set() or len(ids) < cfg.runs:
-                    busy = db.rows("SELECT count(*) AS n FROM runs WHERE state IN ('QUEUED', 'RUNNING')")[0].n
-                    wanted = len(ids) < cfg.max_runs or (chaos.state.need_work.is_set() and busy < 2)
+                    # The worker-killing run stays live through all its deliveries: it is no work a
+                    # waiting fault can use, so it must not hold back the runs that fault needs.
+                    busy = db.rows(
+                        "SELECT count(*) AS n FROM runs WHERE state IN ('QUEUED', 'RUNNING') AND id <> :k",
+                        k=killer_id,
+                    )[0].n
+                    slots = cfg.workers * cfg.concurrency
+                    wanted = len(ids) < cfg.max_runs or (chaos.state.need_work.is_set() and busy < slots)
                     if wanted and busy < cfg.workers * cfg.concurrency * 2:
                         for _ in range(cfg.wave):
                             ids.append(submit(batch_spec(repo, len(ids), ids[0])))
