@@ -4,6 +4,7 @@ phase uses it, and that the cancel flag comes with the fenced writes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,12 @@ def test_a_connection_whose_backend_died_is_replaced_before_use(pg: str) -> None
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         assert conn.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        # Terminating is asynchronous: once the backend is gone, its socket has been closed.
+        gone = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+        for _ in range(500):
+            if not conn.scalar(gone, {"pid": pid}):
+                break
+            time.sleep(0.01)
     with DbCounter(engine_for(pg)) as counter, transaction(pg) as session:
         assert session.scalar(sa.text("SELECT pg_backend_pid()")) != pid
     assert counter.counts.pings == 1

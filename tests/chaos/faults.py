@@ -53,8 +53,10 @@ class ChaosState:
     """Freezes that caught the holder inside a Postgres transaction (thawed at once, round retried)."""
 
 
-GIT_STEPS = [s for s in WORKER_STEPS if s not in FIRST_USE_STEPS]
-"""The git steps a phase runs on a warm host (fleet.py kills the first-use ones once per host)."""
+GIT_STEPS = [s for s in WORKER_STEPS if s not in (*FIRST_USE_STEPS, "fetch")]
+"""The git steps every phase runs on a warm host (fleet.py kills the first-use ones once per host).
+Not `fetch`: a mirror now fetches a commit by SHA only when its host lacks it, which a warm host may
+not do for minutes (tests/test_slot_kills.py kills inside it deterministically)."""
 
 
 class Chaos:
