@@ -15,8 +15,8 @@ from workers.context.excerpts import (
     regions_of,
 )
 from workers.context.load import Candidate, Listed, estimate_tokens
-from workers.context.outline import outline
 from workers.context.rank import PATH_WEIGHT, bm25_scores, words
+from workers.context.stats import STATS
 
 WHOLE_MAX_TOKENS = 4000
 """A file estimated above this (~16 KB) is shown as outline + excerpts unless everything fits whole."""
@@ -100,9 +100,9 @@ def allocate(
 
 def _partial(candidate: Candidate) -> PartialFile:
     lines = candidate.text.splitlines(keepends=True)
-    symbols = outline(candidate.path, candidate.text)
+    symbols = STATS.outline(candidate.blob, candidate.path, candidate.text)
     size = len(candidate.text.encode("utf-8"))
-    return PartialFile(candidate.path, candidate.group, lines, size, symbols)
+    return PartialFile(candidate.path, candidate.group, lines, size, symbols, blob=candidate.blob)
 
 
 def _fit_outline(partial: PartialFile, cap: int, names: set[str]) -> int:
@@ -130,7 +130,7 @@ def _spend(
     for p in partial:
         for r in regions_of(Candidate(p.path, p.group, "", 0), p.lines, p.outline):
             by_key[r.key] = (r, region_cost(r, p.lines), p)
-            docs[r.key] = region_terms(r, p.lines)
+            docs[r.key] = region_terms(r, p.lines, p.blob)
     scores = bm25_scores(query, docs)
     for key, (item, _, _) in by_key.items():
         if isinstance(item, Region) and item.symbol in names:
@@ -156,7 +156,7 @@ def _order(key: str, item: Candidate | Region, score: float) -> tuple[bool, int,
 
 
 def file_terms(candidate: Candidate) -> Counter[str]:
-    terms = Counter(words(candidate.text))
+    terms = STATS.terms(candidate.blob, candidate.text)
     for word in words(candidate.path):
         terms[word] += PATH_WEIGHT
     return terms

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from workers.context.load import Candidate, estimate_tokens
 from workers.context.outline import Symbol
 from workers.context.rank import PATH_WEIGHT, words
+from workers.context.stats import STATS
 
 MAX_REGION_LINES = 120
 """A definition longer than this is cut into windows: one relevant line should not cost a whole class."""
@@ -45,6 +46,7 @@ class PartialFile:
     outline: list[Symbol] | None
     outline_text: str = ""
     regions: list[Region] = field(default_factory=list)
+    blob: str = ""
 
     def excerpts(self) -> list[tuple[int, int]]:
         """The chosen regions widened by `CONTEXT_LINES`, merged where they touch, in line order."""
@@ -101,8 +103,8 @@ def _windows(
     return out
 
 
-def region_terms(region: Region, lines: list[str]) -> Counter[str]:
-    terms = Counter(words("".join(lines[region.start - 1 : region.end])))
+def region_terms(region: Region, lines: list[str], blob: str = "") -> Counter[str]:
+    terms = STATS.region_terms(blob, lines, region.start, region.end)
     for word in words(region.symbol or ""):
         terms[word] += PATH_WEIGHT
     for word in words(region.path):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.specs import PhaseSpec
+from workers.context.stats import blob_id
 
 HARD_CAP_BYTES = 2 * 1024 * 1024
 """A file larger than this is listed only: even its outline would cost more than it can help."""
@@ -23,12 +24,14 @@ GROUP_NAMES = {DELIVERABLE: "deliverable", SCOPE: "scope", READ_ONLY: "read_only
 
 @dataclass(frozen=True)
 class Candidate:
-    """A readable text file: its repo-relative path, first group, text and estimated token cost."""
+    """A readable text file: its repo-relative path, first group, text, estimated token cost and git
+    blob id ("" when unknown: nothing about it is cached)."""
 
     path: str
     group: int
     text: str
     tokens: int
+    blob: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,12 @@ def load_candidates(root: Path, phase: PhaseSpec) -> tuple[list[Candidate], list
     candidates: list[Candidate] = []
     listed: list[Listed] = []
     for path, group in sorted(_candidate_groups(root, phase).items()):
-        text, reason, size = read_text(root, path)
-        if text is None:
+        data, reason, size = read_bytes(root, path)
+        if data is None:
             listed.append(Listed(path, size, reason))
         else:
-            candidates.append(Candidate(path, group, text, max(1, estimate_tokens(text))))
+            text = data.decode("utf-8", errors="replace")
+            candidates.append(Candidate(path, group, text, max(1, estimate_tokens(text)), blob_id(data)))
     return candidates, listed
 
 
@@ -102,8 +106,8 @@ def inside(root: Path, path: Path) -> bool:
     return real == root or root in real.parents
 
 
-def read_text(root: Path, rel: str) -> tuple[str | None, str, int]:
-    """(text, "", size), or (None, why it can only be listed, size). Undecodable bytes are replaced."""
+def read_bytes(root: Path, rel: str) -> tuple[bytes | None, str, int]:
+    """(bytes of a text file, "", size), or (None, why it can only be listed, size)."""
     path = root / rel
     if not inside(root, path):
         return None, "outside the worktree", 0
@@ -120,4 +124,4 @@ def read_text(root: Path, rel: str) -> tuple[str | None, str, int]:
         return None, "binary", len(data)
     if rel.endswith(GENERATED_SUFFIXES) or any(m in data[:1024] for m in GENERATED_MARKERS):
         return None, "generated", len(data)
-    return data.decode("utf-8", errors="replace"), "", len(data)
+    return data, "", len(data)
