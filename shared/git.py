@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from shared.errors import GitError
+from shared.git_native import resolve_local
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -132,7 +133,7 @@ def resolve_ref(repo: str, ref: str) -> str:
         path = Path(repo)
         if not path.exists():
             raise GitError(f"repository {repo} does not exist")
-        return git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=path, timeout=30).strip()
+        return resolve_local(path, ref)
     if SHA_RE.match(ref):
         return ref
     out = git("ls-remote", "--", repo, ref, f"refs/heads/{ref}", f"refs/tags/{ref}", timeout=60)

@@ -50,6 +50,7 @@ from tests.bench import (
     provisioning,
     sandbox,
     scaling,
+    submit,
     validation_reuse,
 )
 from tests.bench.noop_app import REDIS_URL
@@ -72,11 +73,12 @@ SECTIONS = (
     "validation",
     "context",
     "phase_db",
+    "submit",
 )
 OPT_IN = ("dashboard", "history")
 """Not in the default set: dashboard's history takes ~40 s and ~1.5 GB of disk; history's ~3 min."""
 ALL_SECTIONS = SECTIONS + OPT_IN
-NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns", "phase_db"})
+NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns", "phase_db", "submit"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
 
 
@@ -101,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
     parser.add_argument("--report-pairs", type=int, default=10_000, help="(g) pairs in the timed report")
     parser.add_argument("--campaign-children", type=int, default=500, help="(h) children of the campaign")
+    parser.add_argument("--submit-runs", type=int, default=200, help="(n) sequential submissions timed")
     parser.add_argument("--dashboard-runs", type=int, default=100_000, help="(i) runs generated")
     parser.add_argument("--dashboard-attempts", type=int, default=500_000, help="(i) attempts generated")
     parser.add_argument(
@@ -218,6 +221,10 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         m = run_phase_db(workdir, logdir)
         results["phase_db"] = m.as_dict()
         rows += m.rows()
+    if "submit" in chosen:
+        n = run_submit(args, workdir, logdir)
+        results["submit"] = n.as_dict()
+        rows += n.rows()
     if "dashboard" in chosen:
         i = run_dashboard(args, workdir, logdir)
         results["dashboard"] = i.as_dict()
@@ -323,6 +330,13 @@ def run_phase_db(workdir: Path, logdir: Path) -> phase_db.PhaseDbResult:
     flush_redis()
     with bench_database(f"{DATABASE}_phase_db") as db_url:
         return phase_db.bench(db_url, REDIS_URL, workdir / "j", logdir / "j", say=say)
+
+
+def run_submit(args: argparse.Namespace, workdir: Path, logdir: Path) -> submit.SubmitResult:
+    say(f"(n) POST /runs with 3 phases: {args.submit_runs} one at a time, then {submit.CLIENTS} clients …")
+    flush_redis()
+    with bench_database(f"{DATABASE}_submit") as db_url:
+        return submit.bench(db_url, REDIS_URL, workdir / "n", logdir / "n", runs=args.submit_runs, say=say)
 
 
 def run_campaigns(args: argparse.Namespace, workdir: Path, logdir: Path) -> campaigns.CampaignBench:
