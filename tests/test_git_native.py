@@ -54,4 +54,3 @@ def test_a_directory_outside_any_repository_is_named(tmp_path: Path) -> None:
     plain.mkdir()
     with pytest.raises(GitError, match="not inside a git repository"):
         resolve_local(plain, "main")
-
