@@ -1,23 +1,23 @@
 """`make bench`: every benchmark, each against a baseline measured in the same run.
 
-(a) raw Celery no-op round trip and throughput, (b) per-phase orchestration overhead through a real
-API and worker, (c) workspace provisioning on a 2,100-file repository, (d) pipeline overhead of one
-builder attempt on that repository (LLM simulated, validation excluded), (e) scaling of independent
-`sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a), (f) the sandbox's
-cost per command (bwrap `true` against unboxed `true`, same run), (g) the campaign A/B report over 10,000
-pairs with 10,000 bootstrap resamples, (h) creating a 500-child campaign (against single `POST /runs`),
-and an interactive run's wait for its first phase while 500 campaign phases are queued, (m) transactions
-and round trips of one no-op phase and the idle worker's USS/PSS (`--only phase_db`); opt-in with
-`--only dashboard` (it generates 100,000 runs first, ~40 s): (i) the dashboard's pages and the JSON routes
-under them over that history, with EXPLAIN of their queries; (j) phase time of a
-multi-phase run whose validation is a 400-test suite, with the validation store off and on (and a
-replay), and slot affinity on the 2,100-file repository; (k) builder context: whole files against
-outline + excerpts at 8k/20k/60k tokens, prompt size, build time and recall of upstream changes' lines,
-on this repository and on more-itertools (sdists from the package registry); opt-in with
-`--only history`: (l) per-phase CPU and wall after 0, 1,000, 5,000 and 10,000 earlier runs (generated),
-with `--history-legacy` the code before the fix too. Prints figures and ratios, writes
-bench-results/latest.json (latest-only-<sections>.json when --only picks some), and
-never fails on timing: only a crash exits non-zero.
+(a) raw Celery no-op round trip and throughput; (b) per-phase orchestration overhead through a real
+API and worker; (c) workspace provisioning on a 2,100-file repository; (d) pipeline overhead of one
+builder attempt on that repository (LLM simulated, validation excluded); (e) scaling of independent
+`sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a); (f) the
+sandbox's cost per command (bwrap `true` against unboxed `true`); (g) the campaign A/B report over
+10,000 pairs with 10,000 bootstrap resamples; (h) creating a 500-child campaign (against single
+`POST /runs`), and an interactive run's wait while 500 campaign phases are queued; (i) the dashboard's
+pages and JSON routes over 100,000 generated runs (~40 s, ~1.5 GB), with EXPLAIN of their queries;
+(j) phase time of a multi-phase run validated by a 400-test suite, validation store off and on (and a
+replay), and slot affinity; (k) builder context: whole files against outline + excerpts at 8k/20k/60k
+tokens, cold and warm, recall of upstream changes' lines, on this repository and on more-itertools;
+(l) per-phase CPU and wall after 0, 1,000, 5,000 and 10,000 earlier runs (generated; with
+`--history-legacy` the code before the fix too); (m) transactions and round trips of one no-op phase
+and the idle worker's USS/PSS; (n) `POST /runs` latency and its sustained rate with 8 clients.
+
+Prints figures and ratios, then issue 12's target table from this run's figures
+(tests/bench/targets.py), writes bench-results/latest.json (latest-only-<sections>.json when --only
+picks some), and never fails on timing: only a crash exits non-zero.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from tests.bench import (
     sandbox,
     scaling,
     submit,
+    targets,
     validation_reuse,
 )
 from tests.bench.noop_app import REDIS_URL
@@ -74,9 +75,11 @@ SECTIONS = (
     "context",
     "phase_db",
     "submit",
+    "dashboard",
+    "history",
 )
-OPT_IN = ("dashboard", "history")
-"""Not in the default set: dashboard's history takes ~40 s and ~1.5 GB of disk; history's ~3 min."""
+OPT_IN: tuple[str, ...] = ()
+"""Sections run only when named with --only (none now: the target table needs every section)."""
 ALL_SECTIONS = SECTIONS + OPT_IN
 NEEDS_REDIS = frozenset({"celery", "orchestration", "scaling", "campaigns", "phase_db", "submit"})
 NEEDS_CELERY = frozenset({"orchestration", "scaling"})  # (a) is their baseline
@@ -137,8 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=ALL_SECTIONS,
-        help="run only this section (repeatable; orchestration and scaling also run celery, their baseline; "
-        "dashboard runs only when named)",
+        help="run only this section (repeatable; orchestration and scaling also run celery, their baseline)",
     )
     return parser.parse_args(argv)
 
@@ -499,6 +501,8 @@ def main(argv: list[str] | None = None) -> None:
     print(render(rows))
     print()
     print("\n".join(notes(results) + busy_machine_note(load_at_start)))
+    print("\nIssue 12's targets, from this run:\n")
+    print(targets.table(results))
     print(f"\nJSON: {output}; process logs: {logdir}")
 
 
