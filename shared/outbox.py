@@ -24,7 +24,7 @@ from shared.db import transaction
 from shared.dispatch import Dispatcher
 from shared.models import Phase, Run, utcnow
 from shared.runs import finish_cancelled, finish_if_done
-from shared.states import PHASE_TERMINAL, PhaseState, RunState
+from shared.states import PHASE_TERMINAL, RUN_TERMINAL, PhaseState, RunState
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,23 @@ def _next_phase_or_finish(db_url: str, run_id: int) -> int | None:
         return pending[0].id
 
 
+def _nothing_left() -> ColumnElement[bool]:
+    pending = select(Phase.id).where(Phase.run_id == Run.id, Phase.state.not_in(list(PHASE_TERMINAL)))
+    return or_(Run.state.in_(list(RUN_TERMINAL)), ~pending.exists())
+
+
 def lagging_branches(db_url: str) -> list[tuple[int, str, str]]:
-    """(run id, repo, head) of runs whose result branch is behind the recorded head and no one holds."""
+    """(run id, repo, head) of runs whose result branch is behind the recorded head: free runs that
+    ended or have no phase left (their last move failed), and runs whose holder died. A running run's
+    branch trails its head by one phase on purpose (the next phase's push moves it: workers/publish.py),
+    so a run between phases is left to that push."""
     now = utcnow()
     with transaction(db_url) as session:
         rows = session.execute(
             select(Run.id, Run.repo, Run.head_sha).where(
                 Run.head_sha != Run.base_sha,
                 or_(Run.branch_sha.is_(None), Run.branch_sha != Run.head_sha),
-                or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+                or_(and_(Run.lease_owner.is_(None), _nothing_left()), Run.lease_expires_at < now),
             )
         ).all()
     return [(r.id, r.repo, r.head_sha) for r in rows]

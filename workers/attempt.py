@@ -16,7 +16,7 @@ from workers.apply import apply_writes
 from workers.builders import BuildRequest, BuildResult, get_builder
 from workers.builders.tools import ToolLimits
 from workers.patches import parse_change, resolve
-from workers.publish import phase_ref, publish
+from workers.publish import phase_ref, publish_phase
 from workers.record import AttemptRecord, PhaseJob
 from workers.validation import ValidationRun, compare, infer_validation, run_validation
 from workers.workspace import Worktree, is_disk_full
@@ -47,6 +47,8 @@ class Attempted:
     built: BuildResult | None
     failure_output: str = ""
     exit_code: int | None = None
+    branch_moved: bool = False
+    """The success's push also moved the run branch to the previous recorded head (`job.branch_lag`)."""
 
 
 def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> Attempted:
@@ -249,11 +251,12 @@ def _attempt_in(
     lease.check()
     message = f"autopack: run {job.run_id} phase {job.phase_index} {phase.name}\n\n{phase.goal}".strip()
     sha = steps.commit(wt, message, s.git_author)
-    publish(mirror, phase_ref(job.run_id, job.phase_index, lease.epoch), sha, s.push_results)
+    ref = phase_ref(job.run_id, job.phase_index, lease.epoch)
+    moved = publish_phase(mirror, job.run_id, ref, sha, s.push_results, job.branch_lag)
     if tree is not None:  # a fact about a tree, not a write of the run's: it needs no fencing
         validation_cache.remember_after(s, wt, tree, after, phase.network)
     rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, report, sha, patch)
-    return Attempted(rec, built)
+    return Attempted(rec, built, branch_moved=moved)
 
 
 def _rec(

@@ -227,7 +227,7 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
         ctx.health.ok()
         rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:
-            return _finish_success(ctx, lease, job, rec)
+            return _finish_success(ctx, lease, job, rec, attempted.branch_moved)
         recovery = _recover(ctx, loop, job, attempted, number)
         record.attempt(lease, job, replace(rec, mitigation=recovery.mitigation, doctor=recovery.doctor))
         _after_failure(lease, loop, job, attempted, recovery)
@@ -308,25 +308,37 @@ def _escalate(
     loop.max_tokens = esc.new_max_tokens
 
 
-def _finish_success(ctx: WorkerContext, lease: Lease, job: PhaseJob, rec: AttemptRecord) -> str:
+def _finish_success(
+    ctx: WorkerContext, lease: Lease, job: PhaseJob, rec: AttemptRecord, lag_moved: bool
+) -> str:
     s = ctx.settings
     sha = rec.commit_sha
     assert sha is not None
     next_phase = record.succeed(lease, job, rec, sha)
-    mirror = ctx.workspace.mirror(job.repo).path
-    moved: str | None = None
-    try:
-        drop = phase_ref(job.run_id, job.phase_index, lease.epoch)
-        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results, drop, note=False)
-        moved = sha
-    except Exception as exc:  # recorded already; the reconciler moves the branch later
-        log.warning("run %s: moving result branch failed: %s", job.run_id, exc)
+    # This attempt's push moved the branch to the previous head; this head rides on the next phase's
+    # push, unless this was the last phase (workers/publish.py: one push per phase).
+    moved = job.branch_lag.head if lag_moved and job.branch_lag else None
+    if next_phase is None:
+        moved = _move_branch(ctx, job, lease, sha) or moved
     # Only after the move: a finished run's branch is already where it says. One transaction notes
     # the branch, finishes the run or claims the next phase, and releases the lease.
     if record.wrap_up(lease, job, moved, next_phase) and next_phase is not None:
         background = job.campaign_id is not None
         enqueue_claimed(s.database_url, ctx.dispatcher, job.run_id, next_phase, background=background)
     return "complete"
+
+
+def _move_branch(ctx: WorkerContext, job: PhaseJob, lease: Lease, sha: str) -> str | None:
+    """The last phase's branch move; None when it failed (recorded already: the reconciler moves it)."""
+    s = ctx.settings
+    try:
+        mirror = ctx.workspace.mirror(job.repo).path
+        drop = phase_ref(job.run_id, job.phase_index, lease.epoch)
+        move_branch(s.database_url, mirror, job.run_id, sha, s.push_results, drop, note=False)
+    except Exception as exc:
+        log.warning("run %s: moving result branch failed: %s", job.run_id, exc)
+        return None
+    return sha
 
 
 def _finish_skip(lease: Lease, job: PhaseJob, recovery: Recovery, then: list[int]) -> str:

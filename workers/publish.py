@@ -2,8 +2,16 @@
 
 A phase's commit is first pushed under a ref keyed by (run, phase, lease epoch) — harmless to repeat,
 and it makes the commit reachable from other hosts before the database names it as the run's head.
-Only after the database recorded it does the run branch `autopack/run-<id>` move there; the same
-atomic push deletes that phase ref, whose job the branch now does. Every push reads every ref of the
+Only after the database recorded it may the run branch `autopack/run-<id>` move there, deleting that
+phase ref, whose job the branch then does.
+
+One push per phase: that move rides on the NEXT phase's push (`publish_phase`, one atomic push of the
+new phase ref, the branch to the previous recorded head, and the previous phase ref's deletion), so
+the branch trails the head by one phase while a run executes. Only the last phase pushes twice (its
+phase ref, then the branch once recorded), and a run that ends otherwise has its branch settled by
+the reconciler (`lagging_branches`). Fencing still holds: the branch only ever moves, fast-forward, to
+a commit the database already named as the head, which no later holder can un-name; a stale holder's
+move is therefore a move a current holder would make too. Every push reads every ref of the
 remote (git 2.39 pushes over protocol v0 only: the origin advertises all its refs, the pushing side
 walks back from each one it has, and receive-pack checks connectivity against all of them), so result
 refs are bounded by retention (workers/retention.py) and commit-graphs make each tip cheap to read
@@ -12,6 +20,7 @@ refs are bounded by retention (workers/retention.py) and commit-graphs make each
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import update
@@ -45,6 +54,38 @@ def publish(
         flags += ["--force"] if force else []
         push_args = ("push", "--quiet", "--no-verify", *flags, "origin", *specs)
         retrying_locks(lambda: git(*push_args, git_dir=mirror), lambda: _repos(mirror))
+
+
+@dataclass(frozen=True)
+class BranchLag:
+    """The run branch is behind the recorded head `head`; moving it there drops phase ref `drop`."""
+
+    head: str
+    drop: str | None
+
+
+def publish_phase(mirror: Path, run_id: int, ref: str, sha: str, push: bool, lag: BranchLag | None) -> bool:
+    """Point phase ref `ref` at `sha` and, when the branch lags, move it to the recorded head in the same
+    atomic push. True when the branch moved. A refused move (the origin's branch holds other commits)
+    falls back to the phase ref alone: the branch is then the reconciler's to settle or report."""
+    if lag is None:
+        publish(mirror, ref, sha, push)
+        return False
+    branch = branch_ref(run_id)
+    retrying_locks(lambda: git("update-ref", ref, sha, git_dir=mirror), lambda: [mirror])
+    retrying_locks(lambda: git("update-ref", branch, lag.head, git_dir=mirror), lambda: [mirror])
+    if not push:
+        return True
+    specs = [f"+{sha}:{ref}", f"{lag.head}:{branch}", *([f":{lag.drop}"] if lag.drop else [])]
+    push_args = ("push", "--quiet", "--no-verify", "--atomic", "origin", *specs)
+    try:
+        retrying_locks(lambda: git(*push_args, git_dir=mirror), lambda: _repos(mirror))
+    except GitError as exc:
+        if "[rejected]" not in str(exc):
+            raise
+        publish(mirror, ref, sha, push)
+        return False
+    return True
 
 
 def _repos(mirror: Path) -> list[Path]:

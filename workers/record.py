@@ -13,6 +13,8 @@ success, the branch note, release, the next phase's claim). Why each merge keeps
    carry the new epoch as surely as a separate `fence` would (that fence would re-check a value the
    same transaction just wrote). A takeover before the grant makes the grant match zero rows and start
    never runs. A delivery with nothing to do (stale, cancelled, out of order) releases in it too.
+   When the run branch trails the head (one push per phase, workers/publish.py), one SELECT more
+   reads the epoch whose phase ref that phase's push deletes.
 2. `succeed`: fence + the attempt + the phase's completion + the next phase's outbox reset, as before.
    It must stay apart from 3: the run branch may move only after the database names the commit, and
    the run may finish only after the branch moved.
@@ -53,6 +55,7 @@ from shared.states import (
 )
 from shared.telemetry import record_efficiency, record_phase_metrics
 from workers.lease import Lease, grant
+from workers.publish import BranchLag, phase_ref
 
 if TYPE_CHECKING:
     from workers.recovery import Recovery
@@ -79,6 +82,8 @@ class PhaseJob:
     campaign_id: int | None = None
     campaign_caps: CampaignCaps | None = None
     """The caps the run shares with its campaign's other children."""
+    branch_lag: BranchLag | None = None
+    """The run branch trails the recorded head (the previous phase's commit): this phase's push moves it."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,26 @@ def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -
         ),
         campaign_id=run.campaign_id,
         campaign_caps=caps_of(session, run.campaign_id),
+        branch_lag=_branch_lag(session, run, phase),
     )
+
+
+def _branch_lag(session: Session, run: Run, phase: Phase) -> BranchLag | None:
+    """Where the branch should be and the phase ref that move drops (the epoch its recorder pushed
+    under; none for a phase a campaign reused). One SELECT, and only when the branch lags."""
+    if run.head_sha in (run.base_sha, run.branch_sha):
+        return None
+    recorded = next((p for p in reversed(run.phases[: phase.index]) if p.commit_sha == run.head_sha), None)
+    if recorded is None:
+        return BranchLag(run.head_sha, None)
+    epoch = session.scalar(
+        select(Attempt.lease_epoch)
+        .where(Attempt.phase_id == recorded.id, Attempt.outcome == AttemptOutcome.SUCCESS)
+        .order_by(Attempt.number.desc())
+        .limit(1)
+    )
+    drop = None if epoch is None else phase_ref(run.id, recorded.index, epoch)
+    return BranchLag(run.head_sha, drop)
 
 
 def _advice_of(attempt: Attempt | None) -> str | None:

@@ -1,0 +1,93 @@
+"""One push per phase: the run branch moves with the next phase's push, observed at the git process
+boundary (a logging `git` first on PATH) and in the origin's refs, on the embedded fleet."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.client import ApiClient
+from api.serve import api_in_thread
+from shared.settings import Settings
+from tests.test_pipeline import run_to_end, spec
+from workers.embedded import embedded_fleet
+
+
+@pytest.fixture
+def push_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every `git push` the workers run, one line of arguments each (the worker's git is this one)."""
+    log = tmp_path / "pushes.log"
+    shim = tmp_path / "bin" / "git"
+    shim.parent.mkdir()
+    real = shutil.which("git")
+    shim.write_text(f'#!/bin/sh\ncase " $* " in *" push "*) echo "$*" >> {log};; esac\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
+    log.touch()
+    return log
+
+
+@pytest.fixture
+def client(embedded_settings: Settings, push_log: Path) -> Iterator[ApiClient]:
+    with embedded_fleet(embedded_settings, 2) as celery, api_in_thread(embedded_settings, celery) as url:
+        yield ApiClient(url, None)
+
+
+def origin_refs(origin: Path, run_id: int) -> dict[str, str]:
+    out = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(origin),
+            "for-each-ref",
+            "--format=%(refname) %(objectname)",
+            f"refs/heads/autopack/run-{run_id}",
+            f"refs/autopack/run-{run_id}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split(" ") for line in out.splitlines())
+
+
+def writes(n: int) -> list[dict[str, str]]:
+    return [{"command": f"echo {i} > src/step_{i}.py"} for i in range(n)]
+
+
+def test_a_three_phase_run_pushes_four_times_and_each_push_moves_the_branch_to_the_last_head(
+    client: ApiClient, sample_repo: Path, push_log: Path
+) -> None:
+    run = run_to_end(client, spec(sample_repo, *writes(3)))
+    assert run["state"] == "DONE_SUCCESS"
+    shas = [p["commit_sha"] for p in run["phases"]]
+    pushes = push_log.read_text().splitlines()
+    branch = f"refs/heads/autopack/run-{run['id']}"
+    assert len(pushes) == 4, pushes  # two per phase before: phase ref, then the branch
+    for k in (1, 2):  # phase k's push carries phase k-1's head to the branch and drops its ref
+        assert f"+{shas[k]}:refs/autopack/run-{run['id']}/phase-{k}-e" in pushes[k]
+        assert f"{shas[k - 1]}:{branch}" in pushes[k]
+        assert f":refs/autopack/run-{run['id']}/phase-{k - 1}-e" in pushes[k]
+    last_ref = next(arg for arg in pushes[2].split() if arg.startswith(f"+{shas[2]}:"))[len(shas[2]) + 2 :]
+    assert pushes[3].split()[-2:] == [f"{shas[2]}:{branch}", f":{last_ref}"], "the last phase's move"
+    assert origin_refs(sample_repo, run["id"]) == {branch: shas[2]}, "no phase ref is left behind"
+
+
+def test_a_run_that_fails_mid_way_has_its_branch_settled_at_the_last_recorded_head(
+    client: ApiClient, sample_repo: Path, push_log: Path
+) -> None:
+    body = spec(sample_repo, *writes(2), {"command": "exit 3"}, max_attempts=1)
+    run = run_to_end(client, body)
+    assert run["state"] == "DONE_FAILED" and run["head_sha"] == run["phases"][1]["commit_sha"]
+    branch = f"refs/heads/autopack/run-{run['id']}"
+    deadline = time.monotonic() + 20  # the reconciler (every second here) moves it
+    while origin_refs(sample_repo, run["id"]).get(branch) != run["head_sha"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert origin_refs(sample_repo, run["id"]).get(branch) == run["head_sha"]
+    assert len(push_log.read_text().splitlines()) >= 3
