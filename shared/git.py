@@ -58,9 +58,69 @@ def git_env() -> dict[str, str]:
     return {**scrubbed_env(), **_ENV, "GIT_CONFIG_GLOBAL": str(global_config or os.devnull)}
 
 
-def _program_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -> list[str]:
+_SCANNED: dict[tuple[str, bytes], list[str]] = {}
+"""Overrides by (repository, the bytes of every config file git reads there): a scan is a process."""
+_SCANNED_MAX = 256
+
+
+def _program_overrides(
+    base: list[str], cwd: Path | None, git_dir: Path | None, env: dict[str, str]
+) -> list[str]:
     """`-c` overrides that disable every program-naming key the repository's config sets (includes
-    followed), keeping what the operator's global config sets for credential helpers and ssh."""
+    followed), keeping what the operator's global config sets for credential helpers and ssh.
+
+    The scan is reused while every config file git would read holds the same bytes (each is read
+    again per call, ~50 µs); a config with any include is scanned every time, since an included
+    file can change without the including one changing."""
+    key = _config_key(cwd, git_dir, env)
+    if key is not None and key in _SCANNED:
+        return _SCANNED[key]
+    out = _scan_overrides(base, cwd, env)
+    if key is not None:
+        if len(_SCANNED) >= _SCANNED_MAX:
+            _SCANNED.clear()
+        _SCANNED[key] = out
+    return out
+
+
+def _config_key(cwd: Path | None, git_dir: Path | None, env: dict[str, str]) -> tuple[str, bytes] | None:
+    gitdir = git_dir or _gitdir_of(cwd)
+    if gitdir is None:
+        return None
+    common = gitdir
+    if (gitdir / "commondir").is_file():
+        common = gitdir / (gitdir / "commondir").read_text().strip()
+    files = [common / "config", common / "config.worktree", gitdir / "config.worktree"]
+    files.append(Path(env["GIT_CONFIG_GLOBAL"]))
+    contents = b""
+    for file in files:
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            data = b"-"
+        except OSError:
+            return None
+        if b"include" in data.lower():
+            return None
+        contents += str(file).encode() + b"\0" + data + b"\0"
+    return str(gitdir.resolve()), contents
+
+
+def _gitdir_of(cwd: Path | None) -> Path | None:
+    """The git dir of a worktree root (`.git` file or directory) or of a bare repository; None when
+    `cwd` is anything else (a subdirectory): then no reuse."""
+    if cwd is None:
+        return None
+    dot_git = cwd / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    if dot_git.is_file():
+        text = dot_git.read_text()
+        return (cwd / text[len("gitdir:") :].strip()) if text.startswith("gitdir:") else None
+    return cwd if (cwd / "HEAD").is_file() and (cwd / "objects").is_dir() else None
+
+
+def _scan_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -> list[str]:
     done = subprocess.run(
         [*base, "config", "--show-scope", "-z", "--get-regexp", _PROGRAM_KEYS],
         cwd=cwd,
@@ -106,7 +166,7 @@ def git(
         base += ["--git-dir", str(git_dir)]
     env = git_env()
     try:
-        cmd = [*base, *_program_overrides(base, cwd, env), *args]
+        cmd = [*base, *_program_overrides(base, cwd, git_dir, env), *args]
     except (subprocess.TimeoutExpired, OSError) as exc:
         raise GitError(f"cannot read git config: {exc}") from exc
     try:
