@@ -38,3 +38,12 @@ def resolve_local(path: Path, ref: str) -> str:
     except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
         raise GitError(f"ref {ref} is not a commit in {path}: {exc}") from exc
     return str(commit.id)
+
+
+def head_of(worktree: Path) -> str:
+    """The commit HEAD names in `worktree` (a linked worktree reads its own HEAD), or GitError."""
+    try:
+        repo = pygit2.Repository(str(worktree))
+        return str(repo.head.peel(pygit2.Commit).id)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise GitError(f"cannot read HEAD of {worktree}: {exc}") from exc

@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import GitError
 from shared.git import resolve_ref
-from shared.git_native import resolve_local
+from shared.git_native import head_of, resolve_local
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -54,3 +54,11 @@ def test_a_directory_outside_any_repository_is_named(tmp_path: Path) -> None:
     plain.mkdir()
     with pytest.raises(GitError, match="not inside a git repository"):
         resolve_local(plain, "main")
+
+
+def test_head_of_a_linked_worktree_is_its_own_head(repo: Path, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    _git(repo, "worktree", "add", "--quiet", "--detach", str(slot), "side")
+    assert head_of(slot) == _git(repo, "rev-parse", "side") != head_of(repo)
+    with pytest.raises(GitError, match="cannot read HEAD"):
+        head_of(tmp_path)
