@@ -76,7 +76,7 @@ def test_visibility_timeout_outlasts_the_hard_time_limit() -> None:
     assert conf["task_soft_time_limit"] < conf["task_time_limit"]
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "api.example.com"])
+@pytest.mark.parametrize("host", ["0.0.0.0"])  # the other addresses: the in-process table below
 def test_api_refuses_to_serve_without_auth_on_a_non_loopback_address(tmp_path: Path, host: str) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path}/a.db", _env_file=None)  # type: ignore[call-arg]
     done = subprocess.run(
@@ -101,6 +101,9 @@ def test_api_refuses_to_serve_without_auth_on_a_non_loopback_address(tmp_path: P
         ("[::1]", None, False),
         ("0.0.0.0", True, False),
         ("0.0.0.0", None, True),
+        ("::", None, True),
+        ("192.168.1.10", None, True),
+        ("api.example.com", None, True),
         ("10.0.0.5", False, True),
     ],
 )
