@@ -14,7 +14,7 @@ from shared.errors import GitError
 from shared.git import git as shared_git
 from workers.publish import branch_ref, publish
 from workers.workspace import WorkspaceManager
-from workers.workspace.locks import retrying_locks
+from workers.workspace.locks import flock, retrying_locks
 
 Damage = Callable[[Path, Path, Path], None]
 """(slot, its record in the mirror, the mirror) -> None: leave the slot as a kill would."""
@@ -181,3 +181,26 @@ def test_a_young_ref_lock_of_a_live_update_is_waited_on_not_dropped(
         retrying_locks(update, lambda: [mirror], tries=2)
     assert live.exists()
     assert len(calls) == 2
+
+
+def test_a_flock_is_free_once_released_even_if_a_process_forked_meanwhile_keeps_the_descriptor(
+    tmp_path: Path,
+) -> None:
+    """The prefork pool respawns a child while the worker's main process holds a mirror's flock (its
+    reconciler compacts the mirror): the child inherits the descriptor, which must not keep it locked."""
+    lock = tmp_path / "mirror.lock"
+    read, write = os.pipe()
+    with flock(lock):
+        child = os.fork()
+        if child == 0:  # holds the inherited descriptor until the parent has checked
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+    try:
+        with flock(lock, blocking=False) as held:
+            assert held is not None, "the released flock stayed held through the forked child's copy"
+    finally:
+        os.close(read)
+        os.write(write, b"x")
+        os.close(write)
+        os.waitpid(child, 0)
