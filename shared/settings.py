@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     Unset = none: the worker's git reads no global or system config, and ignores repository config
     that could run a program."""
 
+    db_application_name: str = "autopack-worker"
+    """Postgres `application_name` of a worker's connections; each process appends `/<its pid>`, so
+    `pg_stat_activity` (and a statement's own session) tells which worker process holds a connection.
+    Give each worker its own name (e.g. its Celery node name) to tell hosts apart."""
+
     worktrees_per_repo: int = 8
     """Pooled worktrees per repository per host; a phase reuses a free one instead of creating one."""
 

@@ -11,7 +11,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from shared.campaigns.flow import sweep
-from shared.db import after_fork, transaction
+from shared.db import after_fork, name_connections, transaction
 from shared.dispatch import Dispatcher
 from shared.errors import BranchConflict
 from shared.outbox import lagging_branches, reconcile
@@ -122,6 +122,7 @@ def install(app: Celery, settings: Settings, dispatcher: Dispatcher) -> None:
     """Hook the reconciler and pruning into a prefork worker's lifecycle (main process only)."""
     threads: list[Reconciler | HostGuard] = []
     drain.configure(settings.workspace_dir / "drain")
+    name_connections(settings.db_application_name)
 
     def _ready(sender: Any = None, **_: Any) -> None:
         WorkspaceManager(settings.workspace_dir, settings.worktrees_per_repo).prune()
