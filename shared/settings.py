@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     max_goal_chars: int = 20000
     """Characters a phase's `goal` (the task text an LLM builder is given) may have."""
 
+    queue_name: str = "autopack"
+    """Celery queue the API enqueues phases on and workers consume (and the prefix of the Redis lists
+    behind it). Two fleets sharing one Redis database need different names; each test session has its
+    own."""
+
     worker_concurrency: int = 2
     """Phases one worker process executes at once (prefork children; threads when embedded)."""
 

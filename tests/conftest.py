@@ -49,6 +49,9 @@ def session_redis() -> str:
 
 
 REDIS_URL = session_redis()
+SESSION_QUEUE = f"autopack-test{REDIS_URL.rsplit('/', 1)[1]}"
+"""This session's Celery queue: its Redis database is its own already, and so are its queue's name and
+the Celery broadcasts about it, whatever database another suite was told to use."""
 PYTHON = sys.executable
 TEMP_REPOS = f"{Path(tempfile.gettempdir()).resolve()}/**"
 """The tests' repositories live in temp dirs; a fleet allows none until told."""
@@ -158,6 +161,7 @@ def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
         lease_heartbeat_seconds=1,
         reconcile_interval_seconds=1,
         redispatch_after_seconds=5,
+        queue_name=SESSION_QUEUE,
         auth_required=True,
         allowed_repos=[TEMP_REPOS],
         log_level="WARNING",

@@ -18,7 +18,6 @@ from shared.outbox import lagging_branches, reconcile
 from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
 from workers import drain, retention
-from workers.celery_app import QUEUE
 from workers.host.guard import HostGuard
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
@@ -112,7 +111,7 @@ def _switch(app: Celery, node: str) -> Callable[[bool], None]:
 
     def consume(on: bool) -> None:
         control = app.control.add_consumer if on else app.control.cancel_consumer
-        replies = control(QUEUE, destination=[node], reply=True, timeout=5)
+        replies = control(str(app.conf.task_default_queue), destination=[node], reply=True, timeout=5)
         log.info("%s %s: %s", "add_consumer" if on else "cancel_consumer", node, replies)
 
     return consume
