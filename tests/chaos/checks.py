@@ -188,9 +188,17 @@ def woken_holders_were_refused(r: Record) -> Check:
     return Check(name, not bad, detail + _problems(bad))
 
 
+def _under_old_lease(rows: list[Any], owner: str) -> bool:
+    """A transaction's run-row changes were made under `owner`'s lease, or under no lease at all."""
+    runs = [w for w in rows if w.tbl == "runs"]
+    if any(owner in (w.old_owner, w.new_owner) for w in runs):
+        return True
+    return not any(o not in (None, owner) for w in runs for o in (w.old_owner, w.new_owner))
+
+
 def no_write_accepted_after_takeover(r: Record) -> Check:
     """Nothing the frozen holder's process committed after the takeover touched its run, except under a
-    lease it took later itself (a transaction that also wrote the run row with a new owner token)."""
+    lease it took later itself (a transaction whose run-row change names another owner token)."""
     bad: list[str] = []
     checked = 0
     for f in r.res.state.fenced:
@@ -203,10 +211,9 @@ def no_write_accepted_after_takeover(r: Record) -> Check:
         for xid in sorted({w.xid for w in late}):
             rows = [w for w in late if w.xid == xid]
             checked += 1
-            if not any(w.tbl == "runs" and w.new_owner not in (None, f.owner) for w in rows):
-                bad.append(
-                    f"run {f.run_id}: {f.owner} committed {[w.tbl for w in rows]} at {rows[0].at:%T.%f}"
-                )
+            if _under_old_lease(rows, f.owner):
+                what = [(w.tbl, w.old_owner, w.new_owner, w.old_epoch, w.new_epoch) for w in rows]
+                bad.append(f"run {f.run_id}: {f.owner} committed {what} at {rows[0].at:%T.%f}")
     bad += _at_least(sum(f.taken_at is not None for f in r.res.state.fenced), r.res.cfg.stops, "takeovers")
     name = f"fencing: no write accepted from a taken-over holder (>= {r.res.cfg.stops} takeovers)"
     return Check(name, not bad, f"{checked} later transactions of those processes; " + _problems(bad))
@@ -242,12 +249,12 @@ def answered_calls_recorded_once(r: Record) -> Check:
     for a in lost:
         where = f"{a.request_id} (run k{a.run_k} phase {a.phase} on {a.worker})"
         if not _killed_before_recording(r, a):
-            bad.append(f"{where}: answered, never recorded, its worker was not killed")
+            bad.append(f"{where}: answered, never recorded, its worker was neither killed nor cancelled")
         elif not charged.get(r.res.run_ids[a.run_k]):
             bad.append(f"{where}: lost to a kill, but its run was never charged the reservation")
     bad += _at_least(len(answered), MIN_LLM_CALLS, "answered LLM calls")
     name = f"every answered LLM call recorded exactly once (>= {MIN_LLM_CALLS} calls)"
-    detail = f"{len(answered)} answered, {len(r.usage)} usage rows, {len(lost)} lost to a SIGKILL; "
+    detail = f"{len(answered)} answered, {len(r.usage)} usage rows, {len(lost)} lost to a kill; "
     return Check(name, not bad, detail + _problems(bad))
 
 

@@ -56,6 +56,8 @@ class ChaosState:
     fenced: list[Fenced] = field(default_factory=list)
     kill_log: list[tuple[str, float]] = field(default_factory=list)
     """(worker, wall-clock time) of every SIGKILL of a whole worker."""
+    redis_restart_times: list[float] = field(default_factory=list)
+    """Wall-clock time Redis went down, each restart."""
     errors: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     need_work: threading.Event = field(default_factory=threading.Event)
@@ -152,6 +154,7 @@ class Chaos:
 
     def _redis(self) -> None:
         with self.services:
+            self.state.redis_restart_times.append(time.time())
             restart_redis()
         self.state.redis_restarts += 1
         log("Redis restarted")
