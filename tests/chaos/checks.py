@@ -16,6 +16,7 @@ from typing import Any
 from shared.settings import Settings
 from tests.chaos.batch import BatchResult
 from tests.chaos.config import PHASE_TERMINAL, REPLAY_EVERY, TERMINAL, ChaosConfig, Db, is_llm
+from tests.chaos.faults import Fenced
 from tests.chaos.llm import USAGE, Answered
 from workers.workspace import WorkspaceManager
 
@@ -188,12 +189,15 @@ def woken_holders_were_refused(r: Record) -> Check:
     return Check(name, not bad, detail + _problems(bad))
 
 
-def _under_old_lease(rows: list[Any], owner: str) -> bool:
-    """A transaction's run-row changes were made under `owner`'s lease, or under no lease at all."""
-    runs = [w for w in rows if w.tbl == "runs"]
-    if any(owner in (w.old_owner, w.new_owner) for w in runs):
+def _under_old_lease(rows: list[Any], f: Fenced) -> bool:
+    """A transaction of the frozen holder's process counts as its own later lease only if a run-row
+    change in it names an owner token of that process other than the frozen one (owner tokens are
+    `host/pid/nonce`); a change naming the frozen token, another process's token (a write that slipped
+    past the fence into the new holder's lease) or no token at all is the old holder's."""
+    tokens = {o for w in rows if w.tbl == "runs" for o in (w.old_owner, w.new_owner) if o}
+    if f.owner in tokens:
         return True
-    return not any(o not in (None, owner) for w in runs for o in (w.old_owner, w.new_owner))
+    return not any(t.split("/")[1:2] == [str(f.pid)] for t in tokens)
 
 
 def no_write_accepted_after_takeover(r: Record) -> Check:
@@ -211,7 +215,7 @@ def no_write_accepted_after_takeover(r: Record) -> Check:
         for xid in sorted({w.xid for w in late}):
             rows = [w for w in late if w.xid == xid]
             checked += 1
-            if _under_old_lease(rows, f.owner):
+            if _under_old_lease(rows, f):
                 what = [(w.tbl, w.old_owner, w.new_owner, w.old_epoch, w.new_epoch) for w in rows]
                 bad.append(f"run {f.run_id}: {f.owner} committed {what} at {rows[0].at:%T.%f}")
     bad += _at_least(sum(f.taken_at is not None for f in r.res.state.fenced), r.res.cfg.stops, "takeovers")
@@ -238,8 +242,8 @@ def _killed_before_recording(r: Record, a: Answered) -> bool:
 
 def answered_calls_recorded_once(r: Record) -> Check:
     """Every request a simulator answered has exactly one usage row (by its request id). One without is
-    the honest exception only if its worker was SIGKILLed before it could record, and the reconciler
-    then charged its run the call's reservation."""
+    the honest exception only if its worker was killed before it could record, the reconciler then
+    charged its run the call's reservation, and its phase was delivered again."""
     recorded = _count([u.request_id for u in r.usage])
     answered = {a.request_id: a for a in r.res.answered}
     bad = [f"{rid} recorded {n} times" for rid, n in recorded.items() if n > 1]
@@ -252,6 +256,8 @@ def answered_calls_recorded_once(r: Record) -> Check:
             bad.append(f"{where}: answered, never recorded, its worker was neither killed nor cancelled")
         elif not charged.get(r.res.run_ids[a.run_k]):
             bad.append(f"{where}: lost to a kill, but its run was never charged the reservation")
+        elif r.by_run[r.res.run_ids[a.run_k]][a.phase].deliveries < 2:
+            bad.append(f"{where}: lost to a kill, but its phase was never delivered again")
     bad += _at_least(len(answered), MIN_LLM_CALLS, "answered LLM calls")
     name = f"every answered LLM call recorded exactly once (>= {MIN_LLM_CALLS} calls)"
     detail = f"{len(answered)} answered, {len(r.usage)} usage rows, {len(lost)} lost to a kill; "
