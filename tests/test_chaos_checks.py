@@ -92,3 +92,17 @@ def test_two_executions_of_one_run_that_overlap_fail_the_check(tmp_path: Path) -
     lines[2] = "B 10.5 1 2 60"  # phase 1 begins while phase 0's command still runs
     (tmp_path / "chaos-0").write_text("\n".join(lines) + "\n")
     assert not no_overlap(record(tmp_path)).ok
+
+
+def test_a_call_lost_to_a_kill_passes_only_when_charged_and_redelivered(tmp_path: Path) -> None:
+    calls = [Answered("w0", f"req_{n}", 0, 0, 10.0 + n, 10.3 + n) for n in range(5)]
+    rows = [SimpleNamespace(request_id=a.request_id, run_id=7) for a in calls[1:]]
+    charge = SimpleNamespace(tbl="runs", run_id=7, old_reserved=900, new_reserved=0, old_epoch=2, new_epoch=3)
+    charge.old_spent, charge.new_spent = 0, 900
+    lost = record(tmp_path, answered=calls, usage=rows, writes=[charge])
+    lost.res.state.kill_log.append(("w0", 11.0))
+    assert not answered_calls_recorded_once(lost).ok  # its phase was never delivered again
+    lost.by_run[7][0].deliveries = 2
+    assert answered_calls_recorded_once(lost).ok
+    lost.writes.clear()
+    assert not answered_calls_recorded_once(lost).ok  # nobody charged its reservation

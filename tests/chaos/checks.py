@@ -235,9 +235,11 @@ def _orphan_charges(r: Record) -> dict[int, int]:
 
 
 def _killed_before_recording(r: Record, a: Answered) -> bool:
-    return any(
-        n == a.worker and a.received - 0.5 <= t <= a.sent + KILL_WINDOW for n, t in r.res.state.kill_log
-    )
+    """Its worker was SIGKILLed, or Redis restarted (a worker that loses the broker cancels its running
+    tasks: Celery SIGTERMs their processes), between the request's arrival and KILL_WINDOW after the
+    answer."""
+    deaths = [t for n, t in r.res.state.kill_log if n == a.worker] + r.res.state.redis_restart_times
+    return any(a.received - 0.5 <= t <= a.sent + KILL_WINDOW for t in deaths)
 
 
 def answered_calls_recorded_once(r: Record) -> Check:
