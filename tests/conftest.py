@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -49,7 +50,9 @@ def session_redis() -> str:
 
 
 REDIS_URL = session_redis()
-SESSION_QUEUE = f"autopack-test{REDIS_URL.rsplit('/', 1)[1]}"
+SESSION_DB = int(found.group(1)) if (found := re.search(r"/(\d+)/?$", REDIS_URL)) else 0
+"""This session's Redis database number: its netns subnet derives from it (tests/support/netns.py)."""
+SESSION_QUEUE = f"autopack-test{SESSION_DB}"
 """This session's Celery queue: its Redis database is its own already, and so are its queue's name and
 the Celery broadcasts about it, whatever database another suite was told to use."""
 PYTHON = sys.executable

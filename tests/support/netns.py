@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.conftest import SESSION_DB
 from tests.support.procs import AUTOPACK, Proc, settings_env, spawn
 
-SESSION = int(REDIS_URL.rsplit("/", 1)[1] or 0)
-"""This test session's number: its own Redis database (0..15)."""
-PREFIX = f"apf{SESSION}-h"
-SUBNET = f"10.{200 + SESSION}"
+PREFIX = f"apf{SESSION_DB}-h"
+SUBNET = f"10.{200 + SESSION_DB}"
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
