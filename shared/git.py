@@ -115,19 +115,20 @@ def git_env() -> dict[str, str]:
     return {**scrubbed_env(), **_ENV, "GIT_CONFIG_GLOBAL": str(global_config or os.devnull)}
 
 
+def _run(
+    cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """git with its output captured, inside the fork gate (see `ForkGate`)."""
+    with FORK_GATE.pipes():
+        return subprocess.run(
+            cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
 def _program_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -> list[str]:
     """`-c` overrides that disable every program-naming key the repository's config sets (includes
     followed), keeping what the operator's global config sets for credential helpers and ssh."""
-    with FORK_GATE.pipes():
-        done = subprocess.run(
-            [*base, "config", "--show-scope", "-z", "--get-regexp", _PROGRAM_KEYS],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+    done = _run([*base, "config", "--show-scope", "-z", "--get-regexp", _PROGRAM_KEYS], cwd, env, 30)
     fields = done.stdout.split("\0")
     entries = [(fields[i], *fields[i + 1].partition("\n")[::2]) for i in range(0, len(fields) - 1, 2)]
     out: list[str] = []
@@ -168,17 +169,7 @@ def git(
     except (subprocess.TimeoutExpired, OSError) as exc:
         raise GitError(f"cannot read git config: {exc}") from exc
     try:
-        with FORK_GATE.pipes():
-            done = subprocess.run(
-                cmd,
-                cwd=cwd,
-                env=env,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
+        done = _run(cmd, cwd, env, timeout, stdin)
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from exc
     except OSError as exc:
