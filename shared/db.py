@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from collections.abc import Iterator
@@ -57,7 +58,23 @@ def make_engine(url: str) -> Engine:
     options = f"-c lock_timeout=15000 -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
     engine = create_engine(url, pool_size=5, max_overflow=10, connect_args={"options": options})
     _liveness(engine)
+    event.listen(engine, "do_connect", _name_connection)
     return engine
+
+
+_application_name: str | None = None
+
+
+def name_connections(name: str) -> None:
+    """Name every Postgres connection this process (and its forked children) opens from now on
+    `<name>/<pid>`: the `application_name` Postgres shows for it (`pg_stat_activity`, logs)."""
+    global _application_name
+    _application_name = name
+
+
+def _name_connection(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    if _application_name is not None:
+        cparams["application_name"] = f"{_application_name}/{os.getpid()}"[:63]
 
 
 def _liveness(engine: Engine) -> None:

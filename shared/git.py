@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from shared.errors import GitError
@@ -33,6 +36,61 @@ _SAFE += ["-c", "safe.directory=*"]
 # Phases on one host update refs of the same mirror concurrently (and the reconciler packs them):
 # wait up to a second for a ref lock, as git does for packed-refs, instead of failing after 100 ms.
 _SAFE += ["-c", "core.filesRefLockTimeout=1000"]
+
+
+class ForkGate:
+    """Lets no `os.fork()` of this process happen while one of its git children's pipes is open.
+
+    A prefork worker's main process runs git (its reconciler compacts mirrors, under the mirror's
+    flock) while the pool forks replacement children without exec. A child forked in that moment
+    inherits the write ends of git's stdout/stderr pipes and keeps them open for its whole life, so the
+    main process never sees EOF, never returns from the git call and never releases the mirror's lock,
+    which that child (and every later one) then waits for: the host's phases hang, leases heartbeating
+    (found by the chaos batch). Git calls enter the gate concurrently; a fork waits until none is in
+    it, and none enters until the fork is done. Only `os.fork()` runs these hooks; subprocess's own
+    fork+exec does not, so git calls never wait for each other."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = 0
+        self._forking = False
+
+    @contextmanager
+    def pipes(self) -> Iterator[None]:
+        with self._cond:
+            while self._forking:  # a fork waits for the calls under way: let it go first
+                self._cond.wait()
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        self._cond.acquire()  # held across the fork: no git call starts meanwhile
+        self._forking = True
+        while self._open:
+            self._cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self._open, self._forking = 0, False  # the child has only the forking thread
+        self._cond.release()
+
+
+FORK_GATE = ForkGate()
+os.register_at_fork(
+    before=FORK_GATE.before_fork,
+    after_in_parent=FORK_GATE.after_fork_in_parent,
+    after_in_child=FORK_GATE.after_fork_in_child,
+)
+
 SECRET_PREFIXES = ("AUTOPACK_", "ANTHROPIC_", "FLOWER_", "POSTGRES_", "AWS_", "PG")
 
 
@@ -56,6 +114,16 @@ def git_env() -> dict[str, str]:
 
     global_config = get_settings().git_config_global
     return {**scrubbed_env(), **_ENV, "GIT_CONFIG_GLOBAL": str(global_config or os.devnull)}
+
+
+def _run(
+    cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """git with its output captured, inside the fork gate (see `ForkGate`)."""
+    with FORK_GATE.pipes():
+        return subprocess.run(
+            cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
 
 
 _SCANNED: dict[tuple[str, bytes], list[str]] = {}
@@ -121,15 +189,7 @@ def _gitdir_of(cwd: Path | None) -> Path | None:
 
 
 def _scan_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -> list[str]:
-    done = subprocess.run(
-        [*base, "config", "--show-scope", "-z", "--get-regexp", _PROGRAM_KEYS],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = _run([*base, "config", "--show-scope", "-z", "--get-regexp", _PROGRAM_KEYS], cwd, env, 30)
     fields = done.stdout.split("\0")
     entries = [(fields[i], *fields[i + 1].partition("\n")[::2]) for i in range(0, len(fields) - 1, 2)]
     out: list[str] = []
@@ -170,9 +230,7 @@ def git(
     except (subprocess.TimeoutExpired, OSError) as exc:
         raise GitError(f"cannot read git config: {exc}") from exc
     try:
-        done = subprocess.run(
-            cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        done = _run(cmd, cwd, env, timeout, stdin)
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from exc
     except OSError as exc:

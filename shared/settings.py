@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     max_goal_chars: int = 20000
     """Characters a phase's `goal` (the task text an LLM builder is given) may have."""
 
+    queue_name: str = "autopack"
+    """Celery queue the API enqueues phases on and workers consume (and the prefix of the Redis lists
+    behind it). Two fleets sharing one Redis database need different names; each test session has its
+    own."""
+
     worker_concurrency: int = 2
     """Phases one worker process executes at once (prefork children; threads when embedded)."""
 
@@ -174,6 +179,11 @@ class Settings(BaseSettings):
     """Git config file for the worker's own git calls (credential helpers, sshCommand, url rewrites).
     Unset = none: the worker's git reads no global or system config, and ignores repository config
     that could run a program."""
+
+    db_application_name: str = "autopack-worker"
+    """Postgres `application_name` of a worker's connections; each process appends `/<its pid>`, so
+    `pg_stat_activity` (and a statement's own session) tells which worker process holds a connection.
+    Give each worker its own name (e.g. its Celery node name) to tell hosts apart."""
 
     worktrees_per_repo: int = 8
     """Pooled worktrees per repository per host; a phase reuses a free one instead of creating one."""

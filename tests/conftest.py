@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -49,6 +50,11 @@ def session_redis() -> str:
 
 
 REDIS_URL = session_redis()
+SESSION_DB = int(found.group(1)) if (found := re.search(r"/(\d+)/?$", REDIS_URL)) else 0
+"""This session's Redis database number: its netns subnet derives from it (tests/support/netns.py)."""
+SESSION_QUEUE = f"autopack-test{SESSION_DB}"
+"""This session's Celery queue: its Redis database is its own already, and so are its queue's name and
+the Celery broadcasts about it, whatever database another suite was told to use."""
 PYTHON = sys.executable
 TEMP_REPOS = f"{Path(tempfile.gettempdir()).resolve()}/**"
 """The tests' repositories live in temp dirs; a fleet allows none until told."""
@@ -158,6 +164,7 @@ def fleet_settings(pg: str, redis_url: str, tmp_path: Path) -> Settings:
         lease_heartbeat_seconds=1,
         reconcile_interval_seconds=1,
         redispatch_after_seconds=5,
+        queue_name=SESSION_QUEUE,
         auth_required=True,
         allowed_repos=[TEMP_REPOS],
         log_level="WARNING",

@@ -23,8 +23,8 @@ from api.app import create_app
 from api.sample_repo import sample_spec
 from api.serve import api_in_thread
 from shared.settings import Settings
+from tests.conftest import SESSION_QUEUE
 from tests.support.procs import worker_process
-from workers.celery_app import QUEUE
 from workers.celery_app import create_app as create_celery
 
 
@@ -66,8 +66,8 @@ def test_queued_runs_without_a_worker_are_waiting_and_counted_in_the_redis_queue
     resp = client.get("/fleet")
     assert resp.status_code == 200, resp.text
     view = resp.json()
-    llen = redis.Redis.from_url(redis_url).llen(QUEUE)
-    assert view["queue"] == "autopack"
+    llen = redis.Redis.from_url(redis_url).llen(SESSION_QUEUE)
+    assert view["queue"] == SESSION_QUEUE
     assert view["queue_length"] == llen == 2
     assert view["mode"] == "fleet"
     assert view["workers"] == [] and view["workers_error"] is None
@@ -247,7 +247,7 @@ def test_cli_fleet_prints_queue_stuck_runs_and_redeliveries(
         headers = {"X-API-Key": api_key}
         run_id = httpx.post(f"{url}/runs", json=sample_spec(sample_repo, 0), headers=headers).json()["id"]
         deadline = time.monotonic() + 10  # the API enqueues after answering: let that land first
-        while redis.Redis.from_url(redis_url).llen(QUEUE) < 1 and time.monotonic() < deadline:
+        while redis.Redis.from_url(redis_url).llen(SESSION_QUEUE) < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         sql(
             fleet_settings.database_url,
@@ -258,7 +258,7 @@ def test_cli_fleet_prints_queue_stuck_runs_and_redeliveries(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "workers: 0" in out
-    assert "queue autopack: 1 message(s)" in out
+    assert f"queue {SESSION_QUEUE}: 1 message(s)" in out
     assert "stuck: 1" in out and f"run {run_id} QUEUED" in out and "never dispatched" in out
     assert "redelivered phases: 1" in out and "delivered 2x" in out
 

@@ -21,10 +21,11 @@ from api.serve import free_port
 from shared.db import transaction
 from shared.keys import create_key
 from shared.settings import Settings
+from tests.conftest import SESSION_QUEUE
 from tests.support.gitshim import GitShim
 from tests.support.procs import Proc, api_process, worker_process
 from tests.support.scenario import wait_terminal
-from workers.celery_app import QUEUE, create_app
+from workers.celery_app import create_app
 
 pytestmark = pytest.mark.fleet
 
@@ -144,7 +145,7 @@ def test_a_sick_host_stops_consuming_says_why_and_a_healthy_host_finishes_every_
             assert [a["outcome"] for a in phase["attempt_log"]] == ["SUCCESS"]
             assert phase["attempt_log"][0]["worker"].split("/")[1] in well_pids
     assert len(runs) == 4
-    assert queues.get(node) == [], f"a sick host must not consume {QUEUE}: {queues}"
+    assert queues.get(node) == [], f"a sick host must not consume {SESSION_QUEUE}: {queues}"
     assert host is not None and host["state"] == "SICK"
     assert "simulated host fault" in host["reason"] and host["sick_since"] is not None
     assert host["last_probe_error"] and "host probe failed" in host["last_probe_error"]

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shared.errors import GitError
+from shared.git import FORK_GATE
 from shared.git import git as shared_git
 from workers.publish import branch_ref, publish
 from workers.workspace import WorkspaceManager
-from workers.workspace.locks import retrying_locks
+from workers.workspace.locks import flock, retrying_locks
 
 Damage = Callable[[Path, Path, Path], None]
 """(slot, its record in the mirror, the mirror) -> None: leave the slot as a kill would."""
@@ -181,3 +184,53 @@ def test_a_young_ref_lock_of_a_live_update_is_waited_on_not_dropped(
         retrying_locks(update, lambda: [mirror], tries=2)
     assert live.exists()
     assert len(calls) == 2
+
+
+def test_a_flock_is_free_once_released_even_if_a_process_forked_meanwhile_keeps_the_descriptor(
+    tmp_path: Path,
+) -> None:
+    """The prefork pool respawns a child while the worker's main process holds a mirror's flock (its
+    reconciler compacts the mirror): the child inherits the descriptor, which must not keep it locked."""
+    lock = tmp_path / "mirror.lock"
+    read, write = os.pipe()
+    with flock(lock):
+        child = os.fork()
+        if child == 0:  # holds the inherited descriptor until the parent has checked
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+    try:
+        with flock(lock, blocking=False) as held:
+            assert held is not None, "the released flock stayed held through the forked child's copy"
+    finally:
+        os.close(read)
+        os.write(write, b"x")
+        os.close(write)
+        os.waitpid(child, 0)
+
+
+def test_a_fork_waits_until_no_git_call_has_its_pipes_open(tmp_path: Path) -> None:
+    """A child forked while a git call of another thread runs would inherit that call's pipes, and the
+    call would wait for their EOF as long as the child lives (the prefork pool's main process hung
+    so, holding a mirror's flock): the fork waits for the call instead."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def git_call() -> None:
+        with FORK_GATE.pipes():
+            entered.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=git_call)
+    thread.start()
+    entered.wait(5)
+    threading.Timer(0.5, leave.set).start()
+    started = time.monotonic()
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    waited = time.monotonic() - started
+    os.waitpid(child, 0)
+    thread.join(5)
+    assert waited >= 0.4, f"forked after {waited:.2f}s, while the git call was still open"
+    with FORK_GATE.pipes():  # and the gate is open again afterwards
+        pass

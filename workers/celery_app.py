@@ -24,8 +24,15 @@ QUEUE = "autopack"
 INTERACTIVE_PRIORITY = 0
 BACKGROUND_PRIORITY = 9
 PRIORITY_SEP = ":"
-QUEUE_KEYS = (QUEUE, f"{QUEUE}{PRIORITY_SEP}{BACKGROUND_PRIORITY}")
-"""The Redis lists behind the queue, highest priority first (what KEDA and `waiting()` read)."""
+
+
+def queue_keys(queue: str = QUEUE) -> tuple[str, str]:
+    """The Redis lists behind a queue, highest priority first (what KEDA and `waiting()` read)."""
+    return (queue, f"{queue}{PRIORITY_SEP}{BACKGROUND_PRIORITY}")
+
+
+QUEUE_KEYS = queue_keys(QUEUE)
+"""The lists behind the default queue (`Settings.queue_name`)."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -40,7 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": QUEUE,
+        "task_default_queue": settings.queue_name,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_ignore_result": True,
@@ -76,11 +83,14 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self.queue = str(app.conf.task_default_queue)
         self._redis: redis.Redis | None = None
 
     def enqueue(self, run_id: int, phase_id: int, *, background: bool = False) -> None:
         priority = BACKGROUND_PRIORITY if background else INTERACTIVE_PRIORITY
-        self.app.send_task(PHASE_TASK, args=[run_id, phase_id], queue=QUEUE, priority=priority, retry=False)
+        self.app.send_task(
+            PHASE_TASK, args=[run_id, phase_id], queue=self.queue, priority=priority, retry=False
+        )
 
     def waiting(self) -> set[tuple[int, int]] | None:
         """Read the Redis list behind the queue (messages not yet delivered); None for other brokers.
@@ -91,7 +101,7 @@ class CeleryDispatcher:
         if self._redis is None:
             self._redis = redis.Redis.from_url(url, socket_timeout=10)
         pipe = self._redis.pipeline(transaction=False)
-        for key in QUEUE_KEYS:
+        for key in queue_keys(self.queue):
             pipe.lrange(key, 0, -1)
         raws = [raw for listed in pipe.execute() for raw in listed]
         return {ids for raw in raws if (ids := phase_of(raw)) is not None}

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from celery import Celery
 
 from shared.settings import Settings
-from workers.celery_app import QUEUE, CeleryDispatcher, create_app
+from workers.celery_app import CeleryDispatcher, create_app
 from workers.commands import configure_sandbox
 from workers.runtime import Reconciler
 from workers.workspace import WorkspaceManager
@@ -29,7 +29,7 @@ def embedded_fleet(settings: Settings, concurrency: int | None = None) -> Iterat
     worker = app.WorkController(
         pool_cls="threads",
         concurrency=concurrency or settings.worker_concurrency,
-        queues=[QUEUE],
+        queues=[settings.queue_name],
         loglevel=settings.log_level,
         without_heartbeat=True,
         without_mingle=True,

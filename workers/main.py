@@ -14,7 +14,7 @@ import logging
 import os
 
 from shared.settings import Settings
-from workers.celery_app import QUEUE, CeleryDispatcher, create_app
+from workers.celery_app import CeleryDispatcher, create_app
 from workers.commands import configure_sandbox
 from workers.runtime import install
 
@@ -34,7 +34,7 @@ def run_worker(settings: Settings, concurrency: int | None, hostname: str | None
         "worker",
         "--pool=prefork",
         f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--queues={QUEUE}",
+        f"--queues={settings.queue_name}",
         f"--loglevel={settings.log_level}",
         "--task-events",
         "--without-gossip",

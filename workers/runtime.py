@@ -11,14 +11,13 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from shared.campaigns.flow import sweep
-from shared.db import after_fork, transaction
+from shared.db import after_fork, name_connections, transaction
 from shared.dispatch import Dispatcher
 from shared.errors import BranchConflict
 from shared.outbox import lagging_branches, reconcile
 from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
 from workers import drain, retention
-from workers.celery_app import QUEUE
 from workers.host.guard import HostGuard
 from workers.publish import move_branch
 from workers.workspace import WorkspaceManager
@@ -112,7 +111,7 @@ def _switch(app: Celery, node: str) -> Callable[[bool], None]:
 
     def consume(on: bool) -> None:
         control = app.control.add_consumer if on else app.control.cancel_consumer
-        replies = control(QUEUE, destination=[node], reply=True, timeout=5)
+        replies = control(str(app.conf.task_default_queue), destination=[node], reply=True, timeout=5)
         log.info("%s %s: %s", "add_consumer" if on else "cancel_consumer", node, replies)
 
     return consume
@@ -122,6 +121,7 @@ def install(app: Celery, settings: Settings, dispatcher: Dispatcher) -> None:
     """Hook the reconciler and pruning into a prefork worker's lifecycle (main process only)."""
     threads: list[Reconciler | HostGuard] = []
     drain.configure(settings.workspace_dir / "drain")
+    name_connections(settings.db_application_name)
 
     def _ready(sender: Any = None, **_: Any) -> None:
         WorkspaceManager(settings.workspace_dir, settings.worktrees_per_repo).prune()

@@ -26,7 +26,7 @@ from shared.fleet import (
 )
 from shared.models import utcnow
 from shared.settings import Settings
-from workers.celery_app import QUEUE, QUEUE_KEYS
+from workers.celery_app import queue_keys
 
 INSPECT_TIMEOUT = 1.0
 
@@ -46,7 +46,7 @@ def read_fleet(request: Request, session: SessionDep, settings: SettingsDep) -> 
         sandbox=settings.sandbox_summary,
         workers=workers,
         workers_error=workers_error,
-        queue=QUEUE,
+        queue=settings.queue_name,
         queue_length=length,
         queue_error=queue_error,
         redispatch_after_seconds=settings.redispatch_after_seconds,
@@ -75,9 +75,11 @@ def metrics_router(settings: Settings, celery: Celery) -> APIRouter:
 def queue_length_or_error(celery: Celery, settings: Settings) -> tuple[int | None, str | None]:
     try:
         if is_redis_url(settings.broker_url):
-            return redis_queue_length(settings.broker_url, QUEUE_KEYS), None
+            return redis_queue_length(settings.broker_url, queue_keys(settings.queue_name)), None
         with celery.connection_for_read() as conn:  # in-process (or another) transport: ask kombu
-            return int(conn.default_channel.queue_declare(QUEUE, passive=True).message_count), None
+            return int(
+                conn.default_channel.queue_declare(settings.queue_name, passive=True).message_count
+            ), None
     except Exception as exc:
         return None, _first_line(exc)
 

@@ -21,7 +21,7 @@ from shared.errors import NotFound
 from shared.fleet import fleet_record
 from shared.models import utcnow
 from shared.runs import get_run
-from workers.celery_app import QUEUE_KEYS
+from workers.celery_app import queue_keys
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 Id = Annotated[int, Query(ge=1, le=2**31 - 1)]
@@ -44,7 +44,7 @@ def overview(request: Request, ui: UiDep, session: SessionDep, settings: Setting
         workers_age=age,
         queue_length=length,
         queue_error=queue_error,
-        queue_keys=QUEUE_KEYS,
+        queue_keys=queue_keys(settings.queue_name),
         record=record,
         sandbox=settings.sandbox_summary,
     )

@@ -59,35 +59,68 @@ def chaos_settings(base: Settings) -> Settings:
     )
 
 
-def run_spec(repo: Path, k: int, phases: int = 3) -> dict[str, Any]:
-    """Run `k` of the batch: deterministic scripted phases, so every commit is checkable."""
+MARK = 'm() {{ echo "$1 $(date +%s.%N) {i} $$ $PPID" >> {marks}/{name}; }}; '
+"""Shell prefix of a command that logs `B|E <unix time> <phase index> <shell pid> <worker pid>` lines to
+the run's marker file in a test-owned directory (chaos workers run unboxed, and a command's bash is the
+worker process's child): executions observed from outside the worker."""
+
+
+def _marked(marks: Path, name: str, i: int, body: str) -> str:
+    return MARK.format(i=i, marks=marks, name=name) + f"m B; {body}; m E"
+
+
+def run_spec(
+    repo: Path, k: int, marks: Path, phases: int = 3, content_of: int | None = None
+) -> dict[str, Any]:
+    """Run `k` of the batch: deterministic scripted phases, so every commit is checkable. Each command
+    and validation logs its start and end to `marks/chaos-<k>` (see `MARK`)."""
+    name, c = f"chaos-{k}", k if content_of is None else content_of
     return {
         "repo": str(repo),
         "base_ref": "main",
-        "name": f"chaos-{k}",
+        "name": name,
         "config": {"builder": "script", "max_attempts": 2, "doctor": False},
         "phases": [
             {
                 "name": f"p{i}",
+                "goal": f"{LLM_GOAL} run {c} phase {i}: write src/p{i}.py",
                 "scope": ["src/"],
                 "deliverables": [f"src/p{i}.py"],
-                "command": f"echo 'R = \"{k}-{i}\"' > src/p{i}.py; sleep 0.3",
-                "validation": ["true"],
+                "command": _marked(marks, name, i, f"echo 'R = \"{c}-{i}\"' > src/p{i}.py; sleep 0.3"),
+                "validation": [_marked(marks, name, i, "sleep 0.05")],
             }
             for i in range(phases)
         ],
     }
 
 
+LLM_GOAL = "CHAOS-LLM"
+"""Marks an LLM phase's goal: the simulator's router answers `run <k> phase <i>` with the file the
+scripted phase would have written (tests/chaos/llm.py)."""
+
 REPLAY_EVERY = 4
 """Every 4th run of the batch replays run 0's recorded changes (builder `replay`): the patch-apply
 path an LLM answer takes, without an LLM."""
 
+LLM_SLOTS = (1, 2, 5)
+"""Runs k with k % 8 in these ask the LLM simulators for their changes (builder `anthropic`, the real
+SDK over HTTP): 3 of every 8 runs (37.5 %), none of them a replay."""
 
-def batch_spec(repo: Path, k: int, source_id: int) -> dict[str, Any]:
+
+def is_llm(k: int) -> bool:
+    return k % 8 in LLM_SLOTS
+
+
+def batch_spec(repo: Path, k: int, source_id: int, marks: Path) -> dict[str, Any]:
+    if is_llm(k):
+        spec = run_spec(repo, k, marks)
+        spec["config"] = {**spec["config"], "builder": "anthropic"}
+        for phase in spec["phases"]:
+            del phase["command"]
+        return spec
     if k % REPLAY_EVERY != REPLAY_EVERY - 1:
-        return run_spec(repo, k)
-    spec = run_spec(repo, 0)  # the same phases as the source, so each recorded diff applies
+        return run_spec(repo, k, marks)
+    spec = run_spec(repo, k, marks, content_of=0)  # the source's phases, so each recorded diff applies
     spec["name"] = f"chaos-{k}-replays-{source_id}"
     spec["config"] = {**spec["config"], "builder": "replay", "replay_of": source_id}
     return spec

@@ -31,6 +31,14 @@ class Fenced:
     stopped_at: datetime
     taken_over_by: str | None = None
     new_epoch: int | None = None
+    taken_at: datetime | None = None
+    """When the fault thread saw another holder's epoch on the run."""
+    woke_at: datetime | None = None
+    """Just before the SIGCONT: every write of the holder after this is one it tried awake."""
+
+    @property
+    def pid(self) -> int:
+        return int(self.owner.split("/")[1])
 
 
 @dataclass
@@ -46,6 +54,10 @@ class ChaosState:
     first_use_kills: list[str] = field(default_factory=list)
     """Kills inside `clone` / `worktree add`, armed before the hosts first used them."""
     fenced: list[Fenced] = field(default_factory=list)
+    kill_log: list[tuple[str, float]] = field(default_factory=list)
+    """(worker, wall-clock time) of every SIGKILL of a whole worker."""
+    redis_restart_times: list[float] = field(default_factory=list)
+    """Wall-clock time Redis went down, each restart."""
     errors: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     need_work: threading.Event = field(default_factory=threading.Event)
@@ -98,18 +110,36 @@ class Chaos:
                 raise RuntimeError("no worker came up within 60s")
             time.sleep(0.2)
         name = self.rng.choice(up)
+        self.state.kill_log.append((name, time.time()))
         self.fleet.kill(name)
         self.state.kills += 1
         log(f"SIGKILL {name} (#{self.state.kills}), restarted")
 
+    def _busy_worker(self) -> str:
+        """A worker executing a phase right now (a random one when none is): the fault that needs work
+        then waits for the rest of a phase under way, not for one to arrive on a fixed host."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            held = self.db.rows(
+                "SELECT r.lease_owner FROM runs r JOIN phases p ON p.run_id = r.id"
+                " WHERE p.state = 'EXECUTING' AND r.lease_owner IS NOT NULL"
+                " AND r.lease_expires_at > now() AND r.name <> 'chaos-killer'"
+            )
+            owners = {self.fleet.owner_of(int(r.lease_owner.split("/")[1])) for r in held}
+            busy = sorted(w for w in owners if w is not None)
+            if busy:
+                return self.rng.choice(busy)
+            time.sleep(0.1)
+        return self.rng.choice(self.fleet.names)
+
     def _git(self) -> None:
-        """Arm a kill inside a random git step of a random worker and wait until a phase reaches it."""
-        name = self.rng.choice(self.fleet.names)
+        """Arm a kill inside a random git step of a busy worker and wait until a phase reaches it."""
+        self.state.need_work.set()
+        name = self._busy_worker()
         step = self.rng.choice(GIT_STEPS)
         shim = self.fleet.shims[name]
         before = len(shim.fired())
         shim.kill(step, self.rng.uniform(0.0, 0.03))
-        self.state.need_work.set()
         try:
             deadline = time.monotonic() + 60
             while len(shim.fired()) <= before:
@@ -124,6 +154,7 @@ class Chaos:
 
     def _redis(self) -> None:
         with self.services:
+            self.state.redis_restart_times.append(time.time())
             restart_redis()
         self.state.redis_restarts += 1
         log("Redis restarted")
@@ -206,6 +237,7 @@ class Chaos:
         child = int(owner.split("/")[1])
         stopped_at = datetime.now(UTC)
         frozen = signal_tree(child, signal.SIGSTOP)
+        fenced: Fenced | None = None
         try:
             time.sleep(0.2)  # a query sent just before the signal lands in pg_stat_activity by now
             if self._in_transaction(child):
@@ -226,6 +258,7 @@ class Chaos:
                 )
                 if row and row[0].lease_epoch > epoch and (row[0].lease_owner or "") != owner:
                     fenced.taken_over_by, fenced.new_epoch = row[0].lease_owner, row[0].lease_epoch
+                    fenced.taken_at = datetime.now(UTC)
                     break
                 time.sleep(0.2)
             if fenced.taken_over_by is None:
@@ -241,6 +274,8 @@ class Chaos:
             log(f"SIGSTOP {owner} epoch {epoch} on run {run_id}; taken over at epoch {fenced.new_epoch}")
             return True
         finally:
+            if fenced is not None:
+                fenced.woke_at = datetime.now(UTC)
             signal_tree(child, signal.SIGCONT)
             for pid in frozen:
                 with suppress(ProcessLookupError):

@@ -21,9 +21,17 @@ class Fleet:
     """N restartable `autopack worker` processes, each with its own workspace (a separate host)."""
 
     def __init__(
-        self, settings: Settings, root: Path, n: int, concurrency: int, small_disk: Path | None = None
+        self,
+        settings: Settings,
+        root: Path,
+        n: int,
+        concurrency: int,
+        small_disk: Path | None = None,
+        llm_urls: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        self.llm_urls = llm_urls or {}
+        """Each worker's own Messages simulator, so each answered request names its worker."""
         self.root = root
         self.small_disk = small_disk
         """A tmpfs holding the last worker's workspace, for the disk-full fault."""
@@ -51,6 +59,9 @@ class Fleet:
         self.incarnation[name] += 1
         env = settings_env(self.settings, AUTOPACK_LOG_LEVEL="INFO", **self.shims[name].env())
         env["AUTOPACK_WORKSPACE_DIR"] = str(self.workspace(name))
+        env["AUTOPACK_DB_APPLICATION_NAME"] = name  # Postgres names its connections `<name>/<pid>`
+        if name in self.llm_urls:
+            env["AUTOPACK_ANTHROPIC_BASE_URL"] = self.llm_urls[name]
         # The worker-killing run's command kills its own worker, which a box forbids by design (its
         # parent is the box's init): chaos workers run unboxed, explicitly.
         env["AUTOPACK_SANDBOX"] = "none"

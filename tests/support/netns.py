@@ -1,9 +1,11 @@
 """Test "hosts" as Linux network namespaces on this machine, and a TCP forwarder that lets them reach
 the loopback-only Postgres and Redis.
 
-Each host `apf-hN` gets a veth pair: `apf-hN-r` in the root namespace (10.231.N.1/30) and `apf-hN-n`
-inside the namespace (10.231.N.2/30). A process started with `ip netns exec apf-hN …` sees only its own
-loopback and that link, so it reaches Postgres and Redis through the forwarder listening on 10.231.N.1.
+Each host `apfD-hN` gets a veth pair: `apfD-hN-r` in the root namespace (10.S.N.1/30) and `apfD-hN-n`
+inside the namespace (10.S.N.2/30), where D is the test session's Redis database (conftest
+`session_redis`, unique per session on this machine) and S = 200 + D: two suites on one machine never
+share a namespace name or a subnet. A process started with `ip netns exec apfD-hN …` sees only its own
+loopback and that link, so it reaches Postgres and Redis through the forwarder listening on 10.S.N.1.
 The filesystem is shared (same machine), so git repositories are still reached by path.
 """
 
@@ -21,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.settings import Settings
+from tests.conftest import SESSION_DB
 from tests.support.procs import AUTOPACK, Proc, settings_env, spawn
 
-PREFIX = "apf-h"
-SUBNET = "10.231"
+PREFIX = f"apf{SESSION_DB}-h"
+SUBNET = f"10.{200 + SESSION_DB}"
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -102,7 +105,7 @@ def delete_host(host: Host) -> None:
 
 @contextmanager
 def netns_hosts(count: int) -> Iterator[list[Host]]:
-    """`count` namespaces apf-h1 … apf-hN, always deleted afterwards."""
+    """`count` namespaces apfD-h1 … apfD-hN, always deleted afterwards."""
     hosts = [Host(i) for i in range(1, count + 1)]
     try:
         for host in hosts:

@@ -19,6 +19,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class RecordedRequest:
     body: JsonObject
     answered: Scripted
     request_id: str | None
+    at: float = field(default_factory=time.time)
+    """Wall-clock time the request arrived (before any scripted delay)."""
 
 
 def system_text(body: JsonObject) -> str:
@@ -159,20 +162,26 @@ class MessagesSimulator:
         *,
         default: Scripted | None = None,
         api_key: str | None = None,
+        id_prefix: str = "",
     ) -> None:
         """`default` answers once a queue script is used up (else a 400 says so).
 
         `api_key`, when given, must arrive (as `x-api-key` or `authorization: Bearer`), else the answer is
-        a 401 like the real API's.
+        a 401 like the real API's. `id_prefix` goes into every `request-id` it makes up, so the ids of
+        several simulators never collide.
         """
         self._router: Router | None = script if callable(script) else None
         self._queue: deque[Scripted] = deque() if callable(script) else deque(script)
         self._default = default
         self._api_key = api_key
+        self._id_prefix = id_prefix
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
         self.requests: list[RecordedRequest] = []
+        self.sent: dict[str, float] = {}
+        """Wall-clock time each 200 answer was written to its socket, by `request-id` (an answer whose
+        client had gone is not in it)."""
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -226,11 +235,15 @@ class MessagesSimulator:
         return self._default or exhausted("script exhausted")
 
     def new_request_id(self) -> str:
-        return f"req_sim_{next(self._ids):06d}"
+        return f"req_sim_{self._id_prefix}{next(self._ids):06d}"
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def mark_sent(self, request_id: str) -> None:
+        with self._lock:
+            self.sent[request_id] = time.time()
 
     def wait(self, seconds: float) -> None:
         """Sleep for a scripted delay, but wake up when the simulator stops."""
@@ -337,6 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("retry-after", f"{answer.retry_after:g}")
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()
+            if answer.status == 200:
+                self.server.sim.mark_sent(request_id)
         except OSError:
             self.close_connection = True  # the client gave up (its timeout); nothing to answer
 

@@ -22,7 +22,12 @@ T = TypeVar("T")
 
 @contextmanager
 def flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
-    """Hold an exclusive flock on `path`; yields None when `blocking=False` and someone else holds it."""
+    """Hold an exclusive flock on `path`; yields None when `blocking=False` and someone else holds it.
+
+    Released with an explicit LOCK_UN, not just by closing: a process forked while we hold it (the
+    prefork pool respawns a child while the worker's main process holds a mirror's lock for its
+    reconciler) inherits the descriptor, and the lock lives as long as any copy of it is open, so
+    closing ours alone left the mirror locked for good and that child waiting on its own copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("a+")
     try:
@@ -32,7 +37,10 @@ def flock(path: Path, blocking: bool = True) -> Iterator[IO[str] | None]:
         except BlockingIOError:
             yield None
             return
-        yield fh
+        try:
+            yield fh
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
     finally:
         fh.close()
 
