@@ -25,6 +25,8 @@ class Caller:
 
     owner: str | None
     admin: bool
+    key_id: int | None = None
+    """The key's row id, recorded with what the caller decides (approvals)."""
 
     @classmethod
     def anonymous(cls) -> Caller:
@@ -32,7 +34,12 @@ class Caller:
 
     @classmethod
     def of(cls, key: ApiKey) -> Caller:
-        return cls(owner=key.owner, admin=key.admin)
+        return cls(owner=key.owner, admin=key.admin, key_id=key.id)
+
+    @property
+    def who(self) -> str:
+        """How a decision names its maker: `key <id> (<owner>)`, or `anonymous` without auth."""
+        return "anonymous" if self.key_id is None else f"key {self.key_id} ({self.owner})"
 
 
 def hash_key(key: str) -> str:

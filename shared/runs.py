@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
+from shared.approvals.store import cancel_pending
 from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
 from shared.keys import Caller
@@ -190,6 +191,7 @@ def finish_if_done(run: Run) -> bool:
 
 def finish_cancelled(session: Session, run: Run) -> None:
     now = utcnow()
+    cancel_pending(session, run.id)
     move_run(run, RunState.CANCELLED)
     run.finished_at = now
     run.lease_owner = None

@@ -3,10 +3,22 @@ on real Postgres (tests/test_approvals_fleet.py runs paused phases on real worke
 
 from __future__ import annotations
 
-import pytest
+import time
+from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.approvals import store
 from shared.approvals.rules import PathRule, RiskTier, RulePolicy, classify, matches, parse_rule
+from shared.approvals.store import Requested, expire_due
+from shared.db import transaction
+from shared.fleet import fleet_record
+from shared.keys import create_key
+from shared.models import Phase, Run, utcnow
+from shared.outbox import _runs_needing_action
 from shared.settings import Settings
+from shared.states import PhaseState
 
 
 def rule(pattern: str, tier: str, policy: str) -> PathRule:
@@ -72,3 +84,115 @@ def test_settings_spell_rules_as_pattern_tier_policy_and_refuse_a_malformed_one(
             parse_rule(bad)
         with pytest.raises(ValueError):
             Settings(approval_rules=bad, _env_file=None)  # type: ignore[call-arg]
+
+
+# The HTTP API on real Postgres (no worker consumes: phases are paused by hand, as a worker would).
+
+
+def _submit(client: TestClient, repo: Path, headers: dict[str, str] | None = None) -> int:
+    spec = {"repo": str(repo), "phases": [{"name": "p", "scope": ["src/"], "command": "true"}]}
+    response = client.post("/runs", json=spec, headers=headers or {})
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def _pause(db_url: str, run_id: int, expires_in: float = 3600, action: str = "reject") -> int:
+    """What `workers.record.pause` leaves: the phase AWAITING_APPROVAL, a pending approval, no lease."""
+    verdict = classify(["infra/main.tf"], [rule("infra/**", "high", "ask")])
+    assert verdict is not None
+    req = Requested(1, verdict, "diff --git a/infra/main.tf b/infra/main.tf\n", "a" * 40, "refs/x", {}, "w")
+    with transaction(db_url) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        phase = run.phases[0]
+        phase.state = PhaseState.AWAITING_APPROVAL
+        phase.dispatched_at = utcnow()
+        return store.request(session, run, phase, req, timeout_seconds=expires_in, timeout_action=action).id
+
+
+def _phase(db_url: str, run_id: int) -> Phase:
+    with transaction(db_url) as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        session.expunge(run.phases[0])
+        return run.phases[0]
+
+
+def test_an_approval_is_read_approved_once_and_its_phase_goes_back_to_the_queue(
+    client: TestClient, fleet_settings: Settings, sample_repo: Path
+) -> None:
+    db = fleet_settings.database_url
+    run_id = _submit(client, sample_repo)
+    approval_id = _pause(db, run_id)
+    pending = client.get("/approvals", params={"state": "pending"}).json()["items"]
+    assert [a["id"] for a in pending] == [approval_id]
+    detail = client.get(f"/approvals/{approval_id}").json()
+    assert detail["paths"] == [
+        {"path": "infra/main.tf", "pattern": "infra/**", "tier": "high", "policy": "ask"}
+    ]
+    assert detail["diff"].startswith("diff --git") and detail["run_id"] == run_id
+    assert detail["phase_index"] == 0 and detail["expires_at"] > detail["requested_at"]
+    assert client.post(f"/approvals/{approval_id}/approve", json={"reason": "ok"}).status_code == 200
+    again = client.post(f"/approvals/{approval_id}/reject", json={"reason": "too late"})
+    assert again.status_code == 409 and "already approved" in again.json()["detail"]
+    decided = client.get(f"/approvals/{approval_id}").json()
+    assert decided["state"] == "approved" and decided["decided_by"].startswith("key ")
+    assert decided["reason"] == "ok" and decided["decided_at"] is not None
+    phase = _phase(db, run_id)
+    assert phase.state == PhaseState.QUEUED and phase.dispatched_at is not None  # enqueued after commit
+    assert client.get("/approvals", params={"state": "pending"}).json()["items"] == []
+
+
+def test_another_owners_approval_is_404_and_bad_requests_are_422(
+    client: TestClient, fleet_settings: Settings, sample_repo: Path
+) -> None:
+    db = fleet_settings.database_url
+    with transaction(db) as session:
+        _, bob = create_key(session, "bob")
+    approval_id = _pause(db, _submit(client, sample_repo))  # the admin's run ("tests")
+    as_bob = {"X-API-Key": bob}
+    assert client.get(f"/approvals/{approval_id}", headers=as_bob).status_code == 404
+    assert client.post(f"/approvals/{approval_id}/approve", headers=as_bob).status_code == 404
+    assert client.get("/approvals", headers=as_bob).json()["items"] == []
+    bobs = _pause(db, _submit(client, sample_repo, as_bob))
+    assert [a["id"] for a in client.get("/approvals", headers=as_bob).json()["items"]] == [bobs]
+    assert client.get(f"/approvals/{bobs}").status_code == 200  # the admin sees every owner's
+    assert client.get("/approvals/999999").status_code == 404
+    assert client.get("/approvals/0").status_code == 422
+    assert client.get("/approvals", params={"state": "maybe"}).status_code == 422
+    assert client.post(f"/approvals/{approval_id}/reject", json={}).status_code == 422
+    assert client.post(f"/approvals/{approval_id}/reject", json={"reason": ""}).status_code == 422
+    assert client.get(f"/approvals/{approval_id}").json()["state"] == "pending"
+
+
+def test_a_paused_run_is_not_stuck_and_the_timeout_applies_its_default_action(
+    client: TestClient, fleet_settings: Settings, sample_repo: Path
+) -> None:
+    db = fleet_settings.database_url
+    run_id = _submit(client, sample_repo)
+    approval_id = _pause(db, run_id, expires_in=0.01)
+    assert all(r != run_id for r, _ in _runs_needing_action(db, redispatch_after=0))
+    with transaction(db) as session:
+        record = fleet_record(session, redispatch_after=0)
+    assert [r.run_id for r in record.stuck] == []
+    assert [r.reason for r in record.waiting if r.run_id == run_id] == [
+        "AWAITING_APPROVAL: paused until a person decides"
+    ]
+    time.sleep(0.05)
+    phase = _phase(db, run_id)
+    assert expire_due(db) == [(run_id, phase.id)]
+    assert expire_due(db) == []  # applied once
+    timed_out = client.get(f"/approvals/{approval_id}").json()
+    assert (timed_out["state"], timed_out["decided_by"]) == ("rejected", "timeout")
+    assert "default action (reject)" in timed_out["reason"]
+    assert _phase(db, run_id).state == PhaseState.QUEUED
+
+
+def test_cancelling_a_paused_run_cancels_its_approval(
+    client: TestClient, fleet_settings: Settings, sample_repo: Path
+) -> None:
+    run_id = _submit(client, sample_repo)
+    approval_id = _pause(fleet_settings.database_url, run_id)
+    assert client.post(f"/runs/{run_id}/cancel").json()["state"] == "CANCELLED"
+    assert client.get(f"/approvals/{approval_id}").json()["state"] == "cancelled"
+    assert client.post(f"/approvals/{approval_id}/approve").status_code == 409
