@@ -3,6 +3,7 @@ on real Postgres (tests/test_approvals_fleet.py runs paused phases on real worke
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from shared.models import Phase, Run, utcnow
 from shared.outbox import _runs_needing_action
 from shared.settings import Settings
 from shared.states import PhaseState
+from tests.test_dashboard import log_in
 
 
 def rule(pattern: str, tier: str, policy: str) -> PathRule:
@@ -196,3 +198,28 @@ def test_cancelling_a_paused_run_cancels_its_approval(
     assert client.post(f"/runs/{run_id}/cancel").json()["state"] == "CANCELLED"
     assert client.get(f"/approvals/{approval_id}").json()["state"] == "cancelled"
     assert client.post(f"/approvals/{approval_id}/approve").status_code == 409
+
+
+def test_the_dashboard_lists_pending_approvals_with_their_diff_and_decides_with_its_csrf_token(
+    client: TestClient, fleet_settings: Settings, sample_repo: Path, api_key: str
+) -> None:
+    db = fleet_settings.database_url
+    kept, rejected = (_pause(db, _submit(client, sample_repo)) for _ in range(2))
+    ui = TestClient(client.app, follow_redirects=False)
+    log_in(ui, api_key)
+    listing = ui.get("/ui/approvals")
+    assert f'id="approval-{kept}"' in listing.text and "infra/main.tf" in listing.text
+    assert 'class="meta">diff --git a/infra/main.tf' in listing.text and ">high<" in listing.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', listing.text)
+    assert token is not None
+    assert ui.post(f"/ui/approvals/{kept}/approve", data={"csrf_token": "forged"}).status_code == 403
+    done = ui.post(f"/ui/approvals/{kept}/approve", data={"csrf_token": token.group(1)})
+    assert done.status_code == 303 and done.headers["location"] == f"/ui/approvals/{kept}"
+    assert "approved by key" in ui.get(f"/ui/approvals/{kept}").text
+    no_reason = ui.post(f"/ui/approvals/{rejected}/reject", data={"csrf_token": token.group(1)})
+    assert no_reason.status_code == 422
+    why = {"csrf_token": token.group(1), "reason": "not this region"}
+    assert ui.post(f"/ui/approvals/{rejected}/reject", data=why).status_code == 303
+    assert ui.post(f"/ui/approvals/{rejected}/reject", data=why).status_code == 409
+    assert client.get(f"/approvals/{rejected}").json()["reason"] == "not this region"
+    assert 'id="no-approvals"' in ui.get("/ui/approvals").text
