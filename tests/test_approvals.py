@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from shared.approvals import store
+from api.client import ApiClient
+from api.serve import api_in_thread, free_port
+from shared.approvals import store, webhook
 from shared.approvals.rules import PathRule, RiskTier, RulePolicy, classify, matches, parse_rule
 from shared.approvals.store import Requested, expire_due
 from shared.db import transaction
 from shared.fleet import fleet_record
 from shared.keys import create_key
-from shared.models import Phase, Run, utcnow
+from shared.models import Phase, Run, WebhookDelivery, utcnow
 from shared.outbox import _runs_needing_action
 from shared.settings import Settings
 from shared.states import PhaseState
+from tests.support.scenario import wait_terminal
 from tests.test_dashboard import log_in
+from workers.embedded import embedded_fleet
 
 
 def rule(pattern: str, tier: str, policy: str) -> PathRule:
@@ -223,3 +230,90 @@ def test_the_dashboard_lists_pending_approvals_with_their_diff_and_decides_with_
     assert ui.post(f"/ui/approvals/{rejected}/reject", data=why).status_code == 409
     assert client.get(f"/approvals/{rejected}").json()["reason"] == "not this region"
     assert 'id="no-approvals"' in ui.get("/ui/approvals").text
+
+
+# The embedded mode (SQLite, in-process broker and workers): the whole loop without any service.
+
+
+@pytest.fixture
+def embedded(embedded_settings: Settings) -> Iterator[ApiClient]:
+    with embedded_fleet(embedded_settings, 2) as celery, api_in_thread(embedded_settings, celery) as url:
+        yield ApiClient(url, None)
+
+
+def _governed(repo: Path, rules: list[dict[str, str]], *commands: str, attempts: int = 1) -> dict[str, Any]:
+    phases = [
+        {"name": f"p{i}", "scope": ["src/"], "command": c, "validation": ["test -f src/calc.py"]}
+        for i, c in enumerate(commands)
+    ]
+    config = {"builder": "script", "max_attempts": attempts, "approval_rules": rules}
+    return {"repo": str(repo), "config": config, "phases": phases}
+
+
+def test_embedded_low_auto_is_recorded_ask_pauses_until_approved_and_deny_fails_the_attempt(
+    embedded: ApiClient, sample_repo: Path
+) -> None:
+    rules = [
+        {"pattern": "src/notes/", "tier": "low", "policy": "auto"},
+        {"pattern": "src/infra_*.py", "tier": "critical", "policy": "ask"},
+        {"pattern": "src/secret*", "tier": "critical", "policy": "deny"},
+    ]
+    body = _governed(
+        sample_repo, rules, "mkdir -p src/notes && echo n > src/notes/a.md", "echo 'X = 1' > src/infra_net.py"
+    )
+    run_id = embedded.submit(body)["id"]
+    deadline = time.monotonic() + 30
+    while not (waiting := embedded._call("GET", "/approvals", params={"state": "pending"})["items"]):
+        assert time.monotonic() < deadline, embedded.run(run_id)
+        time.sleep(0.05)
+    assert embedded.run(run_id)["phases"][1]["state"] == "AWAITING_APPROVAL"
+    auto = embedded._call("GET", "/approvals", params={"state": "auto_approved"})["items"]
+    assert [(a["phase_index"], a["decided_by"], a["paths"][0]["path"]) for a in auto] == [
+        (0, "auto", "src/notes/a.md")
+    ]
+    embedded._call("POST", f"/approvals/{waiting[0]['id']}/approve")
+    run = wait_terminal(embedded, [run_id], timeout=30)[0]
+    assert run["state"] == "DONE_SUCCESS", run
+    kept = embedded._call("GET", f"/approvals/{waiting[0]['id']}")["commit_sha"]
+    assert run["phases"][1]["commit_sha"] == kept == run["head_sha"]
+    denied = wait_terminal(
+        embedded, [embedded.submit(_governed(sample_repo, rules, "echo k > src/secret.txt"))["id"]], 30
+    )
+    attempt = denied[0]["phases"][0]["attempt_log"][0]
+    assert attempt["outcome"] == "SCOPE_VIOLATION" and "denied by approval rules" in attempt["failure_reason"]
+
+
+def test_a_webhook_that_keeps_failing_is_given_up_after_its_tries_and_logs_no_secret(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        database_url=pg,
+        approval_webhook_url=f"http://127.0.0.1:{free_port()}/hook?token=url-token",
+        approval_webhook_secret="never-logged",
+        approval_webhook_attempts=2,
+        approval_webhook_backoff_seconds=0.01,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    with transaction(pg) as session:
+        run = Run(repo="r", base_ref="main", base_sha="a", head_sha="a", spec={}, spec_hash="h", config={})
+        run.phases = [Phase(index=0, name="p", spec={}, state=PhaseState.AWAITING_APPROVAL)]
+        session.add(run)
+        session.flush()
+        verdict = classify(["infra/x"], [rule("infra/", "high", "ask")])
+        assert verdict is not None
+        req = Requested(1, verdict, None, None, None, {}, "w")
+        approval = store.request(
+            session, run, run.phases[0], req, timeout_seconds=60, timeout_action="reject"
+        )
+        webhook.enqueue(session, approval, run.phases[0], settings)
+        webhook.enqueue(session, approval, run.phases[0], settings)  # once per approval
+    assert webhook.deliver_due(settings) == 0
+    time.sleep(0.05)
+    assert webhook.deliver_due(settings) == 0
+    assert webhook.deliver_due(settings) == 0  # given up: not due any more
+    with transaction(pg) as session:
+        (row,) = session.scalars(select(WebhookDelivery)).all()
+        assert (row.tries, row.delivered_at, row.last_error) == (2, None, "ConnectError")
+        assert row.gave_up_at is not None
+    assert "gave up after 2 tries" in caplog.text
+    assert "never-logged" not in caplog.text and "url-token" not in caplog.text
