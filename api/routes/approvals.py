@@ -36,7 +36,7 @@ def read_approval(approval_id: ApprovalId, session: SessionDep, caller: CallerDe
     return ApprovalDetail.of(*store.get_approval(session, approval_id, caller))
 
 
-@router.post("/{approval_id}/approve", responses=errors(404, 409))
+@router.post("/{approval_id}/approve", responses=errors(400, 404, 409, 413))
 def approve(
     approval_id: ApprovalId,
     session: SessionDep,
@@ -52,7 +52,7 @@ def approve(
     return _decided(session, settings, dispatcher, later, approval_id, caller)
 
 
-@router.post("/{approval_id}/reject", responses=errors(404, 409))
+@router.post("/{approval_id}/reject", responses=errors(400, 404, 409, 413))
 def reject(
     approval_id: ApprovalId,
     body: RejectIn,
