@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     """Per-host directory for cached bare mirrors and the pooled worktrees. Local disk, never shared."""
 
     api_url: str = "http://127.0.0.1:8000"
-    """Where the CLI finds the API."""
+    """Where the CLI finds the API; also the base of the links an approval webhook sends."""
 
     api_key: SecretStr | None = None
     """Key the CLI sends as `X-API-Key`. Never logged."""
