@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from shared.approvals.rules import Verdict
 from shared.db import transaction
 from shared.errors import Conflict, NotFound
-from shared.keys import Caller
+from shared.keys import Caller, owned_by
 from shared.models import Approval, Phase, Run, utcnow
 from shared.states import ApprovalState, PhaseState, check_phase_move
 
@@ -110,10 +110,8 @@ def request(
 
 
 def visible_to(query: Q, caller: Caller | None) -> Q:
-    """Only the caller's own runs' approvals, unless it is an admin (or internal code)."""
-    if caller is None or caller.admin:
-        return query
-    return query.where(Approval.owner == caller.owner)
+    """Only the approvals of the caller's own runs, unless it is an admin (or internal code)."""
+    return owned_by(query, caller, Approval.owner)
 
 
 def get_approval(session: Session, approval_id: int, caller: Caller | None) -> tuple[Approval, Phase]:
