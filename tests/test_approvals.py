@@ -119,6 +119,11 @@ def _pause(db_url: str, run_id: int, expires_in: float = 3600, action: str = "re
         return store.request(session, run, phase, req, timeout_seconds=expires_in, timeout_action=action).id
 
 
+def _run_of(db_url: str, approval_id: int) -> int:
+    with transaction(db_url) as session:
+        return store.get_approval(session, approval_id, None)[0].run_id
+
+
 def _phase(db_url: str, run_id: int) -> Phase:
     with transaction(db_url) as session:
         run = session.get(Run, run_id)
@@ -214,6 +219,7 @@ def test_the_dashboard_lists_pending_approvals_with_their_diff_and_decides_with_
     kept, rejected = (_pause(db, _submit(client, sample_repo)) for _ in range(2))
     ui = TestClient(client.app, follow_redirects=False)
     log_in(ui, api_key)
+    assert 'id="awaiting-0"' in ui.get(f"/ui/runs/{_run_of(db, kept)}").text
     listing = ui.get("/ui/approvals")
     assert f'id="approval-{kept}"' in listing.text and "infra/main.tf" in listing.text
     assert 'class="meta">diff --git a/infra/main.tf' in listing.text and ">high<" in listing.text
