@@ -13,8 +13,9 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -113,28 +114,48 @@ def test_paused_phases_free_their_worker_and_resume_reject_or_time_out_as_decide
     fleet_settings: Settings, sample_repo: Path, tmp_path: Path
 ) -> None:
     answers = [Scripted(text=f"<<<FILE infra/e.tf\nv{i}\nFILE>>>\n") for i in (1, 2)]
-    with MessagesSimulator(answers) as sim, webhook() as hook:
+    with MessagesSimulator(answers) as sim, webhook() as hook, ExitStack() as stack:
         settings = settings_for(fleet_settings, sim, hook)
         with transaction(settings.database_url) as session:
             _, key = create_key(session, "approvals", admin=True)
-        with api_process(settings, free_port(), tmp_path) as url:
-            client = ApiClient(url, key)
-            with worker_process(settings, "w1", tmp_path, concurrency=1, workspace=tmp_path / "host1") as w1:
-                a, e, d = _first_host(client, sample_repo, sim)
-                with worker_process(settings, "w2", tmp_path, concurrency=1, workspace=tmp_path / "host2"):
-                    w1.stop()
-                    _second_host(client, url, key, a, e)
-            runs = {r["id"]: r for r in wait_terminal(client, [a["run_id"], e["run_id"], d], timeout=60)}
+        host = {
+            n: worker_process(settings, n, tmp_path, concurrency=1, workspace=tmp_path / n)
+            for n in ("w1", "w2")
+        }
+        url, w1 = start(stack, api_process(settings, free_port(), tmp_path), host["w1"])
+        client = ApiClient(url, key)
+        a, d, e_id = _one_slot(client, sample_repo)
+        # (a) is shown: the second host may start now, while the first goes on with run E.
+        (e,) = start(stack, host["w2"], during=lambda: _rejected_then_asked_again(client, sim, a, e_id))
+        w1.stop()
+        _second_host(client, url, key, a, e)
+        runs = {r["id"]: r for r in wait_terminal(client, [a["run_id"], e["run_id"], d], timeout=60)}
     _check_resumed_elsewhere(settings, runs[a["run_id"]], a)
     _check_timed_out(runs[d])
     _check_webhook(settings, hook)
 
 
-def _first_host(
-    client: ApiClient, repo: Path, sim: MessagesSimulator
-) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """On the only worker (one slot): A pauses; B then runs to the end while A waits; D times out;
-    E's first change is rejected and its second attempt's prompt carries the reviewer's reason."""
+def start(
+    stack: ExitStack, *managers: AbstractContextManager[Any], during: Callable[[], Any] | None = None
+) -> list[Any]:
+    """Enter the managers at once (each waits seconds for its process), `during` meanwhile; what
+    started is left on `stack` to stop, even when something failed. Returns their values (and
+    `during`'s instead, when given)."""
+    with ThreadPoolExecutor(len(managers)) as pool:
+        futures = [pool.submit(m.__enter__) for m in managers]
+        try:
+            done = during() if during is not None else None
+        finally:
+            for manager, future in zip(managers, futures, strict=True):
+                if future.exception() is None:
+                    stack.push(manager)
+    values = [f.result() for f in futures]
+    return [done] if during is not None else values
+
+
+def _one_slot(client: ApiClient, repo: Path) -> tuple[dict[str, Any], int, int]:
+    """On the only worker (one slot): A pauses; B then runs to the end while A waits. D (to time out)
+    and E (to be rejected) are queued behind B."""
     a = pending(client, client.submit(script_run(repo, "infra", WRITE_INFRA, approval_rules=ASK))["id"])
     assert (a["paths"], a["phase_index"], a["attempt"]) == (
         [{"path": "infra/main.tf", "pattern": "infra/**", "tier": "high", "policy": "ask"}],
@@ -150,6 +171,13 @@ def _first_host(
     e_id = client.submit(spec)["id"]
     assert wait_terminal(client, [b], timeout=30)[0]["state"] == "DONE_SUCCESS"
     assert client.run(a["run_id"])["phases"][0]["state"] == "AWAITING_APPROVAL"  # (a): B ran meanwhile
+    return a, d, e_id
+
+
+def _rejected_then_asked_again(
+    client: ApiClient, sim: MessagesSimulator, a: dict[str, Any], e_id: int
+) -> dict[str, Any]:
+    """E's first change is rejected; its second attempt's prompt carries the reviewer's reason."""
     first = pending(client, e_id)
     rejected = client._call("POST", f"/approvals/{first['id']}/reject", json={"reason": NO})
     assert rejected["state"] == "rejected"
@@ -158,7 +186,7 @@ def _first_host(
     assert NO in json.dumps(sim.bodies[1]) and NO not in json.dumps(sim.bodies[0])
     fleet = client.fleet()
     assert not [r for r in fleet["stuck"] if r["run_id"] in (a["run_id"], e_id)], fleet["stuck"]
-    return a, second, d
+    return second
 
 
 def _second_host(client: ApiClient, url: str, key: str, a: dict[str, Any], e: dict[str, Any]) -> None:
