@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from api import approvals_cli, cli
 from api.client import ApiClient
 from api.serve import api_in_thread, free_port
 from shared.approvals import store, webhook
@@ -242,8 +244,11 @@ def test_the_dashboard_lists_pending_approvals_with_their_diff_and_decides_with_
 
 
 @pytest.fixture
-def embedded(embedded_settings: Settings) -> Iterator[ApiClient]:
+def embedded(embedded_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiClient]:
+    """The embedded fleet behind a real HTTP API, and `autopack approvals` pointed at it."""
     with embedded_fleet(embedded_settings, 2) as celery, api_in_thread(embedded_settings, celery) as url:
+        cli_settings = embedded_settings.model_copy(update={"api_url": url})
+        monkeypatch.setattr(approvals_cli, "get_settings", lambda: cli_settings)
         yield ApiClient(url, None)
 
 
@@ -277,7 +282,14 @@ def test_embedded_low_auto_is_recorded_ask_pauses_until_approved_and_deny_fails_
     assert [(a["phase_index"], a["decided_by"], a["paths"][0]["path"]) for a in auto] == [
         (0, "auto", "src/notes/a.md")
     ]
-    embedded._call("POST", f"/approvals/{waiting[0]['id']}/approve")
+    approval_id = waiting[0]["id"]
+    listed = CliRunner().invoke(cli.cli, ["approvals"])
+    assert f"#{approval_id} run {run_id} phase 1 attempt 1: src/infra_net.py (critical)" in listed.output
+    shown = CliRunner().invoke(cli.cli, ["approvals", "show", str(approval_id)]).output
+    assert "src/infra_net.py: critical, ask (src/infra_*.py)" in shown and "+X = 1" in shown
+    assert CliRunner().invoke(cli.cli, ["approvals", "reject", str(approval_id)]).exit_code == 2  # no reason
+    done = CliRunner().invoke(cli.cli, ["approvals", "approve", str(approval_id), "--reason", "fine"])
+    assert done.exit_code == 0 and f"approval {approval_id}: approved by anonymous" in done.output
     run = wait_terminal(embedded, [run_id], timeout=30)[0]
     assert run["state"] == "DONE_SUCCESS", run
     kept = embedded._call("GET", f"/approvals/{waiting[0]['id']}")["commit_sha"]
