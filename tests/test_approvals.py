@@ -108,7 +108,8 @@ def _submit(client: TestClient, repo: Path, headers: dict[str, str] | None = Non
 
 
 def _pause(db_url: str, run_id: int, expires_in: float = 3600, action: str = "reject") -> int:
-    """What `workers.record.pause` leaves: the phase AWAITING_APPROVAL, a pending approval, no lease."""
+    """What `workers.record.pause` leaves: the phase AWAITING_APPROVAL, a pending approval, no lease.
+    Twice, as a redelivered task would: the second request finds the first."""
     verdict = classify(["infra/main.tf"], [rule("infra/**", "high", "ask")])
     assert verdict is not None
     req = Requested(1, verdict, "diff --git a/infra/main.tf b/infra/main.tf\n", "a" * 40, "refs/x", {}, "w")
@@ -118,7 +119,12 @@ def _pause(db_url: str, run_id: int, expires_in: float = 3600, action: str = "re
         phase = run.phases[0]
         phase.state = PhaseState.AWAITING_APPROVAL
         phase.dispatched_at = utcnow()
-        return store.request(session, run, phase, req, timeout_seconds=expires_in, timeout_action=action).id
+        ids = {
+            store.request(session, run, phase, req, timeout_seconds=expires_in, timeout_action=action).id
+            for _ in range(2)
+        }
+    (approval_id,) = ids
+    return approval_id
 
 
 def _run_of(db_url: str, approval_id: int) -> int:
@@ -202,6 +208,12 @@ def test_a_paused_run_is_not_stuck_and_the_timeout_applies_its_default_action(
     assert (timed_out["state"], timed_out["decided_by"]) == ("rejected", "timeout")
     assert "default action (reject)" in timed_out["reason"]
     assert _phase(db, run_id).state == PhaseState.QUEUED
+    lenient = _submit(client, sample_repo)  # a run whose config says approve on timeout
+    lenient_approval = _pause(db, lenient, expires_in=0.01, action="approve")
+    time.sleep(0.05)
+    assert [run for run, _ in expire_due(db)] == [lenient]
+    approved = client.get(f"/approvals/{lenient_approval}").json()
+    assert (approved["state"], approved["decided_by"]) == ("approved", "timeout")
 
 
 def test_cancelling_a_paused_run_cancels_its_approval(
