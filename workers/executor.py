@@ -318,7 +318,7 @@ def _pause(ctx: WorkerContext, lease: Lease, job: PhaseJob, req: Requested) -> s
     """The change waits for a person: the lease and this worker's slot are free once this returns."""
     approval_id = record.pause(lease, job, req, ctx.settings)
     try:  # after the commit, as the outbox requires; the reconciler retries what fails here
-        deliver_due(ctx.settings)
+        deliver_due(ctx.settings, approval_id)
     except Exception as exc:
         log.warning("approval %s: webhook delivery failed: %s", approval_id, exc)
     return f"awaiting approval {approval_id}"

@@ -26,6 +26,12 @@ success, the branch note, release, the next phase's claim). Why each merge keeps
    for the worker that receives it, as before. A crash before 3 commits leaves the claim pending and
    the lease to expire: the reconciler re-dispatches, as it did after a crash between 2 and 3.
 
+A phase whose change needs a person's approval ends its delivery with `pause`: fence + the approval
+(and its webhook outbox row) + the phase's move to AWAITING_APPROVAL + the lease release, in one
+transaction, so no holder can pause a phase it lost, and a paused phase never keeps a lease. The
+decision that re-queues it is the API's (shared/approvals/store.py); `_start` then hands the decision
+to the next holder in `PhaseJob.decision`.
+
 Cancel checks cost no query: the fencing UPDATE returns `cancel_requested` (`Lease.cancel_seen`), and
 `start` refuses a cancelled run; see workers/lease.py.
 """

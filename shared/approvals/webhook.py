@@ -78,22 +78,22 @@ def enqueue(session: Session, approval: Approval, phase: Phase, settings: Settin
         )
 
 
-def deliver_due(settings: Settings) -> int:
-    """Send every due delivery once; returns how many were delivered. Never raises for a send."""
+def deliver_due(settings: Settings, approval_id: int | None = None) -> int:
+    """Send every due delivery once (only `approval_id`'s, when given: a pausing worker sends its own
+    and leaves a slow receiver's backlog to the reconciler); returns how many were delivered. Never
+    raises for a send."""
     if not settings.approval_webhook_url:
         return 0
     now = utcnow()
+    query = select(WebhookDelivery.id).where(
+        WebhookDelivery.delivered_at.is_(None),
+        WebhookDelivery.gave_up_at.is_(None),
+        WebhookDelivery.next_try_at <= now,
+    )
+    if approval_id is not None:
+        query = query.where(WebhookDelivery.approval_id == approval_id)
     with transaction(settings.database_url) as session:
-        due = session.scalars(
-            select(WebhookDelivery.id)
-            .where(
-                WebhookDelivery.delivered_at.is_(None),
-                WebhookDelivery.gave_up_at.is_(None),
-                WebhookDelivery.next_try_at <= now,
-            )
-            .order_by(WebhookDelivery.next_try_at)
-            .limit(BATCH)
-        ).all()
+        due = session.scalars(query.order_by(WebhookDelivery.next_try_at).limit(BATCH)).all()
     return sum(_deliver(settings, delivery_id) for delivery_id in due)
 
 
