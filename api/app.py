@@ -9,10 +9,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import ui
 from api.limits import BodyLimit
-from api.routes import campaigns, fleet, health, metrics, patterns, plans, runs
+from api.routes import approvals, campaigns, fleet, health, metrics, patterns, plans, runs
 from api.version import VERSION
 from shared.db import require_migrated
-from shared.errors import InvalidSpec, NotFound, ServiceUnavailable
+from shared.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable
 from shared.settings import Settings
 from workers.celery_app import CeleryDispatcher
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.include_router(plans.router)
     app.include_router(fleet.router)
     app.include_router(patterns.router)
+    app.include_router(approvals.router)
     app.include_router(fleet.metrics_router(settings, celery))
     ui.install(app, settings, celery)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -47,6 +48,10 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from api import run_cli
+from api.approvals_cli import approvals
 from api.campaign_cli import campaign
 from api.client import ApiClient, ClientError
 from api.patterns_cli import patterns
@@ -248,6 +249,7 @@ def _describe_fleet(view: dict[str, Any]) -> str:
 cli.add_command(campaign)
 cli.add_command(plan)
 cli.add_command(patterns)
+cli.add_command(approvals)
 for command in run_cli.COMMANDS:
     cli.add_command(command)
 

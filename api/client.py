@@ -99,6 +99,21 @@ class ApiClient:
         out: str = self._call("GET", f"/campaigns/{campaign_id}/report", params={"format": fmt}, raw=True)
         return out
 
+    def approvals(self, state: str | None = "pending", limit: int = 50) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"state": state} if state else {})}
+        out: dict[str, Any] = self._call("GET", "/approvals", params=params)
+        return out
+
+    def approval(self, approval_id: int) -> dict[str, Any]:
+        out: dict[str, Any] = self._call("GET", f"/approvals/{approval_id}")
+        return out
+
+    def decide(self, approval_id: int, verdict: str, reason: str | None = None) -> dict[str, Any]:
+        """`verdict`: "approve" or "reject" (a rejection needs a reason)."""
+        body = {"reason": reason} if reason is not None else {}
+        out: dict[str, Any] = self._call("POST", f"/approvals/{approval_id}/{verdict}", json=body)
+        return out
+
     def fleet(self) -> dict[str, Any]:
         out: dict[str, Any] = self._call("GET", "/fleet")
         return out

@@ -21,6 +21,7 @@ STYLE = {
     "COMPLETE": "green",
     "RUNNING": "yellow",
     "EXECUTING": "yellow",
+    "AWAITING_APPROVAL": "bold yellow",
     "QUEUED": "dim",
     "DONE_FAILED": "bold red",
     "FAILED": "red",

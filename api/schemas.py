@@ -28,6 +28,7 @@ ERRORS: dict[int, str] = {
     401: "missing or invalid X-API-Key",
     403: "the route needs an admin key",
     404: "no such run, phase or campaign, or another owner's",
+    409: "the request lost a race or no longer applies (an approval already decided)",
     413: "request body over AUTOPACK_MAX_BODY_BYTES",
 }
 

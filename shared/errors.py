@@ -24,6 +24,10 @@ class NotFound(AutopackError):
     """A run, phase or key that does not exist."""
 
 
+class Conflict(AutopackError):
+    """The request lost a race or no longer applies (an approval already decided): HTTP 409."""
+
+
 class InvalidTransition(AutopackError):
     """A state change the state machine does not allow."""
 

@@ -132,8 +132,8 @@ def fleet_record(session: Session, *, redispatch_after: float, now: datetime | N
     A run is *stuck* when its next phase is QUEUED with no pending message (never dispatched, or dispatched
     longer than `redispatch_after` seconds ago) and nobody holds its lease, or EXECUTING under an expired
     lease, or when all its phases ended but the run did not. It is *waiting* when its next phase is QUEUED
-    and was dispatched recently (or its lease holder is about to dispatch it). Campaign children held
-    for room under `max_parallel_runs` are neither: nothing is owed to them yet.
+    and was dispatched recently (or its lease holder is about to dispatch it), or AWAITING_APPROVAL.
+    Campaign children held for room under `max_parallel_runs` are neither: nothing is owed to them yet.
     """
     now = now or utcnow()
     stale_before = now - timedelta(seconds=redispatch_after)
@@ -161,6 +161,9 @@ def fleet_record(session: Session, *, redispatch_after: float, now: datetime | N
                 stuck.append(
                     _line(run, phase, now, f"EXECUTING under an expired lease (last held by {owner})")
                 )
+            continue
+        if state is PhaseState.AWAITING_APPROVAL:  # paused for a person: neither stuck nor owed a worker
+            waiting.append(_line(run, phase, now, "AWAITING_APPROVAL: paused until a person decides"))
             continue
         recent = phase.dispatched_at is not None and phase.dispatched_at >= stale_before
         if recent:

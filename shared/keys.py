@@ -9,14 +9,16 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.errors import NotFound
 from shared.models import ApiKey, utcnow
 
 PREFIX = "apk_"
+Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Caller:
 
     owner: str | None
     admin: bool
+    key_id: int | None = None
+    """The key's row id, recorded with what the caller decides (approvals)."""
 
     @classmethod
     def anonymous(cls) -> Caller:
@@ -32,7 +36,20 @@ class Caller:
 
     @classmethod
     def of(cls, key: ApiKey) -> Caller:
-        return cls(owner=key.owner, admin=key.admin)
+        return cls(owner=key.owner, admin=key.admin, key_id=key.id)
+
+    @property
+    def who(self) -> str:
+        """How a decision names its maker: `key <id> (<owner>)`, or `anonymous` without auth."""
+        return "anonymous" if self.key_id is None else f"key {self.key_id} ({self.owner})"
+
+
+def owned_by(query: Q, caller: Caller | None, owner: InstrumentedAttribute[str | None]) -> Q:
+    """Only rows whose `owner` column is the caller's, unless it is an admin (or internal code,
+    `caller` None): how runs, and the approvals of their changes, are kept to their owner."""
+    if caller is None or caller.admin:
+        return query
+    return query.where(owner == caller.owner)
 
 
 def hash_key(key: str) -> str:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from shared.states import (
+    ApprovalState,
     AttemptOutcome,
     CampaignState,
     FailureKind,
@@ -394,6 +395,62 @@ class FailureRule(Base):
     retired_at: Mapped[datetime | None]
 
 
+class Approval(Base):
+    """A governed change waiting for (or given) a person's decision: one per (phase, attempt number).
+
+    The change itself is a commit on a fenced ref (`ref`) in the origin, so any worker can resume it."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("phase_id", "attempt_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase_id: Mapped[int] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))
+    attempt_number: Mapped[int]
+    owner: Mapped[str | None] = mapped_column(String(100), index=True)
+    """The run's owner: only that owner's keys (and admins) see and decide it."""
+    state: Mapped[ApprovalState] = mapped_column(String(20), index=True)
+    paths: Mapped[list[Any]] = mapped_column(default=list)
+    """Every ruled path: `[{"path", "pattern", "tier", "policy"}]`."""
+    patch: Mapped[str | None] = mapped_column(Text)
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(300))
+    attempt: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The paused attempt's builder output, prompt summary, model and start: recorded when it ends."""
+    requested_by: Mapped[str | None] = mapped_column(String(200))
+    """The lease owner (worker) that paused the phase."""
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    timeout_action: Mapped[str] = mapped_column(String(10), default="reject")
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    """`key <id> (<owner>)`, `timeout` or `auto`."""
+    decided_key_id: Mapped[int | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookDelivery(Base):
+    """The outbox of approval notifications: written with the approval, sent after commit, retried with
+    exponential backoff until delivered or `approval_webhook_attempts` tries were made."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("approval_id", "event"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    approval_id: Mapped[int] = mapped_column(ForeignKey("approvals.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(40))
+    body: Mapped[str] = mapped_column(Text)
+    """The exact bytes sent (UTF-8 JSON), fixed at creation so every retry signs the same body."""
+    tries: Mapped[int] = mapped_column(default=0)
+    next_try_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """Also a claim: a sender pushes it forward before sending, so two senders never both send."""
+    delivered_at: Mapped[datetime | None]
+    gave_up_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_phases_dispatch", Phase.state, Phase.dispatched_at)
 Index("ix_runs_campaign_held", Run.campaign_id, Run.held)
 # The dashboard's reads (see migration 0006 for the measurements).
@@ -408,3 +465,8 @@ _UNPRUNED = text("branch_pruned_at IS NULL")
 _LAGGING = text("head_sha <> base_sha AND (branch_sha IS NULL OR branch_sha <> head_sha)")
 Index("ix_runs_unpruned_finished", Run.finished_at, postgresql_where=_UNPRUNED, sqlite_where=_UNPRUNED)
 Index("ix_runs_branch_lagging", Run.id, postgresql_where=_LAGGING, sqlite_where=_LAGGING)
+# Undelivered webhooks only (migration 0010): the sender's scan never reads delivered history.
+_UNSENT = text("delivered_at IS NULL AND gave_up_at IS NULL")
+Index(
+    "ix_webhook_deliveries_due", WebhookDelivery.next_try_at, postgresql_where=_UNSENT, sqlite_where=_UNSENT
+)

@@ -123,7 +123,8 @@ def reconcile(db_url: str, dispatcher: Dispatcher, redispatch_after: float) -> i
 
 def _runs_needing_action(db_url: str, redispatch_after: float) -> list[tuple[int, int | None]]:
     """(run, next phase) of unleased live runs that are cancelled, finished but not marked (no next
-    phase), or whose next phase's dispatch is pending or older than `redispatch_after`."""
+    phase), or whose next phase's dispatch is pending or older than `redispatch_after` (a phase
+    awaiting approval is skipped, like a held campaign child)."""
     now = utcnow()
     terminal = [s.value for s in PHASE_TERMINAL]
     next_index = (
@@ -144,8 +145,11 @@ def _runs_needing_action(db_url: str, redispatch_after: float) -> list[tuple[int
             or_(
                 Run.cancel_requested.is_(True),
                 nxt.id.is_(None),
-                nxt.dispatched_at.is_(None),
-                nxt.dispatched_at < cutoff,
+                and_(
+                    # Paused for a person: nothing is owed until a decision re-queues it.
+                    nxt.state != PhaseState.AWAITING_APPROVAL,
+                    or_(nxt.dispatched_at.is_(None), nxt.dispatched_at < cutoff),
+                ),
             ),
         )
     )

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
+from shared.approvals.store import cancel_pending
 from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
-from shared.keys import Caller
+from shared.keys import Caller, owned_by
 from shared.models import Attempt, Phase, Run, utcnow
 from shared.specs import RunSpec
 from shared.states import (
@@ -70,9 +71,7 @@ def create_run(
 
 def visible_to(query: Q, caller: Caller | None) -> Q:
     """Only the caller's own runs, unless it is an admin (or internal code, `caller` None)."""
-    if caller is None or caller.admin:
-        return query
-    return query.where(Run.owner == caller.owner)
+    return owned_by(query, caller, Run.owner)
 
 
 def get_run(session: Session, run_id: int, caller: Caller | None = None) -> Run:
@@ -190,6 +189,7 @@ def finish_if_done(run: Run) -> bool:
 
 def finish_cancelled(session: Session, run: Run) -> None:
     now = utcnow()
+    cancel_pending(session, run.id)
     move_run(run, RunState.CANCELLED)
     run.finished_at = now
     run.lease_owner = None

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.approvals.rules import PathRule, parse_rule
+
 
 class Settings(BaseSettings):
     """Autopack Fleet settings, read from `AUTOPACK_*` environment variables (and `.env` if present).
@@ -32,7 +34,7 @@ class Settings(BaseSettings):
     """Per-host directory for cached bare mirrors and the pooled worktrees. Local disk, never shared."""
 
     api_url: str = "http://127.0.0.1:8000"
-    """Where the CLI finds the API."""
+    """Where the CLI finds the API; also the base of the links an approval webhook sends."""
 
     api_key: SecretStr | None = None
     """Key the CLI sends as `X-API-Key`. Never logged."""
@@ -252,6 +254,36 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Log level of the API and workers."""
 
+    approval_rules: Annotated[list[str], NoDecode] = []
+    """Fleet-wide path rules, comma-separated `pattern=tier:policy` (tier: low, medium, high, critical;
+    policy: auto, ask, deny), e.g. `infra/**=high:ask,*.lock=low:auto,secrets/**=critical:deny`. A run's
+    `config.approval_rules` come first. `ask` pauses the phase until a person decides; `auto` passes
+    only on `low` (a higher tier asks)."""
+
+    approval_timeout_seconds: float = Field(default=86400.0, gt=0)
+    """How long an approval waits for a decision before `approval_timeout_action` applies (a run's
+    `config.approval_timeout_seconds` overrides it)."""
+
+    approval_timeout_action: Literal["reject", "approve"] = "reject"
+    """What an unanswered approval becomes when it times out (a run's config may override it)."""
+
+    approval_webhook_url: str | None = None
+    """Where a new approval request is POSTed as JSON (signed when `approval_webhook_secret` is set);
+    unset = no notifications."""
+
+    approval_webhook_secret: SecretStr | None = None
+    """Key of the webhook's HMAC-SHA256 signature (`X-Autopack-Signature: sha256=<hex>` over
+    `<X-Autopack-Timestamp>.<raw body>`). Never logged."""
+
+    approval_webhook_attempts: int = Field(default=6, ge=1, le=50)
+    """Tries of one webhook delivery before it is given up (recorded on its row)."""
+
+    approval_webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    """Wait after a webhook's first failed try; it doubles after each further failure."""
+
+    approval_webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time limit of one webhook POST."""
+
     @field_validator("allowed_repos", mode="before")
     @classmethod
     def _split_patterns(cls, value: Any) -> Any:
@@ -259,6 +291,19 @@ class Settings(BaseSettings):
             parts = [p.strip() for p in value.split(",") if p.strip()]
             return parts or None  # an empty line in .env means unset, as in .env.example
         return value
+
+    @field_validator("approval_rules", mode="before")
+    @classmethod
+    def _split_rules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        for rule in value or []:
+            parse_rule(rule)  # refuse a malformed rule at start, not at the first change it meets
+        return value
+
+    @property
+    def path_rules(self) -> list[PathRule]:
+        return [parse_rule(rule) for rule in self.approval_rules]
 
     @field_validator("sandbox_read_only_paths", mode="before")
     @classmethod

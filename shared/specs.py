@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from shared.approvals.rules import PathRule
 from shared.llm_catalog import MODEL_OUTPUT_LIMITS, has_price, output_limit
 
 
@@ -95,6 +96,16 @@ class RunConfig(BaseModel):
 
     replay_of: int | None = Field(default=None, ge=1, le=2**31 - 1)
     """For `builder: replay`: the run whose recorded builder outputs are re-emitted."""
+
+    approval_rules: list[PathRule] = Field(default_factory=list, max_length=200)
+    """Path rules of this run, checked before the fleet's (`AUTOPACK_APPROVAL_RULES`): a change to a
+    path whose rule says `ask` pauses the phase until a person decides; `deny` fails the attempt."""
+
+    approval_timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
+    """How long this run's approvals wait; unset = the fleet's `AUTOPACK_APPROVAL_TIMEOUT_SECONDS`."""
+
+    approval_timeout_action: Literal["reject", "approve"] | None = None
+    """What this run's unanswered approvals become; unset = the fleet's setting."""
 
     @model_validator(mode="after")
     def _models_fit_the_catalog(self) -> RunConfig:

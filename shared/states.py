@@ -26,6 +26,9 @@ class PhaseState(StrEnum):
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
     CANCELLED = "CANCELLED"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    """Paused: its change touches a path whose rule asks a person. No lease, no message, no worker slot;
+    a decision (or the timeout) puts it back to QUEUED."""
 
     @property
     def terminal(self) -> bool:
@@ -68,6 +71,18 @@ class PairState(StrEnum):
     """A side was ended by the fleet, not by its builder: never counted as a model failure."""
 
 
+class ApprovalState(StrEnum):
+    """A governed change's approval. Lower case: it is what `GET /approvals?state=` takes."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    AUTO_APPROVED = "auto_approved"
+    """Every ruled path was `low` + `auto`: recorded, never paused."""
+    CANCELLED = "cancelled"
+    """Its run was cancelled while it waited."""
+
+
 class AttemptOutcome(StrEnum):
     SUCCESS = "SUCCESS"
     BUILD_FAILED = "BUILD_FAILED"
@@ -75,6 +90,8 @@ class AttemptOutcome(StrEnum):
     VALIDATION_FAILED = "VALIDATION_FAILED"
     MISSING_DELIVERABLE = "MISSING_DELIVERABLE"
     INFRA_ERROR = "INFRA_ERROR"
+    REJECTED = "REJECTED"
+    """A reviewer (or the approval timeout) rejected the change; the reason goes into the next prompt."""
 
 
 RUN_TERMINAL = frozenset({RunState.DONE_SUCCESS, RunState.DONE_FAILED, RunState.CANCELLED})
@@ -91,8 +108,17 @@ _PHASE_MOVES: dict[PhaseState, frozenset[PhaseState]] = {
     # EXECUTING -> QUEUED hands a phase back (worker draining, disk full, LLM provider down).
     # EXECUTING -> SKIPPED when the Doctor decides the phase should be skipped.
     PhaseState.EXECUTING: frozenset(
-        {PhaseState.COMPLETE, PhaseState.FAILED, PhaseState.CANCELLED, PhaseState.QUEUED, PhaseState.SKIPPED}
+        {
+            PhaseState.COMPLETE,
+            PhaseState.FAILED,
+            PhaseState.CANCELLED,
+            PhaseState.QUEUED,
+            PhaseState.SKIPPED,
+            PhaseState.AWAITING_APPROVAL,
+        }
     ),
+    # A decision re-queues the phase (its worker resumes or retries); a cancelled run cancels it.
+    PhaseState.AWAITING_APPROVAL: frozenset({PhaseState.QUEUED, PhaseState.CANCELLED}),
 }
 
 

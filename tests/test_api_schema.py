@@ -67,6 +67,11 @@ OPERATIONS = [
     ("POST", "/failures/rules", MAX_EXAMPLES),
     ("GET", "/failures/rules/{rule_id}", MAX_EXAMPLES),
     ("POST", "/failures/rules/{rule_id}/retire", MAX_EXAMPLES),
+    # Approvals have few inputs (an id, a state, a reason): fewer examples find what there is.
+    ("GET", "/approvals", 10),
+    ("GET", "/approvals/{approval_id}", 10),
+    ("POST", "/approvals/{approval_id}/approve", 10),
+    ("POST", "/approvals/{approval_id}/reject", 10),
     ("GET", "/fleet", 3),  # no inputs but the key, and each call waits out a 1 s Celery inspect
     ("GET", "/metrics", 3),
     ("GET", "/health", 3),

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.approvals.rules import RulePolicy, Verdict, classify
+from shared.approvals.store import Decision, Requested
 from shared.errors import DiskFull, GitError, HostFault, PatchParseError, WorkspaceError
+from shared.git import git
 from shared.models import utcnow
 from shared.specs import PhaseSpec
 from shared.states import AttemptOutcome
-from workers import steps, validation_cache
+from workers import governed, steps, validation_cache
 from workers.apply import apply_writes
 from workers.builders import BuildRequest, BuildResult, get_builder
 from workers.builders.tools import ToolLimits
 from workers.patches import parse_change, resolve
-from workers.publish import phase_ref, publish_phase
+from workers.publish import phase_ref, publish, publish_phase
 from workers.record import AttemptRecord, PhaseJob
 from workers.validation import ValidationRun, compare, infer_validation, run_validation
 from workers.workspace import Worktree, is_disk_full
@@ -47,6 +50,10 @@ class Attempted:
     built: BuildResult | None
     failure_output: str = ""
     exit_code: int | None = None
+    pause: Requested | None = None
+    """The change needs a person's approval: kept on a fenced ref, not validated yet."""
+    auto: Requested | None = None
+    """The change touched only low-risk `auto` paths: recorded as auto-approved with the success."""
     branch_moved: bool = False
     """The success's push also moved the run branch to the previous recorded head (`job.branch_lag`)."""
 
@@ -55,12 +62,15 @@ def run_attempt(ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan) -> 
     """One attempt in a pooled worktree. Raises HostFault (DiskFull when it is the disk) when this host
     - its disk, its git state, its mirror or its network to the origin - and not the phase is at fault:
     such a failure spends no attempt, since any other host might have run the phase fine."""
+    decision = job.decision if job.decision and job.decision.attempt_number == plan.number else None
+    if decision is not None and not decision.approved:
+        return Attempted(governed.rejected(decision), None)  # nothing to run: the reviewer said no
     started = utcnow()
     min_free = ctx.settings.min_free_disk_mb * 2**20
     ctx.workspace.require_free(min_free)
     try:
         with ctx.workspace.worktree(job.repo, job.head_sha) as wt:
-            return _in_worktree(ctx, lease, job, plan, wt, started, min_free)
+            return _in_worktree(ctx, lease, job, plan, wt, started, min_free, decision)
     except (WorkspaceError, GitError, OSError) as exc:
         if _disk_full(ctx, exc, min_free):
             raise DiskFull(str(exc)) from exc
@@ -76,9 +86,13 @@ def _in_worktree(
     wt: Worktree,
     started: datetime,
     min_free: int,
+    decision: Decision | None = None,
 ) -> Attempted:
     try:
-        attempted = _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
+        if decision is not None:
+            attempted = _resume_in(ctx, lease, job, plan, wt, decision)
+        else:
+            attempted = _attempt_in(ctx, lease, job, plan, wt.path, wt.mirror.path, started)
     except (GitError, OSError) as exc:
         if _disk_full(ctx, exc, min_free):
             steps.discard(wt.path)
@@ -212,16 +226,53 @@ def _attempt_in(
     steps.undo_builder_commits(wt, job.head_sha)
     paths = steps.changed_paths(wt)
     violations = steps.scope_violations(paths, phase)
+    verdict = classify(paths, governed.rules_of(job, s))
+    if verdict is not None and verdict.policy == RulePolicy.DENY:
+        violations.append(f"denied by approval rules: {verdict.reason()}")
     if violations:
         reason = "scope violation, nothing committed: " + "; ".join(violations[:20])
         return Attempted(_rec(plan, AttemptOutcome.SCOPE_VIOLATION, started, reason, built, paths), built)
     steps.stage(wt, paths)
     patch = steps.staged_diff(wt, s.max_log_bytes * 4)
+    if verdict is not None and verdict.policy == RulePolicy.ASK:
+        rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, patch=patch)
+        return _keep_for_approval(ctx, lease, job, wt, mirror, rec, verdict, built)
     # The tree validation runs on, taken before it runs: recorded for the next phase if this one succeeds.
     tree = validation_cache.staged_tree(wt) if s.validation_cache and commands else None
     after = run_validation(
         commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=phase.network
     )
+    checked = _checked(phase, wt, plan, started, baseline, after, note, built, paths, patch)
+    if isinstance(checked, Attempted):
+        return checked
+    lease.check()
+    sha = steps.commit(wt, _message(job), s.git_author)
+    ref = phase_ref(job.run_id, job.phase_index, lease.epoch)
+    moved = publish_phase(mirror, job.run_id, ref, sha, s.push_results, job.branch_lag)
+    if tree is not None:  # a fact about a tree, not a write of the run's: it needs no fencing
+        validation_cache.remember_after(s, wt, tree, after, phase.network)
+    rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, checked, sha, patch)
+    auto = governed.requested(rec, verdict, lease.owner) if verdict is not None else None
+    return Attempted(rec, built, auto=auto, branch_moved=moved)
+
+
+def _message(job: PhaseJob) -> str:
+    return f"autopack: run {job.run_id} phase {job.phase_index} {job.phase.name}\n\n{job.phase.goal}".strip()
+
+
+def _checked(
+    phase: PhaseSpec,
+    wt: Path,
+    plan: Plan,
+    started: datetime,
+    baseline: ValidationRun,
+    after: ValidationRun,
+    note: str,
+    built: BuildResult | None,
+    paths: list[str],
+    patch: str | None,
+) -> Attempted | str:
+    """The failed attempt when validation got worse or a deliverable is missing, else the report."""
     verdict = compare(baseline, after)
     if baseline.reused:
         note += (
@@ -248,15 +299,56 @@ def _attempt_in(
             plan, AttemptOutcome.MISSING_DELIVERABLE, started, reason, built, paths, report, patch=patch
         )
         return Attempted(rec, built)
+    return report
+
+
+def _keep_for_approval(
+    ctx: WorkerContext,
+    lease: Lease,
+    job: PhaseJob,
+    wt: Path,
+    mirror: Path,
+    rec: AttemptRecord,
+    verdict: Verdict,
+    built: BuildResult | None,
+) -> Attempted:
+    """Commit the unvalidated change and push it to a fenced approval ref, so that any worker can
+    resume it once a person approves; validation runs then, on the change as approved."""
     lease.check()
-    message = f"autopack: run {job.run_id} phase {job.phase_index} {phase.name}\n\n{phase.goal}".strip()
-    sha = steps.commit(wt, message, s.git_author)
+    sha = steps.commit(wt, _message(job), ctx.settings.git_author)
+    ref = governed.approval_ref(job.run_id, job.phase_index, lease.epoch)
+    publish(mirror, ref, sha, ctx.settings.push_results)
+    return Attempted(rec, built, pause=governed.requested(rec, verdict, lease.owner, sha, ref))
+
+
+def _resume_in(
+    ctx: WorkerContext, lease: Lease, job: PhaseJob, plan: Plan, wt: Worktree, decision: Decision
+) -> Attempted:
+    """An approved change: check out its kept commit and validate it as any attempt's change. On
+    success that commit is the phase's (no new commit: the reviewer approved exactly it)."""
+    s, phase, started = ctx.settings, job.phase, utcnow()
+    assert decision.commit_sha is not None
+    commands, note = _validation_commands(phase, wt.path)
+    baseline = _baseline(ctx, job, plan, wt.path, commands)
+    wt.mirror.ensure(decision.commit_sha)
+    git("checkout", "--quiet", "--detach", decision.commit_sha, cwd=wt.path)
+    after = run_validation(
+        commands, wt.path, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=phase.network
+    )
+    note += f"resumed the change approved by {decision.decided_by} (approval {decision.approval_id})\n"
+    checked = _checked(
+        phase, wt.path, plan, started, baseline, after, note, None, decision.paths, decision.patch
+    )
+    if isinstance(checked, Attempted):
+        return replace(checked, record=governed.restored(checked.record, decision))
+    lease.check()
+    sha = decision.commit_sha
     ref = phase_ref(job.run_id, job.phase_index, lease.epoch)
-    moved = publish_phase(mirror, job.run_id, ref, sha, s.push_results, job.branch_lag)
-    if tree is not None:  # a fact about a tree, not a write of the run's: it needs no fencing
-        validation_cache.remember_after(s, wt, tree, after, phase.network)
-    rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, report, sha, patch)
-    return Attempted(rec, built, branch_moved=moved)
+    moved = publish_phase(wt.mirror.path, job.run_id, ref, sha, s.push_results, job.branch_lag)
+    rec = _rec(
+        plan, AttemptOutcome.SUCCESS, started, None, None, decision.paths, checked, sha, decision.patch
+    )
+    return Attempted(governed.restored(rec, decision), None, branch_moved=moved)
 
 
 def _rec(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
+from shared.approvals.store import Requested
+from shared.approvals.webhook import deliver_due
 from shared.budget import BudgetExceeded
 from shared.campaigns.caps import CampaignBudgetExceeded, note_cap_reached
 from shared.campaigns.flow import advance
@@ -225,10 +227,14 @@ def _attempts(ctx: WorkerContext, lease: Lease, job: PhaseJob, loop: Loop, then:
         plan = loop.plan(number)
         attempted = run_attempt(ctx, lease, job, plan)
         ctx.health.ok()
+        if attempted.pause is not None:
+            return _pause(ctx, lease, job, attempted.pause)
         rec = attempted.record
         if rec.outcome == AttemptOutcome.SUCCESS and rec.commit_sha is not None:
-            return _finish_success(ctx, lease, job, rec, attempted.branch_moved)
-        recovery = _recover(ctx, loop, job, attempted, number)
+            return _finish_success(ctx, lease, job, rec, attempted.auto, attempted.branch_moved)
+        # A person's rejection needs no diagnosis: their reason is the advice.
+        rejected = rec.outcome == AttemptOutcome.REJECTED
+        recovery = Recovery() if rejected else _recover(ctx, loop, job, attempted, number)
         record.attempt(lease, job, replace(rec, mitigation=recovery.mitigation, doctor=recovery.doctor))
         _after_failure(lease, loop, job, attempted, recovery)
         if recovery.action == DoctorAction.SKIP_PHASE:
@@ -308,13 +314,28 @@ def _escalate(
     loop.max_tokens = esc.new_max_tokens
 
 
+def _pause(ctx: WorkerContext, lease: Lease, job: PhaseJob, req: Requested) -> str:
+    """The change waits for a person: the lease and this worker's slot are free once this returns."""
+    approval_id = record.pause(lease, job, req, ctx.settings)
+    try:  # after the commit, as the outbox requires; the reconciler retries what fails here
+        deliver_due(ctx.settings, approval_id)
+    except Exception as exc:
+        log.warning("approval %s: webhook delivery failed: %s", approval_id, exc)
+    return f"awaiting approval {approval_id}"
+
+
 def _finish_success(
-    ctx: WorkerContext, lease: Lease, job: PhaseJob, rec: AttemptRecord, lag_moved: bool
+    ctx: WorkerContext,
+    lease: Lease,
+    job: PhaseJob,
+    rec: AttemptRecord,
+    auto: Requested | None = None,
+    lag_moved: bool = False,
 ) -> str:
     s = ctx.settings
     sha = rec.commit_sha
     assert sha is not None
-    next_phase = record.succeed(lease, job, rec, sha)
+    next_phase = record.succeed(lease, job, rec, sha, auto)
     # This attempt's push moved the branch to the previous head; this head rides on the next phase's
     # push, unless this was the last phase (workers/publish.py: one push per phase).
     moved = job.branch_lag.head if lag_moved and job.branch_lag else None

@@ -28,6 +28,12 @@ success, the branch note, release, the next phase's claim). Why each merge keeps
    for the worker that receives it, as before. A crash before 3 commits leaves the claim pending and
    the lease to expire: the reconciler re-dispatches, as it did after a crash between 2 and 3.
 
+A phase whose change needs a person's approval ends its delivery with `pause`: fence + the approval
+(and its webhook outbox row) + the phase's move to AWAITING_APPROVAL + the lease release, in one
+transaction, so no holder can pause a phase it lost, and a paused phase never keeps a lease. The
+decision that re-queues it is the API's (shared/approvals/store.py); `_start` then hands the decision
+to the next holder in `PhaseJob.decision`.
+
 Cancel checks cost no query: the fencing UPDATE returns `cancel_requested` (`Lease.cancel_seen`), and
 `start` refuses a cancelled run; see workers/lease.py.
 """
@@ -40,14 +46,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.approvals.store import Decision, Requested, decision_for, request
+from shared.approvals.webhook import enqueue as enqueue_webhook
 from shared.campaigns.caps import CampaignCaps, caps_of
 from shared.db import engine_for, transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
 from shared.outbox import claim
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
+from shared.settings import Settings
 from shared.specs import PhaseSpec
 from shared.states import (
     PHASE_TERMINAL,
+    ApprovalState,
     AttemptOutcome,
     FailureKind,
     PhaseState,
@@ -59,6 +69,8 @@ from workers.publish import BranchLag, phase_ref
 
 if TYPE_CHECKING:
     from workers.recovery import Recovery
+
+AUTO = ApprovalState.AUTO_APPROVED
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,8 @@ class PhaseJob:
     """The caps the run shares with its campaign's other children."""
     branch_lag: BranchLag | None = None
     """The run branch trails the recorded head (the previous phase's commit): this phase's push moves it."""
+    decision: Decision | None = None
+    """The decided approval of the next attempt: its kept change is resumed, or its rejection recorded."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,8 @@ def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -
     nxt = next(p for p in run.phases if PhaseState(p.state) not in PHASE_TERMINAL)
     if nxt.id != phase.id:
         return f"out of order: phase {nxt.index} comes first"
+    if phase.state == PhaseState.AWAITING_APPROVAL:  # a stale message: only a decision re-queues it
+        return "awaiting approval"
     phase.deliveries += 1
     if phase.deliveries > max_deliveries:
         reason = f"delivered {phase.deliveries - 1} times without finishing"
@@ -182,6 +198,7 @@ def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -
         campaign_id=run.campaign_id,
         campaign_caps=caps_of(session, run.campaign_id),
         branch_lag=_branch_lag(session, run, phase),
+        decision=decision_for(session, phase.id, len(phase.attempts) + 1),
     )
 
 
@@ -251,13 +268,40 @@ def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptReco
     session.execute(update(Phase).where(Phase.id == job.phase_id).values(attempts_used=rec.number))
 
 
-def succeed(lease: Lease, job: PhaseJob, rec: AttemptRecord, sha: str) -> int | None:
+def succeed(
+    lease: Lease, job: PhaseJob, rec: AttemptRecord, sha: str, auto: Requested | None = None
+) -> int | None:
     """Record the successful attempt and the phase's completion in ONE transaction: a crash (or a
-    database restart) between two separate writes made the next holder redo a recorded success."""
+    database restart) between two separate writes made the next holder redo a recorded success.
+    `auto`: the change's ruled paths were all low-risk `auto`, recorded as an auto-approved approval."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
         _add_attempt(session, lease, job, rec)
+        if auto is not None:
+            run, phase = _load(session, job.run_id, job.phase_id)
+            request(session, run, phase, auto, timeout_seconds=0, timeout_action="approve", state=AUTO)
         return _complete(session, job, sha)
+
+
+def pause(lease: Lease, job: PhaseJob, req: Requested, settings: Settings) -> int:
+    """The change needs a person: keep it (the caller pushed its commit to a fenced ref), store the
+    approval and its notification, move the phase to AWAITING_APPROVAL and release the lease, in ONE
+    fenced transaction. No message is queued: a decision re-queues the phase. Returns the approval id."""
+    with transaction(lease.db_url) as session:
+        lease.fence(session)
+        run, phase = _load(session, job.run_id, job.phase_id)
+        seconds = job.config.get("approval_timeout_seconds") or settings.approval_timeout_seconds
+        action = job.config.get("approval_timeout_action") or settings.approval_timeout_action
+        approval = request(session, run, phase, req, timeout_seconds=float(seconds), timeout_action=action)
+        if phase.state == PhaseState.EXECUTING:
+            move_phase(phase, PhaseState.AWAITING_APPROVAL)
+            phase.dispatched_at = utcnow()
+            phase.deliveries = max(0, phase.deliveries - 1)  # this delivery ended well: it does not count
+        enqueue_webhook(session, approval, phase, settings)
+        lease.give_up(session)
+        approval_id = approval.id
+    lease.released = True
+    return approval_id
 
 
 def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:

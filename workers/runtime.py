@@ -10,11 +10,13 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from shared.approvals.store import expire_due
+from shared.approvals.webhook import deliver_due
 from shared.campaigns.flow import sweep
 from shared.db import after_fork, name_connections, transaction
 from shared.dispatch import Dispatcher
 from shared.errors import BranchConflict
-from shared.outbox import lagging_branches, reconcile
+from shared.outbox import claim_and_enqueue, lagging_branches, reconcile
 from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
 from workers import drain, retention
@@ -61,7 +63,22 @@ class Reconciler:
         except Exception as exc:  # a slower push is no reason to stop re-dispatching
             log.warning("packing refs or pruning expired result refs failed: %s", exc)
         enqueued = reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
+        enqueued += self._approvals()
         return enqueued + sweep(s.database_url, self.dispatcher)
+
+    def _approvals(self) -> int:
+        """Apply the timeout's default action to expired approvals (enqueueing their phases), and send
+        the approval webhooks that are due. Returns how many phases were enqueued."""
+        s = self.settings
+        enqueued = 0
+        for run_id, phase_id in expire_due(s.database_url):
+            log.info("run %s: an approval timed out; its default action applied", run_id)
+            enqueued += claim_and_enqueue(s.database_url, self.dispatcher, run_id, phase_id, stale_after=None)
+        try:
+            deliver_due(s)
+        except Exception as exc:  # a webhook receiver's outage must not stop re-dispatching
+            log.warning("approval webhooks: %s", exc)
+        return enqueued
 
     def _retain(self) -> None:
         """Bounded work per pass: prune the refs of at most `retention_batch` expired runs in their

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.ui import actions, pages
+from api.ui import actions, approvals, pages
 from api.ui.render import HERE
 from api.ui.session import LoginRequired, signer
 from api.ui.workers import fleet_view, worker_view
@@ -23,6 +23,7 @@ def install(app: FastAPI, settings: Settings, celery: Celery) -> None:
     app.state.ui_fleet = fleet_view(settings)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
     app.include_router(actions.router)
+    app.include_router(approvals.router)
     app.include_router(pages.router)
 
     @app.exception_handler(LoginRequired)
