@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.chaos import evidence
 from tests.chaos.batch import run_chaos
 from tests.chaos.checks import check_invariants, faults_complete, render
 from tests.chaos.config import ChaosConfig, chaos_settings
@@ -33,7 +34,7 @@ def test_short_chaos_batch_keeps_every_invariant(
         max_runs=20,
         settle_timeout=60,
     )
-    with disk_for(cfg, tmp_path) as disk:
+    with disk_for(cfg, tmp_path) as disk, evidence.installed(fleet_settings.database_url):
         res = run_chaos(cfg, fleet_settings, sample_repo, tmp_path, disk)
         checks = check_invariants(res, chaos_settings(fleet_settings))
     table = render(checks, res, cfg)

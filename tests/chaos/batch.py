@@ -17,7 +17,6 @@ from api.serve import free_port
 from shared.db import transaction
 from shared.keys import create_key
 from shared.settings import Settings
-from tests.chaos import evidence
 from tests.chaos.config import ChaosConfig, Db, batch_spec, chaos_settings, killer_spec, log, run_spec
 from tests.chaos.faults import Chaos, ChaosState
 from tests.chaos.fleet import Fleet
@@ -68,7 +67,6 @@ def _batch(
     t0 = time.monotonic()
     marks.mkdir()
     db = Db(settings.database_url)
-    evidence.install(settings.database_url)
     with transaction(settings.database_url) as session:
         _, key = create_key(session, "chaos")
     services = threading.Lock()

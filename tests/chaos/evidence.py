@@ -10,6 +10,9 @@ migration) on the batch's own database.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from sqlalchemy.engine import make_url
 
 from tests.chaos.config import Db
@@ -65,6 +68,37 @@ CREATE TRIGGER chaos_attempt_written AFTER INSERT OR UPDATE ON attempts
 def conninfo(url: str) -> str:
     u = make_url(url)
     return f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username} dbname={u.database}"
+
+
+_DROP = """
+DROP TRIGGER IF EXISTS chaos_refused ON runs;
+DROP TRIGGER IF EXISTS chaos_run_written ON runs;
+DROP TRIGGER IF EXISTS chaos_phase_written ON phases;
+DROP TRIGGER IF EXISTS chaos_attempt_written ON attempts;
+DROP FUNCTION IF EXISTS chaos_refused(), chaos_run_written(), chaos_row_written();
+DROP TABLE IF EXISTS chaos_refusals, chaos_writes;
+"""
+
+
+@contextmanager
+def installed(url: str) -> Iterator[None]:
+    """The triggers and their tables for a batch and its checks; dropped afterwards, so the tests
+    that share the session's database neither pay for them nor see extra tables."""
+    _execute(url, _DROP)  # a batch killed before its cleanup left them
+    install(url)
+    try:
+        yield
+    finally:
+        _execute(url, _DROP)
+
+
+def _execute(url: str, sql: str) -> None:
+    raw = Db(url).engine.raw_connection()
+    try:
+        raw.cursor().execute(sql)
+        raw.commit()
+    finally:
+        raw.close()
 
 
 def install(url: str) -> None:

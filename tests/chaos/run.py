@@ -19,6 +19,7 @@ import redis
 from api.sample_repo import make_sample_repo
 from shared.db import engine_for, upgrade
 from shared.settings import Settings
+from tests.chaos import evidence
 from tests.chaos.batch import run_chaos
 from tests.chaos.checks import Check, check_invariants, faults_complete, render
 from tests.chaos.config import ChaosConfig, chaos_settings, log
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 _env_file=None,  # type: ignore[call-arg]
             )
             repo = make_sample_repo(root / "origin")
-            with disk_for(cfg, root) as disk:
+            with disk_for(cfg, root) as disk, evidence.installed(url):
                 res = run_chaos(cfg, base, repo, root, disk)
                 checks = check_invariants(res, chaos_settings(base))
             checks.append(
