@@ -13,11 +13,12 @@ from contextlib import contextmanager, nullcontext
 
 import uvicorn
 from celery import Celery
+from fastapi import FastAPI
 
 from api.app import create_app
 from shared.db import upgrade
 from shared.errors import DatabaseNotMigrated, ServiceUnavailable
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 from workers.celery_app import create_app as create_celery
 from workers.embedded import embedded_fleet
 
@@ -31,11 +32,24 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
     fleet = embedded_fleet(settings) if settings.is_embedded else nullcontext(create_celery(settings))
     with fleet as celery:
         try:
-            app = create_app(settings, celery)
+            app = create_app(settings, celery)  # also the check, before any process is started
         except (DatabaseNotMigrated, ServiceUnavailable) as exc:
             print(f"autopack api: {exc}", file=sys.stderr)
             sys.exit(2)
-        uvicorn.run(app, host=host, port=port or settings.api_port, log_level="info")
+        port = port or settings.api_port
+        if settings.api_workers > 1 and not settings.is_embedded:
+            # Each process builds its own app from the same settings (the environment).
+            uvicorn.run(
+                f"{__name__}:fleet_app", factory=True, host=host, port=port, workers=settings.api_workers
+            )
+        else:
+            uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def fleet_app() -> FastAPI:
+    """The API of one of `api_workers` processes (uvicorn imports this by name)."""
+    settings = get_settings()
+    return create_app(settings, create_celery(settings))
 
 
 def refuse_open_access(settings: Settings, host: str) -> None:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     api_port: int = 8000
     """Port `autopack api` binds to."""
 
+    api_workers: int = Field(default=1, ge=1, le=64)
+    """Processes serving the API (fleet mode; the embedded fleet always serves from one). A request is
+    CPU-bound Python, so one process per core the API host can spare (bench (n) measures both)."""
+
     flower_basic_auth: SecretStr | None = None
     """`user:password` (comma-separated for several users) that `autopack flower` requires; unset =
     `autopack flower` refuses to start. Flower shows task arguments and can revoke tasks. Never logged."""

@@ -225,8 +225,8 @@ def run_all(args: argparse.Namespace, workdir: Path, logdir: Path) -> tuple[dict
         rows += m.rows()
     if "submit" in chosen:
         n = run_submit(args, workdir, logdir)
-        results["submit"] = n.as_dict()
-        rows += n.rows()
+        results["submit"] = [r.as_dict() for r in n]
+        rows += [row for r in n for row in r.rows()]
     if "dashboard" in chosen:
         i = run_dashboard(args, workdir, logdir)
         results["dashboard"] = i.as_dict()
@@ -334,7 +334,7 @@ def run_phase_db(workdir: Path, logdir: Path) -> phase_db.PhaseDbResult:
         return phase_db.bench(db_url, REDIS_URL, workdir / "j", logdir / "j", say=say)
 
 
-def run_submit(args: argparse.Namespace, workdir: Path, logdir: Path) -> submit.SubmitResult:
+def run_submit(args: argparse.Namespace, workdir: Path, logdir: Path) -> list[submit.SubmitResult]:
     say(f"(n) POST /runs with 3 phases: {args.submit_runs} one at a time, then {submit.CLIENTS} clients …")
     flush_redis()
     with bench_database(f"{DATABASE}_submit") as db_url:

@@ -1,4 +1,4 @@
-"""(n) `POST /runs` with 3 no-op phases through a real `autopack api` process: median latency of
+"""(n) `POST /runs` with 3 no-op phases through a real `autopack api` (1, then 2 processes): median latency of
 sequential submissions, and the sustained rate of 8 concurrent clients while one worker executes the
 runs (the issue's conditions). Same run as (a) when both are chosen; the comparison is the target."""
 
@@ -20,10 +20,13 @@ SECTION = "(n) submit"
 TARGET_MS = 10.0
 TARGET_RATE = 200.0
 CLIENTS = 8
+API_WORKERS = 2
+"""`AUTOPACK_API_WORKERS` of the second measurement: one per core of this 2-core machine."""
 
 
 @dataclass(frozen=True)
 class SubmitResult:
+    api_workers: int
     sequential: Summary
     concurrent: Summary
     submitted: int
@@ -35,6 +38,7 @@ class SubmitResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "api_workers": self.api_workers,
             "sequential": self.sequential.as_dict(),
             "concurrent": self.concurrent.as_dict(),
             "clients": CLIENTS,
@@ -44,14 +48,18 @@ class SubmitResult:
         }
 
     def rows(self) -> list[Row]:
+        where = f"{self.api_workers} API process{'es' if self.api_workers > 1 else ''}"
         return [
             Row.timing(
-                SECTION, "POST /runs (3 phases), one client", self.sequential, f"target <= {TARGET_MS}"
+                SECTION,
+                f"POST /runs (3 phases), one client, {where}",
+                self.sequential,
+                f"target <= {TARGET_MS}",
             ),
-            Row.timing(SECTION, f"POST /runs (3 phases), {CLIENTS} clients", self.concurrent),
+            Row.timing(SECTION, f"POST /runs (3 phases), {CLIENTS} clients, {where}", self.concurrent),
             Row(
                 SECTION,
-                f"sustained POST /runs rate, {CLIENTS} clients, one worker executing",
+                f"sustained rate, {CLIENTS} clients, {where}, one worker executing",
                 f"{self.rate:.0f} /s",
                 n=str(self.submitted),
                 versus=f"target >= {TARGET_RATE:.0f} /s",
@@ -61,16 +69,24 @@ class SubmitResult:
 
 def bench(
     db_url: str, redis_url: str, workdir: Path, logdir: Path, runs: int, say: Callable[[str], None] = print
-) -> SubmitResult:
-    settings = fleet_settings(db_url, redis_url, workdir / "workspace", push=False)
+) -> list[SubmitResult]:
+    """The same measurement with one API process, then with `API_WORKERS`."""
     repo = make_sample_repo(workdir / "origin")
-    with fleet(settings, logdir) as f:
-        for i in range(10):  # warm-up: connections, the repository's first resolution
-            f.client.submit(noop_spec(repo, i, 3))
-        sequential = Summary.of([timed(f.client.submit, noop_spec(repo, 100 + i, 3)) for i in range(runs)])
-        say(f"    one client: median {sequential.median_ms:.1f} ms")
-        latencies, seconds = _concurrent(f.client, repo, runs * 2)
-    return SubmitResult(sequential, Summary.of(latencies), len(latencies), seconds)
+    out = []
+    for processes in (1, API_WORKERS):
+        settings = fleet_settings(db_url, redis_url, workdir / f"workspace-{processes}", push=False)
+        settings = settings.model_copy(update={"api_workers": processes})
+        with fleet(settings, logdir / f"api-{processes}") as f:
+            for i in range(10):  # warm-up: connections, the repository's first resolution
+                f.client.submit(noop_spec(repo, i, 3))
+            seq = Summary.of([timed(f.client.submit, noop_spec(repo, 100 + i, 3)) for i in range(runs)])
+            latencies, seconds = _concurrent(f.client, repo, runs * 2)
+        say(
+            f"    {processes} API process(es): one client median {seq.median_ms:.1f} ms, "
+            f"{len(latencies) / seconds:.0f} /s with {CLIENTS} clients"
+        )
+        out.append(SubmitResult(processes, seq, Summary.of(latencies), len(latencies), seconds))
+    return out
 
 
 def _concurrent(client: ApiClient, repo: Path, total: int) -> tuple[list[float], float]:
