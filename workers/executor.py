@@ -95,7 +95,10 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
         if isinstance(job, str):
             return job  # the lease went back in the same transaction
         with heartbeat(lease, s.lease_heartbeat_seconds):
-            return _execute(ctx, lease, job, then)
+            outcome = _execute(ctx, lease, job, then)
+        if outcome.startswith(("failed", "cancelled")):
+            _settle_branch(ctx, job)
+        return outcome
     except LeaseLost as exc:
         log.warning("%s; this execution records nothing more", exc)
         return f"fenced: {exc}"
@@ -108,6 +111,20 @@ def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:
             claim_and_enqueue(s.database_url, ctx.dispatcher, run_id, next_phase, stale_after=None)
         if isinstance(job, PhaseJob) and job.campaign_id is not None:
             _advance_campaign(ctx, job.campaign_id)
+
+
+def _settle_branch(ctx: WorkerContext, job: PhaseJob) -> None:
+    """The run ended here with its branch one phase behind (one push per phase): move it to the last
+    recorded head now, as the reconciler would later, so the ended run's result is on its branch."""
+    lag, s = job.branch_lag, ctx.settings
+    if lag is None:
+        return
+    try:
+        mirror = ctx.workspace.mirror(job.repo)
+        mirror.ensure(lag.head)
+        move_branch(s.database_url, mirror.path, job.run_id, lag.head, s.push_results, lag.drop)
+    except Exception as exc:  # the reconciler settles it (and reports a conflict)
+        log.warning("run %s: settling the result branch failed: %s", job.run_id, exc)
 
 
 def _advance_campaign(ctx: WorkerContext, campaign_id: int) -> None:
