@@ -9,9 +9,10 @@ One push per phase: that move rides on the NEXT phase's push (`publish_phase`, o
 new phase ref, the branch to the previous recorded head, and the previous phase ref's deletion), so
 the branch trails the head by one phase while a run executes. Only the last phase pushes twice (its
 phase ref, then the branch once recorded); a run that ends otherwise (failed, cancelled) has its branch
-moved by the worker that ended it, right after, with the reconciler (`lagging_branches`) as backup. Fencing still holds: the branch only ever moves, fast-forward, to
-a commit the database already named as the head, which no later holder can un-name; a stale holder's
-move is therefore a move a current holder would make too. Every push reads every ref of the
+moved by the worker that ended it, right after, with the reconciler (`lagging_branches`) as backup.
+Fencing still holds: the branch only ever moves, fast-forward, to a commit the database already named
+as the head, which no later holder can un-name; a stale holder's move is therefore a move a current
+holder would make too. Every push reads every ref of the
 remote (git 2.39 pushes over protocol v0 only: the origin advertises all its refs, the pushing side
 walks back from each one it has, and receive-pack checks connectivity against all of them), so result
 refs are bounded by retention (workers/retention.py) and commit-graphs make each tip cheap to read
