@@ -256,7 +256,7 @@ def run_history(args: argparse.Namespace, workdir: Path) -> list[history.History
             out.append(
                 history.bench(
                     db_url,
-                    workdir / ("j-legacy" if legacy else "j"),
+                    workdir / ("l-legacy" if legacy else "l"),
                     legacy=legacy,
                     levels=levels,
                     phases=args.history_phases,
@@ -331,7 +331,7 @@ def run_phase_db(workdir: Path, logdir: Path) -> phase_db.PhaseDbResult:
     say("(m) database work of one no-op phase (in-process), idle worker USS/PSS …")
     flush_redis()
     with bench_database(f"{DATABASE}_phase_db") as db_url:
-        return phase_db.bench(db_url, REDIS_URL, workdir / "j", logdir / "j", say=say)
+        return phase_db.bench(db_url, REDIS_URL, workdir / "m", logdir / "m", say=say)
 
 
 def run_submit(args: argparse.Namespace, workdir: Path, logdir: Path) -> list[submit.SubmitResult]:
