@@ -15,6 +15,7 @@ from tests.chaos.checks import (
     answered_calls_recorded_once,
     no_overlap,
     no_write_accepted_after_takeover,
+    tokens_add_up,
     woken_holders_were_refused,
 )
 from tests.chaos.config import ChaosConfig
@@ -97,7 +98,9 @@ def test_two_executions_of_one_run_that_overlap_fail_the_check(tmp_path: Path) -
 def test_a_call_lost_to_a_kill_passes_only_when_charged_and_redelivered(tmp_path: Path) -> None:
     calls = [Answered("w0", f"req_{n}", 0, 0, 10.0 + n, 10.3 + n) for n in range(5)]
     rows = [SimpleNamespace(request_id=a.request_id, run_id=7) for a in calls[1:]]
-    charge = SimpleNamespace(tbl="runs", run_id=7, old_reserved=900, new_reserved=0, old_epoch=2, new_epoch=3)
+    charge = SimpleNamespace(
+        at=T0, tbl="runs", run_id=7, old_reserved=900, new_reserved=0, old_epoch=2, new_epoch=3
+    )
     charge.old_spent, charge.new_spent = 0, 900
     lost = record(tmp_path, answered=calls, usage=rows, writes=[charge])
     lost.res.state.kill_log.append(("w0", 11.0))
@@ -106,3 +109,34 @@ def test_a_call_lost_to_a_kill_passes_only_when_charged_and_redelivered(tmp_path
     assert answered_calls_recorded_once(lost).ok
     lost.writes.clear()
     assert not answered_calls_recorded_once(lost).ok  # nobody charged its reservation
+
+
+def _ledger(spent: int) -> dict[int, Any]:
+    return {i: SimpleNamespace(tokens_spent=s, tokens_reserved=0) for i, s in ((7, spent), (1, 0))}
+
+
+def test_a_call_charged_while_its_holder_was_frozen_and_recorded_after_counts_once_as_its_charge(
+    tmp_path: Path,
+) -> None:
+    charge = SimpleNamespace(
+        at=T0 + timedelta(seconds=5), tbl="runs", run_id=7, old_epoch=1, new_epoch=2,
+        old_reserved=4000, new_reserved=0, old_spent=1000, new_spent=5000,
+    )  # fmt: skip
+    settled = SimpleNamespace(
+        run_id=7, phase_id=70, call_key="run7:phase70:e1:a1:builder:1", created_at=T0,
+        input_tokens=600, output_tokens=400,
+    )  # fmt: skip
+    late = SimpleNamespace(
+        run_id=7, phase_id=70, call_key="run7:phase70:e1:a1:builder:2", created_at=T0 + timedelta(seconds=9),
+        input_tokens=5000, output_tokens=940,
+    )  # fmt: skip
+    usage = [
+        settled,
+        late,
+        *[SimpleNamespace(**{**settled.__dict__, "run_id": 99, "phase_id": 99}) for _ in range(30)],
+    ]
+    efficiency = [SimpleNamespace(phase_id=70, tokens_spent=1000 + 5940)]
+    base = dict(writes=[charge], usage=usage, efficiency=efficiency)
+    assert tokens_add_up(record(tmp_path, runs=_ledger(5000), **base)).ok, "1000 settled + 4000 charged"
+    counted_twice = tokens_add_up(record(tmp_path, runs=_ledger(5000 + 5940), **base))
+    assert not counted_twice.ok and "run 7: spent 10940 != usage 1000 + charged 4000" in counted_twice.detail
