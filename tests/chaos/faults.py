@@ -191,8 +191,25 @@ class Chaos:
         with self.fleet.lock:  # no kill/restart of workers while one of them is frozen
             for _ in range(20):
                 if self._freeze(ttl):
+                    self._await_refusal(self.state.fenced[-1])
                     return
             raise RuntimeError("could not freeze a holder outside a transaction in 20 tries")
+
+    def _await_refusal(self, fenced: Fenced) -> None:
+        """Keep every worker alive until the woken holder has tried a fenced write (its heartbeat ticks
+        each second), so a kill right after the thaw cannot take away the evidence fencing is judged
+        on. The check itself stays strict: this only waits, bounded, and never records anything."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = self.db.rows(
+                "SELECT count(*) AS n FROM chaos_refusals WHERE at >= :woke AND app LIKE :app",
+                woke=fenced.woke_at,
+                app=f"%/{fenced.pid}",
+            )
+            if rows[0].n:
+                return
+            time.sleep(0.2)
+        log(f"run {fenced.run_id}: no refused write from woken {fenced.owner} within 10s")
 
     def _candidates(self) -> list[Any]:
         deadline = time.monotonic() + 60  # all workers may be rebooting after kills

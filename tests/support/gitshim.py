@@ -61,6 +61,8 @@ if [ -n "$d" ] && [ -n "$step" ]; then
     exit 128
   fi
   grandparent=$(ps -o ppid= -p "$PPID" | tr -d ' ')
+  gp_cmd=$(tr '\0' ' ' < "/proc/$grandparent/cmdline" 2>/dev/null | cut -c1-80)
+  echo "$step caller=$PPID grandparent=$grandparent $gp_cmd" >> "$d/calls.log"
   if tr '\0' ' ' < "/proc/$grandparent/cmdline" 2>/dev/null | grep -q "autopack worker" \
      && mv "$d/kill-$step" "$d/fired-$step.$$" 2>/dev/null; then
     "$real" "$@" &
@@ -116,6 +118,13 @@ class GitShim:
     def fired(self) -> list[str]:
         """The steps whose kill happened, in no particular order."""
         return sorted(p.name.split(".")[0].removeprefix("fired-") for p in self.control.glob("fired-*"))
+
+    def calls(self, steps: list[str]) -> str:
+        """The shim's own log of the calls it saw for `steps` (step, caller, grandparent and its
+        command line): what a test prints when an armed step never fired."""
+        log = self.control / "calls.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return "\n".join(line for line in lines if line.split(" ", 1)[0] in steps)
 
     def armed(self) -> list[str]:
         return sorted(p.name.removeprefix("kill-") for p in self.control.glob("kill-*"))

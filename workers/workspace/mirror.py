@@ -89,8 +89,13 @@ class Mirror:
         """Fetch from origin, retrying a lost ref lock: a phase on this host may move a run branch while
         the fetch updates it ("is at X but expected Y"), and a process SIGKILLed mid-update leaves a
         `.lock` that only ages out (seen in the chaos batch)."""
-        # No --prune: result refs may live only here (push_results off).
-        fetch = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "origin", *refspecs)
+        # No --prune: result refs may live only here (push_results off). unpackLimit=1: what a fetch
+        # brings is kept as one pack, which appears whole (index-pack renames it into place) or not at
+        # all. Unpacked into loose objects (git's default below 100 objects), a fetch SIGKILLed midway
+        # left the new commit without its tree; `has` then found the commit, nothing fetched again,
+        # and every provisioning on the host failed "unable to read tree" (the slot-kills test).
+        fetch = ("-c", "fetch.unpackLimit=1", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+        fetch = (*fetch, "origin", *refspecs)
         retrying_locks(lambda: git(*fetch, git_dir=self.path), lambda: [self.path])
 
     def _clone(self) -> None:
@@ -109,10 +114,14 @@ class Mirror:
         tmp.rename(self.path)
 
     def has(self, sha: str) -> bool:
+        """The commit and its root tree are here. A commit without its tree is what a fetch killed
+        while unpacking loose objects left behind (mirrors fetched before unpackLimit=1); asking for
+        the tree makes the next `ensure` fetch again, and the fetch's own connectivity check then
+        brings whatever else is missing."""
         if not (self.path / "HEAD").exists():
             return False
         try:
-            git("cat-file", "-e", f"{sha}^{{commit}}", git_dir=self.path, timeout=30)
+            git("cat-file", "-e", f"{sha}^{{tree}}", git_dir=self.path, timeout=30)
             return True
         except GitError:
             return False
@@ -163,19 +172,28 @@ def write_commit_graph(git_dir: Path) -> None:
 
 
 LOOSE_OBJECTS_LIMIT = 2048
+PACKS_LIMIT = 64
+
+
+def object_counts(git_dir: Path) -> tuple[int, int]:
+    """(loose objects, packs) of a repository."""
+    out = git("count-objects", "-v", git_dir=git_dir)
+    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    return int(fields.get("count", "0")), int(fields.get("packs", "0"))
 
 
 def loose_objects(git_dir: Path) -> int:
-    first = git("count-objects", git_dir=git_dir).split(" ", 1)[0]
-    return int(first) if first.isdigit() else 0
+    return object_counts(git_dir)[0]
 
 
-def compact_objects(git_dir: Path, limit: int = LOOSE_OBJECTS_LIMIT) -> bool:
-    """Roll loose objects into packs once more than `limit` are loose: a mirror never runs gc (an
-    unpushed phase commit must not be pruned), and each phase leaves a few loose objects, so its
-    object directories grew with every run. `repack -d` deletes only loose objects it packed (the
-    reachable ones) and never prunes; `--geometric=2` keeps the number of packs logarithmic."""
-    if loose_objects(git_dir) <= limit:
+def compact_objects(git_dir: Path, limit: int = LOOSE_OBJECTS_LIMIT, packs: int = PACKS_LIMIT) -> bool:
+    """Roll loose objects into packs once more than `limit` are loose, or packs together once there
+    are more than `packs`: a mirror never runs gc (an unpushed phase commit must not be pruned); each
+    phase leaves a few loose objects and each fetch a pack (see `Mirror._fetch`). `repack -d` deletes
+    only loose objects it packed (the reachable ones) and never prunes; `--geometric=2` keeps the
+    number of packs logarithmic."""
+    loose, packed = object_counts(git_dir)
+    if loose <= limit and packed <= packs:
         return False
     git("repack", "-d", "-q", "--geometric=2", git_dir=git_dir, timeout=600)
     return True
