@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from api.cli_support import fail, settings_client
 from api.client import ApiClient, ClientError
-from shared.settings import get_settings
 
 
 def _call(what: Callable[[ApiClient], Any]) -> Any:
-    settings = get_settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
     try:
-        return what(ApiClient(settings.api_url, key))
+        return what(settings_client())
     except ClientError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(exc)
 
 
 @click.group(invoke_without_command=True)

@@ -11,21 +11,10 @@ from typing import Any
 import click
 import yaml
 
+from api.cli_support import fail, settings_client
 from api.client import ApiClient, ClientError
-from shared.settings import get_settings
 
 ENDED = {"DONE", "CANCELLED"}
-
-
-def _client() -> ApiClient:
-    settings = get_settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    return ApiClient(settings.api_url, key)
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
 
 
 @click.group()
@@ -38,9 +27,9 @@ def campaign() -> None:
 def create(spec: Path) -> None:
     """Create a campaign described by a YAML (or JSON) file; print its id and what it left out."""
     try:
-        out = _client().create_campaign(yaml.safe_load(spec.read_text()))
+        out = settings_client().create_campaign(yaml.safe_load(spec.read_text()))
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"campaign {out['id']}: {out['children']} child runs, {out['dispatched']} started")
     for s in out["skipped_sources"]:
         click.echo(f"  left out run {s['run_id']}: {s['reason']}")
@@ -51,9 +40,9 @@ def create(spec: Path) -> None:
 def list_(limit: int) -> None:
     """List recent campaigns with their progress."""
     try:
-        page = _client().campaigns(limit=limit)
+        page = settings_client().campaigns(limit=limit)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     for c in page["items"]:
         click.echo(summary(c))
 
@@ -64,7 +53,7 @@ def list_(limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def status(campaign_id: int, watch: bool, as_json: bool) -> None:
     """Children by state, spend against the caps, ETA."""
-    client = _client()
+    client = settings_client()
     try:
         if watch and not as_json and sys.stdout.isatty():
             _live(client, campaign_id)
@@ -80,7 +69,7 @@ def status(campaign_id: int, watch: bool, as_json: bool) -> None:
                 return
             time.sleep(2)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _progress_of(view: dict[str, Any]) -> str:
@@ -109,9 +98,9 @@ def _live(client: ApiClient, campaign_id: int) -> None:
 def cancel(campaign_id: int) -> None:
     """Cancel: children not started end now, running ones stop before their next attempt."""
     try:
-        view = _client().cancel_campaign(campaign_id)
+        view = settings_client().cancel_campaign(campaign_id)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(summary(view))
 
 
@@ -121,14 +110,14 @@ def cancel(campaign_id: int) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file.")
 def report(campaign_id: int, fmt: str, output: Path | None) -> None:
     """The A/B report: per-arm figures, paired deltas with CIs, McNemar, excluded pairs."""
-    client = _client()
+    client = settings_client()
     try:
         if fmt == "json":
             text = json.dumps(client.campaign_report(campaign_id), indent=2)
         else:
             text = client.campaign_report_text(campaign_id, fmt)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     if output is None:
         click.echo(text)
     else:

@@ -12,21 +12,12 @@ import click
 from api import run_cli
 from api.approvals_cli import approvals
 from api.campaign_cli import campaign
-from api.client import ApiClient, ClientError
+from api.cli_support import fail, settings_client
+from api.client import ClientError
 from api.patterns_cli import patterns
 from api.plan_cli import plan
 from api.table import render_keys
-from shared.settings import Settings, get_settings
-
-
-def _client(settings: Settings) -> ApiClient:
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    return ApiClient(settings.api_url, key)
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
+from shared.settings import get_settings
 
 
 @click.group(help=__doc__)
@@ -65,11 +56,11 @@ def worker(concurrency: int | None, hostname: str | None) -> None:
 
     settings = get_settings()
     if settings.is_embedded:
-        _fail(ValueError("the in-process broker cannot serve a separate worker: set AUTOPACK_BROKER_URL"))
+        fail(ValueError("the in-process broker cannot serve a separate worker: set AUTOPACK_BROKER_URL"))
     try:
         run_worker(settings, concurrency, hostname)
     except SandboxUnavailable as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @cli.command()
@@ -159,7 +150,7 @@ def keys_revoke(name: str) -> None:
         with transaction(url) as session:
             n = revoke_key(session, name)
     except NotFound as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"revoked {n} key(s) named {name}")
 
 
@@ -168,9 +159,9 @@ def keys_revoke(name: str) -> None:
 def fleet(as_json: bool) -> None:
     """Workers, executing phases and their leases, queue length, stuck and waiting runs, redeliveries."""
     try:
-        view = _client(get_settings()).fleet()
+        view = settings_client(get_settings()).fleet()
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(json.dumps(view, indent=2) if as_json else _describe_fleet(view))
 
 

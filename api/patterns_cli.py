@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
-from api.client import ApiClient, ClientError
-from shared.settings import get_settings
-
-
-def _client() -> ApiClient:
-    settings = get_settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    return ApiClient(settings.api_url, key)
+from api.cli_support import fail, settings_client
+from api.client import ClientError
 
 
 def _call(method: str, path: str, **kw: Any) -> Any:
     try:
-        return _client()._call(method, path, **kw)
+        return settings_client()._call(method, path, **kw)
     except ClientError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(exc)
 
 
 @click.group(invoke_without_command=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
+from api.cli_support import fail, settings_client
 from api.client import ApiClient, ClientError
 from api.run_view import (
     TERMINAL,
@@ -27,24 +28,12 @@ from api.run_view import (
 )
 from api.table import render_runs
 from shared.git import is_local
-from shared.settings import get_settings
 from shared.states import RunState
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 POLL_SECONDS = 1.0
-
-
-def _client() -> ApiClient:
-    settings = get_settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    return ApiClient(settings.api_url, key)
-
-
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
 
 
 def _terminal() -> bool:
@@ -67,9 +56,9 @@ def submit(spec: Path) -> None:
     if isinstance(repo, str) and is_local(repo) and not Path(repo).is_absolute():
         body["repo"] = str((spec.parent / repo).resolve())  # the API may run elsewhere: send a full path
     try:
-        run = _client().submit(body)
+        run = settings_client().submit(body)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"run {run['id']} {run['state']} at {run['base_sha'][:12]} -> branch {run['result_branch']}")
 
 
@@ -79,7 +68,7 @@ def submit(spec: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def status(run_id: int, watch: bool, as_json: bool) -> None:
     """Show a run and its phases: state, attempts, elapsed time, the last failure reason."""
-    client = _client()
+    client = settings_client()
     try:
         if as_json:
             _watch_json(client, run_id, watch)
@@ -90,7 +79,7 @@ def status(run_id: int, watch: bool, as_json: bool) -> None:
         else:
             _watch_plain(client, run_id, watch)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -143,9 +132,9 @@ def _watch_plain(client: ApiClient, run_id: int, watch: bool) -> None:
 def runs(state: str | None, limit: int, campaign_id: int | None, as_json: bool) -> None:
     """List recent runs, newest first."""
     try:
-        page = _client().runs(state=state, limit=limit, campaign_id=campaign_id)
+        page = settings_client().runs(state=state, limit=limit, campaign_id=campaign_id)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         click.echo(json.dumps(page, indent=2))
     elif _terminal():
@@ -174,12 +163,12 @@ list_alias = click.Command(
 def logs(run_id: int, phase: str | None, lines: int, as_json: bool) -> None:
     """Each attempt's outputs: outcome, failure reason, builder output, the diff, validation output,
     mitigation and Doctor advice. PHASE (an index or a name) limits it to one phase."""
-    client = _client()
+    client = settings_client()
     try:
         index = None if phase is None else _phase_index(client, run_id, phase)
         attempts = client.attempts(run_id, index)
     except (ClientError, click.BadParameter) as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         click.echo(json.dumps(attempts, indent=2))
     elif not attempts:
@@ -204,9 +193,9 @@ def _phase_index(client: ApiClient, run_id: int, phase: str) -> int:
 def cancel(run_id: int) -> None:
     """Cancel a run (a phase in flight stops at its next step)."""
     try:
-        run = _client().cancel(run_id)
+        run = settings_client().cancel(run_id)
     except ClientError as exc:
-        _fail(exc)
+        fail(exc)
     click.echo(f"run {run_id}: {run['state']}" + (" (cancel requested)" if run["cancel_requested"] else ""))
 
 

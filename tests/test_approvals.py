@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api import approvals_cli, cli
+from api import cli, cli_support
 from api.client import ApiClient
 from api.serve import api_in_thread, free_port
 from shared.approvals import store, webhook
@@ -260,7 +260,7 @@ def embedded(embedded_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> It
     """The embedded fleet behind a real HTTP API, and `autopack approvals` pointed at it."""
     with embedded_fleet(embedded_settings, 2) as celery, api_in_thread(embedded_settings, celery) as url:
         cli_settings = embedded_settings.model_copy(update={"api_url": url})
-        monkeypatch.setattr(approvals_cli, "get_settings", lambda: cli_settings)
+        monkeypatch.setattr(cli_support, "get_settings", lambda: cli_settings)
         yield ApiClient(url, None)
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from pydantic import SecretStr
 from rich.console import Console
 
-from api import cli, run_cli
+from api import cli, cli_support, run_cli
 from api.client import ApiClient
 from api.run_view import attempts_display, run_display, runs_table
 from api.serve import api_in_thread
@@ -60,7 +60,7 @@ def api(fleet_settings: Settings, api_key: str, monkeypatch: pytest.MonkeyPatch)
     settings = fleet_settings.model_copy(update={"broker_url": "memory://"})
     with embedded_fleet(settings, 2) as celery, api_in_thread(settings, celery) as url:
         cli_settings = settings.model_copy(update={"api_url": url, "api_key": SecretStr(api_key)})
-        monkeypatch.setattr(run_cli, "get_settings", lambda: cli_settings)
+        monkeypatch.setattr(cli_support, "get_settings", lambda: cli_settings)
         client = ApiClient(url, api_key)
         yield client
         client.close()

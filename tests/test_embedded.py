@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from api import campaign_cli, cli
+from api import cli, cli_support
 from api.client import ApiClient
 from api.demo import run_demo
 from api.serve import api_in_thread
@@ -66,7 +66,7 @@ def test_the_campaign_cli_creates_follows_and_reports_in_plain_text_off_a_termin
 ) -> None:
     with embedded_fleet(embedded_settings, 2) as celery, api_in_thread(embedded_settings, celery) as url:
         monkeypatch.setattr(
-            campaign_cli, "get_settings", lambda: embedded_settings.model_copy(update={"api_url": url})
+            cli_support, "get_settings", lambda: embedded_settings.model_copy(update={"api_url": url})
         )
         client = ApiClient(url, None)
         ids = [client.submit(quick_spec(sample_repo, i))["id"] for i in range(2)]
