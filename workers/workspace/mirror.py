@@ -94,7 +94,14 @@ class Mirror:
         # all. Unpacked into loose objects (git's default below 100 objects), a fetch SIGKILLed midway
         # left the new commit without its tree; `has` then found the commit, nothing fetched again,
         # and every provisioning on the host failed "unable to read tree" (the slot-kills test).
-        fetch = ("-c", "fetch.unpackLimit=1", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head")
+        fetch: tuple[str, ...] = (
+            "-c",
+            "fetch.unpackLimit=1",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+        )
         fetch = (*fetch, "origin", *refspecs)
         retrying_locks(lambda: git(*fetch, git_dir=self.path), lambda: [self.path])
 
