@@ -34,7 +34,7 @@ from shared.specs import ModelConfig
 from shared.states import PlanDraftState
 from shared.telemetry import record_usage
 from workers.llm.client import DEFAULT_PRICE_TABLE, LlmResponse, client_for
-from workers.llm.gateway import estimate_tokens, maybe_billed
+from workers.llm.gateway import estimate_tokens, maybe_billed, spent_tokens, usage_figures
 
 KEY_SETTING = "AUTOPACK_ANTHROPIC_API_KEY"
 
@@ -127,11 +127,9 @@ def _failed_call(settings: Settings, hold: DraftHold, exc: Exception) -> LlmPass
 
 def _record(settings: Settings, hold: DraftHold, model: str, response: LlmResponse) -> None:
     """The usage row, with the provider's exact figures, and the reservation settled to them."""
-    u = response.usage
-    cost = DEFAULT_PRICE_TABLE.cost_usd(model, u)
-    spent = None if u.input_tokens is None or u.output_tokens is None else u.input_tokens + u.output_tokens
+    cost = DEFAULT_PRICE_TABLE.cost_usd(model, response.usage)
     with transaction(settings.database_url) as session:
-        settle_draft(session, hold, tokens=spent, usd=cost)
+        settle_draft(session, hold, tokens=spent_tokens(response), usd=cost)
         record_usage(
             session,
             call_key=f"plan{hold.draft_id}:{ROLE}:1",
@@ -139,16 +137,9 @@ def _record(settings: Settings, hold: DraftHold, model: str, response: LlmRespon
             plan_draft_id=hold.draft_id,
             phase_id=None,
             attempt_number=None,
-            provider="anthropic",
-            model=response.model or model,
             role=ROLE,
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cache_read_tokens=u.cache_read_tokens,
-            cache_write_tokens=u.cache_write_tokens,
-            latency_ms=response.latency_ms,
-            request_id=response.request_id,
             cost_usd=cost,
+            **usage_figures(response, model),
         )
 
 
