@@ -21,8 +21,10 @@ from api import cli, plan_cli
 from api.app import create_app
 from api.client import ApiClient
 from api.serve import api_in_thread
+from api.ui.data import overview
 from shared.db import transaction
 from shared.git import git
+from shared.keys import Caller
 from shared.models import LlmUsageEvent, PlanDraft
 from shared.plans.refine import PLANNER_MARKER
 from shared.settings import Settings
@@ -145,6 +147,10 @@ def test_each_answered_call_has_one_usage_row_owned_by_its_draft_and_settles_the
         assert draft.tokens_reserved == 0
         assert draft.tokens_used == (row.input_tokens or 0) + (row.output_tokens or 0)
         assert draft.cost_usd == row.cost_usd and draft.base_sha == git("rev-parse", "main", cwd=shop).strip()
+    with transaction(fleet_settings.database_url) as session:  # the dashboard's spend today counts them
+        today = overview(session, Caller.anonymous())
+        elsewhere = overview(session, Caller(owner="someone-else", admin=False))
+    assert (today["calls"], today["tokens_in"], elsewhere["calls"]) == (2, 1834 + 120, 0)
 
 
 @pytest.mark.parametrize(
