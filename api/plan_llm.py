@@ -27,7 +27,7 @@ from shared.keys import Caller
 from shared.llm_catalog import output_limit
 from shared.models import PlanDraft
 from shared.plans.draft import Draft
-from shared.plans.ledger import DraftHold, finish_draft, open_draft, settle_draft
+from shared.plans.ledger import DraftHold, DraftOf, finish_draft, open_draft, settle_draft
 from shared.plans.refine import ROLE, RefineError, apply_answer, parse_answer, planner_prompt, unrefined
 from shared.settings import Settings
 from shared.specs import ModelConfig
@@ -81,17 +81,8 @@ def refine(
     system, messages = planner_prompt(plan_text, draft)
     worst = estimate_tokens(system, messages) + settings.plan_llm_output_tokens
     with transaction(settings.database_url) as session:
-        hold = open_draft(
-            session,
-            budget=settings.plan_llm_max_tokens,
-            worst=worst,
-            owner=caller.owner,
-            key_id=caller.key_id,
-            repo=draft.spec.repo,
-            base_ref=draft.spec.base_ref,
-            base_sha=draft.tree.sha,
-            model=model,
-        )
+        of = DraftOf(caller.owner, caller.key_id, draft.spec.repo, draft.spec.base_ref, draft.tree.sha, model)
+        hold = open_draft(session, of, budget=settings.plan_llm_max_tokens, worst=worst)
     client = client_for(settings, settings.plan_llm_timeout_seconds)
     if client is None:  # checked by llm_model already; kept for the type checker and a changed setting
         raise InvalidSpec("llm", f"{KEY_SETTING} is not set")

@@ -26,8 +26,10 @@ from shared.db import transaction
 from shared.git import git
 from shared.keys import Caller
 from shared.models import LlmUsageEvent, PlanDraft
-from shared.plans.refine import PLANNER_MARKER
+from shared.plans.infer import RepoTree
+from shared.plans.refine import NEARBY_LIMIT, PLANNER_MARKER, nearby_paths
 from shared.settings import Settings
+from shared.specs import RunSpec
 from tests.support.simulator import MessagesSimulator, Scripted
 from tests.test_plans import HEADINGS_PLAN, PYTHON_REPO, make_repo
 from workers.celery_app import create_app as create_celery
@@ -96,7 +98,9 @@ def test_a_refining_answer_changes_goals_and_existing_scope_and_the_run_is_admit
         assert c.post("/runs", json=body["spec"]).status_code == 201
     (request,) = sim.bodies
     assert PLANNER_MARKER in request["system"] and request["model"] == "claude-haiku-4-5"
-    assert "- src/shop/cart.py" in request["messages"][0]["content"]  # the repository listing
+    prompt = request["messages"][0]["content"]
+    assert "- src/shop/cart.py\n" in prompt  # the repository listing
+    assert f"- tests/shop/test_pricing.py (test file of src/shop/pricing.py (exists at {sha}))" in prompt
     llm, prov, phases = body["llm"], body["provenance"], body["spec"]["phases"]
     source = f"llm: claude-haiku-4-5, plan draft {llm['draft_id']}"
     assert phases[0]["goal"] == NEW_GOAL and prov["phases.0.goal"].startswith(source)
@@ -235,3 +239,15 @@ def test_a_call_that_times_out_keeps_its_worst_case_and_records_no_usage(
     assert usage == [] and len(sim.requests) == 1
     assert draft.tokens_reserved == 0 and draft.tokens_used > settings.plan_llm_output_tokens
     assert body["llm"]["tokens"] == draft.tokens_used
+
+
+def test_a_large_repository_lists_the_files_near_the_scope_not_all_of_them(tmp_path: Path) -> None:
+    blobs = {f"vendor/lib{i:03}.py": ("0" * 40, 1) for i in range(NEARBY_LIMIT + 50)}
+    blobs |= {p: ("0" * 40, 1) for p in ("src/shop/cart.py", "src/shop/tax.py", "src/app.py", "docs/a.md")}
+    tree = RepoTree(tmp_path, "f" * 40, blobs, dirs=frozenset({"src", "src/shop", "vendor", "docs"}))
+    phase = {"name": "p", "goal": "g", "scope": ["src/shop/cart.py"]}
+    spec = RunSpec.model_validate(
+        {"repo": str(tmp_path), "config": {"builder": "anthropic"}, "phases": [phase]}
+    )
+    assert nearby_paths(tree, spec) == ["src/shop/cart.py", "src/shop/tax.py", "src/app.py"]
+    assert len(nearby_paths(tree, spec, limit=len(blobs))) == len(blobs)  # a small one: every file

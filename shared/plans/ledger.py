@@ -31,12 +31,35 @@ class DraftHold:
     tokens: int
 
 
-def open_draft(session: Session, *, budget: int, worst: int, **row: Any) -> DraftHold:
+@dataclass(frozen=True)
+class DraftOf:
+    """Who asked for a draft's LLM pass, and for what."""
+
+    owner: str | None
+    key_id: int | None
+    repo: str
+    base_ref: str
+    base_sha: str
+    model: str
+
+
+def open_draft(session: Session, of: DraftOf, *, budget: int, worst: int) -> DraftHold:
     """Insert a `refining` draft and reserve `worst` tokens on it, in the caller's transaction.
 
     `InvalidSpec` on `llm` naming the setting when the worst case does not fit: the caller's rollback
     then removes the row too, so a refused pass leaves nothing behind (like any 422)."""
-    draft = PlanDraft(state=PlanDraftState.REFINING, token_budget=budget, **row)
+    draft = PlanDraft(
+        state=PlanDraftState.REFINING,
+        token_budget=budget,
+        tokens_reserved=0,
+        tokens_used=0,
+        owner=of.owner,
+        key_id=of.key_id,
+        repo=of.repo,
+        base_ref=of.base_ref,
+        base_sha=of.base_sha,
+        model=of.model,
+    )
     session.add(draft)
     session.flush()
     stmt = (

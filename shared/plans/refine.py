@@ -81,18 +81,7 @@ def planner_prompt(plan_text: str, draft: Draft) -> tuple[str, list[dict[str, An
     """The system prompt and the one user message: the plan, the draft's phases (with where each scope
     path came from) and the repository paths near them."""
     tree = draft.tree
-    phases = []
-    for i, phase in enumerate(draft.spec.phases):
-        scope = [
-            f"- {p} ({draft.provenance.get(f'phases.{i}.scope.{k}', '')})" for k, p in enumerate(phase.scope)
-        ]
-        phases.append(
-            f"### Phase {i} `{phase.name}` (plan line {draft.plan.items[i].line})\n"
-            f"Goal:\n{_fenced(phase.goal)}\nScope:\n"
-            + "\n".join(scope)
-            + "\nDeliverables:\n"
-            + ("\n".join(f"- {d}" for d in phase.deliverables) or "(none)")
-        )
+    phases = [_phase_block(draft, i) for i in range(len(draft.spec.phases))]
     listing = "\n".join(f"- {p}" for p in nearby_paths(tree, draft.spec))
     sections = [
         f"## The plan\n{_fenced(plan_text)}",
@@ -100,6 +89,22 @@ def planner_prompt(plan_text: str, draft: Draft) -> tuple[str, list[dict[str, An
         f"## Repository paths near those mentioned (at commit {tree.short})\n{listing or '(none)'}",
     ]
     return PLANNER_SYSTEM, [{"role": "user", "content": "\n\n".join(sections) + "\n"}]
+
+
+def _phase_block(draft: Draft, i: int) -> str:
+    phase = draft.spec.phases[i]
+    scope = [
+        f"- {p} ({draft.provenance.get(f'phases.{i}.scope.{k}', '?')})" for k, p in enumerate(phase.scope)
+    ]
+    deliverables = "\n".join(f"- {d}" for d in phase.deliverables) or "(none)"
+    return "\n".join(
+        [
+            f"### Phase {i} `{phase.name}` (plan line {draft.plan.items[i].line})",
+            f"Goal:\n{_fenced(phase.goal)}",
+            "Scope:\n" + "\n".join(scope),
+            f"Deliverables:\n{deliverables}",
+        ]
+    )
 
 
 def nearby_paths(tree: RepoTree, spec: RunSpec, limit: int = NEARBY_LIMIT) -> list[str]:
