@@ -18,6 +18,7 @@ process that died mid-call keeps its reservation: it caps nothing but itself.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -78,23 +79,24 @@ def refine(
     draft: Draft, plan_text: str, *, model: str, caller: Caller, settings: Settings
 ) -> tuple[Draft, LlmPass]:
     """The draft refined by `model` (or the deterministic one with a warning), and the pass's record."""
+    client = client_for(settings, settings.plan_llm_timeout_seconds)
+    if client is None:  # `llm_model` refused this already; checked again before any row exists
+        raise InvalidSpec("llm", f"{KEY_SETTING} is not set")
     system, messages = planner_prompt(plan_text, draft)
     worst = estimate_tokens(system, messages) + settings.plan_llm_output_tokens
-    with transaction(settings.database_url) as session:
-        of = DraftOf(caller.owner, caller.key_id, draft.spec.repo, draft.spec.base_ref, draft.tree.sha, model)
-        hold = open_draft(session, of, budget=settings.plan_llm_max_tokens, worst=worst)
-    client = client_for(settings, settings.plan_llm_timeout_seconds)
-    if client is None:  # checked by llm_model already; kept for the type checker and a changed setting
-        raise InvalidSpec("llm", f"{KEY_SETTING} is not set")
-    try:
-        response = client.call(model, system, messages, settings.plan_llm_output_tokens)
-    except Exception as exc:
-        failed = _failed_call(settings, hold, exc)
-        if not isinstance(exc, LlmError):
-            raise
-        return unrefined(draft, f"the model call failed: {exc}"), failed
-    finally:
-        client.close()
+    with closing(client):
+        with transaction(settings.database_url) as session:
+            of = DraftOf(
+                caller.owner, caller.key_id, draft.spec.repo, draft.spec.base_ref, draft.tree.sha, model
+            )
+            hold = open_draft(session, of, budget=settings.plan_llm_max_tokens, worst=worst)
+        try:
+            response = client.call(model, system, messages, settings.plan_llm_output_tokens)
+        except Exception as exc:
+            failed = _failed_call(settings, hold, exc)
+            if not isinstance(exc, LlmError):
+                raise
+            return unrefined(draft, f"the model call failed: {exc}"), failed
     _record(settings, hold, model, response)
     source = f"llm: {response.model or model}, plan draft {hold.draft_id}"
     try:
