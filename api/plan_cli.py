@@ -31,13 +31,33 @@ def plan() -> None:
 @click.option("--ref", "base_ref", default="main", show_default=True, help="Base ref of the run.")
 @click.option("--name", default=None, help="Run name (default: the plan's title).")
 @click.option("--explain", is_flag=True, help="Also print where each value came from (stderr).")
-def normalize(plan_file: TextIO, repo: str, base_ref: str, name: str | None, explain: bool) -> None:
+@click.option(
+    "--llm",
+    is_flag=True,
+    help="Let one model call refine goals and scope (needs AUTOPACK_ANTHROPIC_API_KEY on the API; "
+    "spends at most AUTOPACK_PLAN_LLM_MAX_TOKENS, recorded on a plan draft).",
+)
+@click.option("--llm-model", default=None, help="Model of the --llm pass (default: the cheapest builder).")
+def normalize(
+    plan_file: TextIO,
+    repo: str,
+    base_ref: str,
+    name: str | None,
+    explain: bool,
+    llm: bool,
+    llm_model: str | None,
+) -> None:
     """Print the run spec draft of PLAN.md (`-` reads stdin) as YAML; warnings go to stderr.
 
-    The YAML can be submitted as it is: `autopack submit run.yaml`."""
+    The YAML can be submitted as it is: `autopack submit run.yaml`. With --llm, a model refines each
+    phase's goal and scope (only paths that exist are kept; the LLM's values say `llm` in --explain);
+    the plan draft's id, tokens and cost go to stderr. A failed call or an unusable answer still prints
+    the deterministic draft, with a warning saying why."""
     if is_local(repo):
         repo = str(Path(repo).resolve())  # the API may run elsewhere: send a full path
     body: dict[str, Any] = {"repo": repo, "base_ref": base_ref, "plan": plan_file.read(), "name": name}
+    if llm:
+        body.update(llm=True, llm_model=llm_model)
     try:
         draft = _client().normalize_plan(body)
     except ClientError as exc:
@@ -46,6 +66,14 @@ def normalize(plan_file: TextIO, repo: str, base_ref: str, name: str | None, exp
     click.echo(yaml.safe_dump(draft["spec"], sort_keys=False, allow_unicode=True), nl=False)
     for warning in draft["warnings"]:
         click.echo(f"warning: {_where(warning)}{warning['message']}", err=True)
+    if draft.get("llm"):
+        done = draft["llm"]
+        cost = f"${done['cost_usd']}" if done["cost_usd"] is not None else "cost unknown"
+        click.echo(
+            f"llm: plan draft {done['draft_id']} {done['state']} ({done['model']}, {done['tokens']} tokens, "
+            f"{cost})",
+            err=True,
+        )
     if explain:
         for key, source in draft["provenance"].items():
             click.echo(f"{key}: {source}", err=True)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -36,6 +37,7 @@ from shared.states import (
     HostState,
     PairState,
     PhaseState,
+    PlanDraftState,
     RunState,
 )
 
@@ -68,6 +70,10 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+OWNED_BY_ONE = "(run_id IS NULL) <> (plan_draft_id IS NULL)"
+"""A usage row belongs to exactly one of a run and a plan draft (migration 0011)."""
 
 
 class Base(DeclarativeBase):
@@ -203,13 +209,19 @@ class Attempt(Base):
 
 
 class LlmUsageEvent(Base):
-    """One row per LLM call. A figure the provider did not return stays NULL, never estimated."""
+    """One row per LLM call. A figure the provider did not return stays NULL, never estimated.
+
+    Owned by a run (a phase's calls) or by a plan draft (the plan normalizer's LLM pass), never both."""
 
     __tablename__ = "llm_usage_events"
+    __table_args__ = (CheckConstraint(OWNED_BY_ONE, name="one_owner"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     call_key: Mapped[str] = mapped_column(String(200), unique=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    plan_draft_id: Mapped[int | None] = mapped_column(
+        ForeignKey("plan_drafts.id", ondelete="CASCADE"), index=True
+    )
     phase_id: Mapped[int | None] = mapped_column(ForeignKey("phases.id", ondelete="CASCADE"))
     attempt_number: Mapped[int | None]
     provider: Mapped[str] = mapped_column(String(50))
@@ -223,6 +235,32 @@ class LlmUsageEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(200))
     cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PlanDraft(Base):
+    """One `POST /plans/normalize` with `llm: true`: the owner of its model call's usage row and the
+    ledger its budget is reserved on, as a run is for a phase's calls (`shared/plans/ledger.py`)."""
+
+    __tablename__ = "plan_drafts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(100), index=True)
+    """The asking key's owner; NULL without auth (embedded)."""
+    key_id: Mapped[int | None]
+    repo: Mapped[str] = mapped_column(String(2000))
+    base_ref: Mapped[str] = mapped_column(String(255))
+    base_sha: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(100))
+    state: Mapped[PlanDraftState] = mapped_column(String(20), default=PlanDraftState.REFINING)
+    token_budget: Mapped[int] = mapped_column(BigInteger)
+    """`AUTOPACK_PLAN_LLM_MAX_TOKENS` when it was asked: used + reserved never exceeds it."""
+    tokens_reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    """NULL when the model has no known price or the provider did not report the tokens."""
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class EfficiencyMetric(Base):

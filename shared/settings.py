@@ -252,6 +252,18 @@ class Settings(BaseSettings):
     llm_retry_after_cap_seconds: float = 60.0
     """Longest provider `retry-after` the client honours; a longer one is cut to this."""
 
+    plan_llm_max_tokens: int = Field(default=60_000, ge=1, le=10**12)
+    """Tokens (input + output) one plan draft's LLM pass (`POST /plans/normalize` with `llm: true`) may
+    spend. The call's worst case (estimated prompt + `plan_llm_output_tokens`) is reserved against it
+    before the call; one that does not fit is refused (422 naming this setting) and nothing is sent."""
+
+    plan_llm_output_tokens: int = Field(default=4096, ge=256, le=128_000)
+    """Output budget (`max_tokens`) of a plan draft's LLM call."""
+
+    plan_llm_timeout_seconds: float = Field(default=120.0, gt=0)
+    """Time limit of one try of a plan draft's LLM call. The call runs inside the HTTP request, so it
+    is kept well below `llm_timeout_seconds` (a builder call's)."""
+
     max_deletions: int = 5
     """Files one LLM patch may delete unless the phase sets `allow_deletions`."""
 

@@ -83,6 +83,17 @@ class ApprovalState(StrEnum):
     """Its run was cancelled while it waited."""
 
 
+class PlanDraftState(StrEnum):
+    """A plan draft's LLM pass. Lower case, like the approvals' states the API shows."""
+
+    REFINING = "refining"
+    """Its budget is reserved and the model call is (or was, if the API died) in flight."""
+    DONE = "done"
+    """The model's refinement was applied (some of its paths may have been dropped, with warnings)."""
+    FAILED = "failed"
+    """The call failed or its answer was unusable: the deterministic draft was returned; `error` says why."""
+
+
 class AttemptOutcome(StrEnum):
     SUCCESS = "SUCCESS"
     BUILD_FAILED = "BUILD_FAILED"

@@ -47,7 +47,7 @@ def record_usage(
     session: Session,
     *,
     call_key: str,
-    run_id: int,
+    run_id: int | None,
     phase_id: int | None,
     attempt_number: int | None,
     provider: str,
@@ -60,11 +60,15 @@ def record_usage(
     latency_ms: int | None,
     request_id: str | None,
     cost_usd: Decimal | None,
+    plan_draft_id: int | None = None,
 ) -> LlmUsageEvent:
-    """The usage row of call `call_key`; the first record of a key wins, later ones return it unchanged."""
+    """The usage row of call `call_key`; the first record of a key wins, later ones return it unchanged.
+
+    Its owner is `run_id` (a phase's call) or `plan_draft_id` (a plan draft's LLM pass), exactly one."""
     values = {
         "call_key": call_key,
         "run_id": run_id,
+        "plan_draft_id": plan_draft_id,
         "phase_id": phase_id,
         "attempt_number": attempt_number,
         "provider": provider,

@@ -106,7 +106,7 @@ TOO_MANY = "".join(f"{i}. Tidy `src/shop/cart.py`\n" for i in range(1, MAX + 2))
 
 
 def draft(plan: str, repo: Path) -> Draft:
-    return normalize_plan(plan, repo=str(repo), base_ref="main", name=None, llm=False, settings=SETTINGS)
+    return normalize_plan(plan, repo=str(repo), base_ref="main", name=None, settings=SETTINGS)
 
 
 def warned(d: Draft) -> list[tuple[str | None, int | None, str]]:
@@ -194,19 +194,12 @@ def test_a_plan_without_phases_or_scope_is_refused_naming_the_line(
     assert caught.value.message.startswith(f"line {line}: ") and words in caught.value.message
 
 
-def test_llm_pass_is_refused_and_the_repo_must_be_allowed(py_repo: Path, tmp_path: Path) -> None:
-    with pytest.raises(InvalidSpec) as caught:
-        normalize_plan(
-            NESTED_PLAN, repo=str(py_repo), base_ref="main", name=None, llm=True, settings=SETTINGS
-        )
-    assert caught.value.field == "llm"
+def test_the_repo_must_be_allowed_and_the_ref_must_resolve(py_repo: Path, tmp_path: Path) -> None:
     strict = Settings(allowed_repos=["/nowhere/**"], _env_file=None)  # type: ignore[call-arg]
     with pytest.raises(InvalidSpec, match="not an allowed repository"):
-        normalize_plan(NESTED_PLAN, repo=str(py_repo), base_ref="main", name=None, llm=False, settings=strict)
+        normalize_plan(NESTED_PLAN, repo=str(py_repo), base_ref="main", name=None, settings=strict)
     with pytest.raises(InvalidSpec) as caught:
-        normalize_plan(
-            NESTED_PLAN, repo=str(py_repo), base_ref="nope", name=None, llm=False, settings=SETTINGS
-        )
+        normalize_plan(NESTED_PLAN, repo=str(py_repo), base_ref="nope", name=None, settings=SETTINGS)
     assert caught.value.field == "base_ref"
 
 
@@ -232,8 +225,6 @@ def test_the_api_names_the_line_of_a_plan_without_phases(client: TestClient, py_
     assert resp.status_code == 422
     (detail,) = resp.json()["detail"]
     assert detail["loc"] == ["body", "plan"] and detail["msg"].startswith("line 3: no phases")
-    llm = client.post("/plans/normalize", json={"repo": str(py_repo), "plan": NESTED_PLAN, "llm": True})
-    assert llm.status_code == 422 and llm.json()["detail"][0]["loc"] == ["body", "llm"]
     anonymous = client.post(
         "/plans/normalize", json={"repo": str(py_repo), "plan": NESTED_PLAN}, headers={"X-API-Key": ""}
     )

@@ -30,7 +30,7 @@ from workers.escalation import escalate, trigger
 from workers.host.guard import GUARD_PERIOD_SECONDS
 from workers.host.health import HostHealth
 from workers.lease import Lease, heartbeat
-from workers.llm.client import LlmClient, RetryPolicy
+from workers.llm.client import LlmClient, client_for
 from workers.llm.gateway import LlmGateway
 from workers.publish import move_branch, phase_ref
 from workers.record import AttemptRecord, PhaseJob
@@ -62,18 +62,7 @@ class WorkerContext:
         return key is None or not key.get_secret_value()
 
     def llm_client(self) -> LlmClient | None:
-        s = self.settings
-        if s.anthropic_api_key is None or self.llm_client_missing():
-            return None
-        policy = RetryPolicy(
-            s.llm_max_retries,
-            s.llm_backoff_base_seconds,
-            s.llm_backoff_cap_seconds,
-            s.llm_retry_after_cap_seconds,
-        )
-        return LlmClient(
-            s.anthropic_api_key.get_secret_value(), s.anthropic_base_url, s.llm_timeout_seconds, policy
-        )
+        return client_for(self.settings)
 
 
 def execute_phase(ctx: WorkerContext, run_id: int, phase_id: int) -> str:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.keys import Caller
-from shared.models import Attempt, Campaign, LlmUsageEvent, Phase, Run
+from shared.models import Attempt, Campaign, LlmUsageEvent, Phase, PlanDraft, Run
 from shared.runs import visible_to
 from shared.states import PhaseState, RunState
 
@@ -38,9 +38,12 @@ def today_start() -> datetime:
 
 
 def overview(session: Session, caller: Caller) -> dict[str, Any]:
-    """Runs by state today, executing phases, spend today: the caller's runs only."""
+    """Runs by state today, executing phases, spend today: the caller's runs, and its plan drafts'
+    LLM passes (their usage rows have no run)."""
     since = today_start()
     mine = visible_to(select(Run.id), caller).where(Run.created_at >= since)
+    drafts = select(PlanDraft.id).where(PlanDraft.created_at >= since)
+    drafts = drafts if caller.admin else drafts.where(PlanDraft.owner == caller.owner)
     counted = visible_to(select(Run.state, func.count(Run.id)), caller).where(Run.created_at >= since)
     by_state = {str(state): int(n) for state, n in session.execute(counted.group_by(Run.state))}
     spend = session.execute(
@@ -49,7 +52,13 @@ def overview(session: Session, caller: Caller) -> dict[str, Any]:
             func.coalesce(func.sum(LlmUsageEvent.output_tokens), 0),
             func.coalesce(func.sum(LlmUsageEvent.cost_usd), 0),
             func.count(LlmUsageEvent.id),
-        ).where(LlmUsageEvent.created_at >= since, LlmUsageEvent.run_id.in_(mine.scalar_subquery()))
+        ).where(
+            LlmUsageEvent.created_at >= since,
+            or_(
+                LlmUsageEvent.run_id.in_(mine.scalar_subquery()),
+                LlmUsageEvent.plan_draft_id.in_(drafts.scalar_subquery()),
+            ),
+        )
     ).one()
     executing = session.scalar(select(func.count(Phase.id)).where(Phase.state == PhaseState.EXECUTING))
     return {

@@ -2,9 +2,10 @@
 item, every inferred value with its source (`provenance`, keyed like `phases.0.scope.1`), and a warning
 for everything it could not infer or did not use. The draft passes the same admission as `POST /runs`.
 
-`llm: true` (a model refining goals and scope) is refused in this version: a call's usage must be
-recorded like a phase's, and usage rows belong to a run (`llm_usage_events.run_id`), which a draft does
-not have. Doing it honestly needs a `plan_drafts` row to own the usage (a migration in `shared/models.py`).
+This module never calls a model. The optional LLM pass (`llm: true`) starts from its draft: the API
+(`api/plan_llm.py`) reserves the call's budget on a `plan_drafts` row, calls the model and records the
+usage like a phase's, and `shared/plans/refine.py` applies only what is safe of the answer (goals, and
+scope paths that exist at the same commit), with provenance `llm: ...` and warnings for the rest.
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ from shared.specs import RunSpec
 BUILDER = "anthropic"
 """A plan's phases are prose goals: an LLM builder carries them out (`script` needs a command each)."""
 _NAME_MAX = 40
-LLM_REFUSAL = (
-    "the LLM pass is not available yet: its usage must be recorded like a phase's, and usage rows "
-    "belong to a run, which a draft does not have; normalize with llm=false and edit the draft"
-)
 
 
 @dataclass(frozen=True)
@@ -45,6 +42,9 @@ class PlanWarning:
 @dataclass
 class Draft:
     spec: RunSpec
+    tree: RepoTree
+    """The repository at the resolved commit: what an LLM pass checks its paths against."""
+    plan: Plan
     provenance: dict[str, str] = field(default_factory=dict)
     warnings: list[PlanWarning] = field(default_factory=list)
 
@@ -67,13 +67,9 @@ class _Builder:
         return [item.value for item in values]
 
 
-def normalize_plan(
-    text: str, *, repo: str, base_ref: str, name: str | None, llm: bool, settings: Settings
-) -> Draft:
+def normalize_plan(text: str, *, repo: str, base_ref: str, name: str | None, settings: Settings) -> Draft:
     """The draft of `text` for `repo` at `base_ref`; `InvalidSpec` naming the field (and for the plan,
     the line) when there is none to give."""
-    if llm:
-        raise InvalidSpec("llm", LLM_REFUSAL)
     path = _local_repo(repo, settings)
     sha = _resolve(path, base_ref)
     try:
@@ -86,9 +82,9 @@ def normalize_plan(
     tree = RepoTree.load(path, sha)
     builder = _Builder(tree, settings, validation(tree))
     body = _spec_body(plan, builder, str(path), base_ref, name)
-    spec = _validated(body)
+    spec = validated(body)
     admit(spec, settings)
-    return Draft(spec, builder.provenance, builder.warnings)
+    return Draft(spec, tree, plan, builder.provenance, builder.warnings)
 
 
 def _local_repo(repo: str, settings: Settings) -> Path:
@@ -188,7 +184,7 @@ def _names(items: tuple[PlanItem, ...]) -> list[str]:
     return out
 
 
-def _validated(body: dict[str, Any]) -> RunSpec:
+def validated(body: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(body)
     except ValidationError as exc:

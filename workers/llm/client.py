@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InfraFailure, InfraKind, LlmAuthError, LlmError, LlmInfraError, LlmRequestError
 from shared.llm_catalog import ModelPrice, default_prices
+from shared.settings import Settings
 
 TRUNCATING_STOP_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
 """Stop reasons that mean the answer was cut off rather than finished."""
@@ -160,6 +161,22 @@ class LlmClient:
         if failure.retry_after is not None:
             return min(failure.retry_after, self._retry.retry_after_cap_seconds)
         return self._retry.backoff(retry_number, self._unit_random())
+
+
+def client_for(settings: Settings, timeout: float | None = None) -> LlmClient | None:
+    """The client the settings describe (`timeout` per try, default `llm_timeout_seconds`); None when
+    no API key is configured."""
+    key = settings.anthropic_api_key
+    if key is None or not key.get_secret_value():
+        return None
+    policy = RetryPolicy(
+        settings.llm_max_retries,
+        settings.llm_backoff_base_seconds,
+        settings.llm_backoff_cap_seconds,
+        settings.llm_retry_after_cap_seconds,
+    )
+    seconds = settings.llm_timeout_seconds if timeout is None else timeout
+    return LlmClient(key.get_secret_value(), settings.anthropic_base_url, seconds, policy)
 
 
 def classify(exc: anthropic.AnthropicError) -> InfraFailure:

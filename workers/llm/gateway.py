@@ -94,30 +94,40 @@ class LlmGateway:
     def _record(
         self, held: Any, key: str, role: str, attempt: int, model: str, response: LlmResponse
     ) -> None:
-        u = response.usage
-        cost = self.prices.cost_usd(model, u)
-        spent = (
-            None if u.input_tokens is None or u.output_tokens is None else u.input_tokens + u.output_tokens
-        )
+        cost = self.prices.cost_usd(model, response.usage)
         with transaction(self.db_url) as session:
-            settle(session, held, tokens=spent, usd=cost)
+            settle(session, held, tokens=spent_tokens(response), usd=cost)
             record_usage(
                 session,
                 call_key=key,
                 run_id=self.run_id,
                 phase_id=self.phase_id,
                 attempt_number=attempt,
-                provider="anthropic",
-                model=response.model or model,
                 role=role,
-                input_tokens=u.input_tokens,
-                output_tokens=u.output_tokens,
-                cache_read_tokens=u.cache_read_tokens,
-                cache_write_tokens=u.cache_write_tokens,
-                latency_ms=response.latency_ms,
-                request_id=response.request_id,
                 cost_usd=cost,
+                **usage_figures(response, model),
             )
+
+
+def spent_tokens(response: LlmResponse) -> int | None:
+    """Input + output as the provider reported them; None (charge the worst case) if it did not."""
+    u = response.usage
+    return None if u.input_tokens is None or u.output_tokens is None else u.input_tokens + u.output_tokens
+
+
+def usage_figures(response: LlmResponse, model: str) -> dict[str, Any]:
+    """The `record_usage` fields a response gives (its provider, model, tokens, latency, request id)."""
+    u = response.usage
+    return {
+        "provider": "anthropic",
+        "model": response.model or model,
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "latency_ms": response.latency_ms,
+        "request_id": response.request_id,
+    }
 
 
 def maybe_billed(exc: Exception) -> bool:
