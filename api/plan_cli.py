@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 import click
 import yaml
 
-from api.client import ApiClient, ClientError
+from api.cli_support import fail, settings_client
+from api.client import ClientError
 from shared.git import is_local
-from shared.settings import get_settings
-
-
-def _client() -> ApiClient:
-    settings = get_settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    return ApiClient(settings.api_url, key)
 
 
 @click.group()
@@ -59,10 +52,9 @@ def normalize(
     if llm:
         body.update(llm=True, llm_model=llm_model)
     try:
-        draft = _client().normalize_plan(body)
+        draft = settings_client().normalize_plan(body)
     except ClientError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(exc)
     click.echo(yaml.safe_dump(draft["spec"], sort_keys=False, allow_unicode=True), nl=False)
     for warning in draft["warnings"]:
         click.echo(f"warning: {_where(warning)}{warning['message']}", err=True)

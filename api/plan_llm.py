@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from shared.db import transaction
-from shared.errors import InvalidSpec, LlmError
+from shared.errors import InvalidSpec, LlmError, RefineError
 from shared.keys import Caller
 from shared.llm_catalog import output_limit
 from shared.models import PlanDraft
 from shared.plans.draft import Draft
 from shared.plans.ledger import DraftHold, DraftOf, finish_draft, open_draft, settle_draft
-from shared.plans.refine import ROLE, RefineError, apply_answer, parse_answer, planner_prompt, unrefined
+from shared.plans.refine import ROLE, apply_answer, parse_answer, planner_prompt, unrefined
 from shared.settings import Settings
 from shared.specs import ModelConfig
 from shared.states import PlanDraftState

@@ -96,6 +96,15 @@ class PatchParseError(AutopackError):
         self.reason = reason
 
 
+class RefineError(AutopackError):
+    """A model's answer to the plan normalizer's LLM pass cannot be used; `reason` says why (it becomes
+    the draft's warning, and the deterministic draft is returned)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class AuthError(AutopackError):
     """Missing or wrong API key."""
 

@@ -236,7 +236,7 @@ def test_the_cli_prints_yaml_and_warnings_apart(
 ) -> None:
     api = ApiClient("http://testserver", None)
     api._http = client
-    monkeypatch.setattr(plan_cli, "_client", lambda: api)
+    monkeypatch.setattr(plan_cli, "settings_client", lambda: api)
     plan_file = tmp_path / "plan.md"
     plan_file.write_text(NESTED_PLAN)
     result = CliRunner().invoke(cli.cli, ["plan", "normalize", str(plan_file), "--repo", str(go_repo)])

@@ -178,7 +178,7 @@ def test_an_unusable_answer_gives_the_deterministic_draft_with_the_reason_embedd
     with MessagesSimulator([Scripted(text=answer)]) as sim:
         settings = with_llm(embedded_settings, sim)
         with embedded_fleet(settings, 1) as celery, api_in_thread(settings, celery) as url:
-            monkeypatch.setattr(plan_cli, "_client", lambda: ApiClient(url, None))
+            monkeypatch.setattr(plan_cli, "settings_client", lambda: ApiClient(url, None))
             argv = ["plan", "normalize", str(plan_file), "--repo", str(shop), "--llm", "--explain"]
             result = CliRunner().invoke(cli.cli, argv)
     assert result.exit_code == 0, result.output

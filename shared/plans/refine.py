@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.admission import admit
-from shared.errors import InvalidSpec
+from shared.errors import InvalidSpec, RefineError
 from shared.plans.draft import Draft, PlanWarning, validated
 from shared.plans.infer import RepoTree
 from shared.settings import Settings
@@ -52,14 +52,6 @@ Rules:
 - scope: files or directories (repository-relative) the phase must change. Use paths from the
   repository listing, or the phase's deliverables; any other path is dropped.
 """
-
-
-class RefineError(ValueError):
-    """The model's answer cannot be used; `reason` says why (it becomes the draft's warning)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class PhaseAnswer(BaseModel):
