@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,20 @@ def test_the_campaign_cli_creates_follows_and_reports_in_plain_text_off_a_termin
     assert all(a != b for a, b in pairwise(blocks)), "printed again without a change"
     assert report.exit_code == 0 and "McNemar" in report.output and "10" in report.output
     assert bad.exit_code == 1 and "404" in bad.output
+
+
+def test_an_embedded_fleet_stops_at_once_and_the_next_one_runs_a_phase(
+    embedded_settings: Settings, sample_repo: Path
+) -> None:
+    """Celery's consumer loop waits 2 s between looks at its stop flag; the embedded transport caps
+    each wait (workers/memory_transport.py), so a fleet stops in a fraction of that, and no thread of
+    the stopped fleet is left to take the next fleet's messages from the process-wide memory broker."""
+    stops = []
+    for i in range(3):
+        with embedded_fleet(embedded_settings, 2) as celery, api_in_thread(embedded_settings, celery) as url:
+            client = ApiClient(url, None)
+            run = wait_terminal(client, [client.submit(quick_spec(sample_repo, i))["id"]], timeout=60)[0]
+            assert run["state"] == "DONE_SUCCESS"
+            start = time.perf_counter()
+        stops.append(time.perf_counter() - start)
+    assert max(stops) < 1.0, stops
