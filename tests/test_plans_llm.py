@@ -5,8 +5,11 @@ recorded like a phase's, owned by a `plan_drafts` row, and only what is safe of 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,9 @@ from api.ui.data import overview
 from shared.db import transaction
 from shared.git import git
 from shared.keys import Caller
-from shared.models import LlmUsageEvent, PlanDraft
+from shared.models import LlmUsageEvent, PlanDraft, utcnow
 from shared.plans.infer import RepoTree
+from shared.plans.ledger import ABANDONED, abandon_stale
 from shared.plans.refine import NEARBY_LIMIT, PLANNER_MARKER, nearby_paths
 from shared.settings import Settings
 from shared.specs import RunSpec
@@ -251,3 +255,35 @@ def test_a_large_repository_lists_the_files_near_the_scope_not_all_of_them(tmp_p
     )
     assert nearby_paths(tree, spec) == ["src/shop/cart.py", "src/shop/tax.py", "src/app.py"]
     assert len(nearby_paths(tree, spec, limit=len(blobs))) == len(blobs)  # a small one: every file
+
+
+def test_a_draft_whose_api_process_looks_dead_is_charged_once_and_a_late_answer_does_not_count_twice(
+    fleet_settings: Settings, api_key: str, shop: Path
+) -> None:
+    """The reconciler's `abandon_stale` ends a draft still `refining` past the longest call, charging
+    its reservation; the call that then answers after all records its usage row, and its settle is
+    refused, so the draft's figures count the call once (at its worst case, as a run's orphan is)."""
+    done: dict[str, Any] = {}
+    sim = MessagesSimulator([Scripted(text=json.dumps(REFINED), usage=USAGE, delay=2.0)])
+    with sim, api(with_llm(fleet_settings, sim), api_key) as c:
+        worker = threading.Thread(target=lambda: done.update(resp=normalize(c, shop)))
+        worker.start()
+        while not sim.requests:  # the call is in flight
+            time.sleep(0.02)
+        with transaction(fleet_settings.database_url) as session:
+            abandoned = abandon_stale(session, utcnow() + timedelta(seconds=1))
+        (draft,), _ = stored(fleet_settings.database_url)
+        worker.join(30)
+    assert abandoned == [draft.id] and draft.state == "failed" and draft.error == ABANDONED
+    worst = draft.tokens_used
+    assert draft.tokens_reserved == 0 and worst > 1834 + 217
+    body = done["resp"].json()
+    (after,), usage = stored(fleet_settings.database_url)
+    assert [(u.plan_draft_id, u.input_tokens, u.output_tokens) for u in usage] == [(draft.id, 1834, 217)]
+    assert (after.state, after.error, after.tokens_used, after.tokens_reserved) == (
+        "failed",
+        ABANDONED,
+        worst,
+        0,
+    )
+    assert body["llm"]["state"] == "failed" and body["llm"]["tokens"] == worst

@@ -16,7 +16,9 @@ from shared.campaigns.flow import sweep
 from shared.db import after_fork, name_connections, transaction
 from shared.dispatch import Dispatcher
 from shared.errors import BranchConflict
+from shared.models import utcnow
 from shared.outbox import claim_and_enqueue, lagging_branches, reconcile
+from shared.plans.ledger import abandon_stale, longest_call
 from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
 from workers import drain, retention
@@ -64,7 +66,20 @@ class Reconciler:
             log.warning("packing refs or pruning expired result refs failed: %s", exc)
         enqueued = reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
         enqueued += self._approvals()
+        self._plan_drafts()
         return enqueued + sweep(s.database_url, self.dispatcher)
+
+    def _plan_drafts(self) -> None:
+        """Close the plan drafts whose API process died mid-call, charging what they reserved."""
+        s = self.settings
+        try:
+            with transaction(s.database_url) as session:
+                abandoned = abandon_stale(session, utcnow() - longest_call(s))
+        except Exception as exc:  # must not stop re-dispatching
+            log.warning("plan drafts: %s", exc)
+            return
+        if abandoned:
+            log.warning("plan drafts %s: their API process stopped mid-call; reservations charged", abandoned)
 
     def _approvals(self) -> int:
         """Apply the timeout's default action to expired approvals (enqueueing their phases), and send
