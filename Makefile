@@ -31,14 +31,20 @@ browser: ## Install Debian's Chromium (the dashboard's browser tests drive it) w
 	  && apt-get update -q && apt-get install -y -q chromium; } \
 	  || { echo "chromium is missing: install it (apt-get install chromium) for tests/test_dashboard_browser.py"; exit 1; }
 
+# Test sessions in parallel: each takes its own Postgres database, Redis database (1..15), Celery
+# queue and subnet (tests/conftest.py). The `exclusive` tests restart Redis or Postgres, which every
+# session shares, so they run alone afterwards.
+TEST_PROCS ?= 2
+
 test: $(STAMP) sandbox browser ## Lint, type-check, then the whole suite (needs local Postgres and Redis)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCS) -m 'not exclusive'
+	$(BIN)/pytest -m exclusive
 
 test-fast: $(STAMP) ## The suite without the tests that start worker processes
-	$(BIN)/pytest -m 'not fleet'
+	$(BIN)/pytest -n $(TEST_PROCS) -m 'not fleet'
 
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check .

@@ -15,7 +15,7 @@ from tests.chaos.checks import check_invariants, faults_complete, render
 from tests.chaos.config import ChaosConfig, chaos_settings
 from tests.chaos.services import disk_for
 
-pytestmark = pytest.mark.fleet
+pytestmark = [pytest.mark.fleet, pytest.mark.exclusive]  # it restarts Redis
 
 
 def test_short_chaos_batch_keeps_every_invariant(
