@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 
 from shared.settings import Settings, get_settings
-from workers import memory_transport
+from workers import memory_transport, redis_transport
 
 PHASE_TASK = "autopack.execute_phase"
 app: Celery  # built on first access by __getattr__ below
@@ -42,12 +42,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "priority_steps": [INTERACTIVE_PRIORITY, BACKGROUND_PRIORITY],
         "sep": PRIORITY_SEP,
     }
-    embedded: dict[str, Any] = {}
+    # Plain redis:// only: rediss:// keeps kombu's own scheme handling (TLS), untested here.
+    plain_redis = settings.broker_url.startswith("redis://")
+    broker = {"broker_transport": redis_transport.PATH} if plain_redis else {}
     if settings.is_embedded:
         transport = {"polling_interval": settings.embedded_poll_interval}
-        embedded = {"broker_transport": memory_transport.PATH}
+        broker = {"broker_transport": memory_transport.PATH}
     return {
-        **embedded,
+        **broker,
         "broker_url": settings.broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
