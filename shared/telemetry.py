@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -114,6 +114,29 @@ def record_efficiency(
         EfficiencyMetric.outcome == outcome,
     )
     return session.scalars(query).one()
+
+
+def recount_phase_tokens(session: Session, phase_id: int) -> None:
+    """Set the phase's efficiency row to the sum of its usage rows, for a call recorded late: its
+    holder was fenced off (frozen, then taken over) and may have written its usage row after another
+    holder's terminal transaction had summed the phase's calls into the efficiency row.
+
+    Its own transaction, after the usage row committed, holding only the phase row's lock: the
+    terminal transaction holds that lock while it sums, so this either runs first (and that sum then
+    sees the usage row) or waits and recounts with it. Recounting, not adding, is safe to repeat."""
+    session.execute(select(Phase.id).where(Phase.id == phase_id).with_for_update())
+    total = (
+        select(
+            func.sum(
+                func.coalesce(LlmUsageEvent.input_tokens, 0) + func.coalesce(LlmUsageEvent.output_tokens, 0)
+            )
+        )
+        .where(LlmUsageEvent.phase_id == phase_id)
+        .scalar_subquery()
+    )
+    session.execute(
+        update(EfficiencyMetric).where(EfficiencyMetric.phase_id == phase_id).values(tokens_spent=total)
+    )
 
 
 def record_phase_metrics(

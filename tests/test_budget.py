@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api.sample_repo import sample_spec
 from shared.budget import (
@@ -23,10 +24,11 @@ from shared.budget import (
 )
 from shared.db import transaction
 from shared.errors import LlmInfraError, LlmRequestError
-from shared.models import Run, utcnow
+from shared.models import EfficiencyMetric, LlmUsageEvent, Run, utcnow
 from shared.outbox import reconcile
 from shared.runs import create_run
 from shared.specs import RunSpec
+from shared.telemetry import record_efficiency, record_usage
 from tests.support.simulator import MessagesSimulator, Scripted
 from tests.test_outbox import RecordingDispatcher
 from workers.lease import Lease, acquire
@@ -220,3 +222,39 @@ def test_a_model_without_a_price_is_refused_under_a_usd_cap_before_any_request(
             call(gateway(pg_run, sim, usd=Decimal(5)), model="claude-sonnet-4-9")
         assert sim.requests == []
     assert run_ledger(pg_run) == (0, 0, Decimal(0), Decimal(0))
+
+
+def test_a_call_recorded_after_another_holder_ended_the_phase_is_counted_in_its_efficiency_row(
+    pg_run: tuple[str, int, Lease],
+) -> None:
+    """A frozen holder's call answers after it was taken over and after the new holder's terminal
+    transaction summed the phase's usage into the efficiency row: the late usage row is recounted
+    into that row, so per phase, efficiency = the sum of usage rows (the chaos batch's check)."""
+    db_url, run_id, _ = pg_run
+    late = Scripted(usage={"input_tokens": 100, "output_tokens": 20}, delay=1.0)
+    with MessagesSimulator([late]) as sim:
+        client = LlmClient("sk-test", sim.base_url, 30, RetryPolicy(max_retries=0))
+        gw = LlmGateway(db_url, client, run_id, 1, pg_run[2].epoch, None, None)
+        frozen = threading.Thread(target=call, args=(gw,))
+        frozen.start()
+        while not sim.requests:  # the call is in flight
+            time.sleep(0.01)
+        expire_lease(db_url, run_id)
+        reconcile(db_url, RecordingDispatcher(waiting=set()), redispatch_after=60)  # charged, epoch bumped
+        with transaction(db_url) as session:  # the new holder's own call, then its terminal transaction
+            record_usage(
+                session, call_key="new-holder", run_id=run_id, phase_id=1, attempt_number=1,
+                provider="anthropic", model="claude-haiku-4-5", role="builder", input_tokens=50,
+                output_tokens=10, cache_read_tokens=None, cache_write_tokens=None, latency_ms=1,
+                request_id=None, cost_usd=None,
+            )  # fmt: skip
+            record_efficiency(
+                session, run_id, 1, "COMPLETE", tokens_spent=60, tokens_avoided_context=None,
+                attempts=1, wall_ms=1,
+            )  # fmt: skip
+        frozen.join(10)
+    with transaction(db_url) as session:
+        spent = session.scalar(select(EfficiencyMetric.tokens_spent).where(EfficiencyMetric.phase_id == 1))
+        usage = session.scalars(select(LlmUsageEvent.input_tokens).where(LlmUsageEvent.phase_id == 1)).all()
+    assert sorted(usage) == [50, 100]
+    assert spent == 60 + 120

@@ -23,7 +23,7 @@ from shared.budget import UnpricedModel, reserve, settle, worst_case
 from shared.campaigns.caps import CampaignCaps, reserve_campaign
 from shared.db import transaction
 from shared.errors import LlmError, LlmInfraError
-from shared.telemetry import record_usage
+from shared.telemetry import record_usage, recount_phase_tokens
 from workers.llm.client import LlmClient, LlmResponse, PriceTable
 
 DEFAULT_PRICE_TABLE = PriceTable()
@@ -96,7 +96,7 @@ class LlmGateway:
     ) -> None:
         cost = self.prices.cost_usd(model, response.usage)
         with transaction(self.db_url) as session:
-            settle(session, held, tokens=spent_tokens(response), usd=cost)
+            current = settle(session, held, tokens=spent_tokens(response), usd=cost)
             record_usage(
                 session,
                 call_key=key,
@@ -107,6 +107,9 @@ class LlmGateway:
                 cost_usd=cost,
                 **usage_figures(response, model),
             )
+        if not current:  # fenced off: another holder may have ended the phase without this call
+            with transaction(self.db_url) as session:
+                recount_phase_tokens(session, self.phase_id)
 
 
 def spent_tokens(response: LlmResponse) -> int | None:
