@@ -61,6 +61,7 @@ OPERATIONS = [
     ("POST", "/campaigns/{campaign_id}/cancel", MAX_EXAMPLES),
     ("GET", "/campaigns/{campaign_id}/report", MAX_EXAMPLES),
     ("POST", "/plans/normalize", MAX_EXAMPLES),
+    ("GET", "/plans/drafts/{draft_id}", 10),
     ("GET", "/failures/patterns", MAX_EXAMPLES),
     ("POST", "/failures/rules/measure", MAX_EXAMPLES),
     ("GET", "/failures/rules", MAX_EXAMPLES),

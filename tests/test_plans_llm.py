@@ -27,7 +27,7 @@ from api.serve import api_in_thread
 from api.ui.data import overview
 from shared.db import transaction
 from shared.git import git
-from shared.keys import Caller
+from shared.keys import Caller, create_key
 from shared.models import LlmUsageEvent, PlanDraft, utcnow
 from shared.plans.infer import RepoTree
 from shared.plans.ledger import ABANDONED, abandon_stale
@@ -287,3 +287,21 @@ def test_a_draft_whose_api_process_looks_dead_is_charged_once_and_a_late_answer_
         0,
     )
     assert body["llm"]["state"] == "failed" and body["llm"]["tokens"] == worst
+
+
+def test_a_draft_reads_back_by_id_for_its_owner_only(
+    fleet_settings: Settings, api_key: str, shop: Path
+) -> None:
+    with transaction(fleet_settings.database_url) as session:
+        _, other_key = create_key(session, "someone-else")
+    sim = MessagesSimulator([Scripted(text=json.dumps(REFINED), usage=USAGE)])
+    with sim, api(with_llm(fleet_settings, sim), api_key) as c:
+        made = normalize(c, shop).json()["llm"]
+        mine = c.get(f"/plans/drafts/{made['draft_id']}")
+        missing = c.get(f"/plans/drafts/{made['draft_id'] + 1}")
+    with api(fleet_settings, other_key) as other:
+        theirs = other.get(f"/plans/drafts/{made['draft_id']}")
+    assert mine.status_code == 200 and mine.json() == made
+    assert mine.json()["state"] == "done" and mine.json()["tokens"] == 1834 + 217
+    assert missing.status_code == 404 and theirs.status_code == 404
+    assert "not found" in theirs.json()["detail"]

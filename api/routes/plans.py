@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Authed, CallerDep, SettingsDep
+from api.deps import Authed, CallerDep, SessionDep, SettingsDep
 from api.plan_llm import LlmPass, llm_model, refine
-from api.schemas import errors
+from api.schemas import RunId, errors
 from shared.plans.draft import normalize_plan
+from shared.plans.ledger import get_draft
 from shared.specs import RunSpec
 from shared.states import PlanDraftState
 
@@ -101,3 +102,10 @@ def normalize(body: PlanIn, settings: SettingsDep, caller: CallerDep) -> PlanDra
     warnings = [PlanWarningOut(field=w.field, line=w.line, message=w.message) for w in draft.warnings]
     llm = None if done is None else PlanLlmOut.of(done)
     return PlanDraftOut(spec=draft.spec, provenance=draft.provenance, warnings=warnings, llm=llm)
+
+
+@router.get("/drafts/{draft_id}", responses=errors(404))
+def read_draft(draft_id: RunId, session: SessionDep, caller: CallerDep) -> PlanLlmOut:
+    """A plan draft's LLM pass as stored: model, state (`refining` while its call is under way),
+    settled tokens, cost and error. Another owner's draft is a 404."""
+    return PlanLlmOut.of(LlmPass.of(get_draft(session, draft_id, caller)))

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidSpec, NotFound
+from shared.keys import Caller, owned_by
 from shared.models import PlanDraft, utcnow
 from shared.settings import Settings
 from shared.states import PlanDraftState
@@ -150,6 +151,16 @@ def abandon_stale(session: Session, opened_before: datetime) -> list[int]:
         .execution_options(synchronize_session=False)
     )
     return list(session.scalars(stmt))
+
+
+def get_draft(session: Session, draft_id: int, caller: Caller | None) -> PlanDraft:
+    """The draft; NotFound also when another owner asked for it (as for runs)."""
+    draft = session.scalars(
+        owned_by(select(PlanDraft), caller, PlanDraft.owner).where(PlanDraft.id == draft_id)
+    ).first()
+    if draft is None:
+        raise NotFound(f"plan draft {draft_id} not found")
+    return draft
 
 
 def _rowcount(result: Any) -> int:
