@@ -14,6 +14,7 @@ from tests.chaos.checks import (
     Record,
     answered_calls_recorded_once,
     no_overlap,
+    no_worker_exited_alone,
     no_write_accepted_after_takeover,
     tokens_add_up,
     woken_holders_were_refused,
@@ -140,3 +141,11 @@ def test_a_call_charged_while_its_holder_was_frozen_and_recorded_after_counts_on
     assert tokens_add_up(record(tmp_path, runs=_ledger(5000), **base)).ok, "1000 settled + 4000 charged"
     counted_twice = tokens_add_up(record(tmp_path, runs=_ledger(5000 + 5940), **base))
     assert not counted_twice.ok and "run 7: spent 10940 != usage 1000 + charged 4000" in counted_twice.detail
+
+
+def test_a_worker_that_exited_with_no_fault_killing_it_fails_the_check(tmp_path: Path) -> None:
+    assert no_worker_exited_alone(record(tmp_path)).ok
+    crashed = record(tmp_path)
+    crashed.res.state.exited = ["w2#1 exit 1: CRITICAL celery.worker: Unrecoverable error: AttributeError"]
+    check = no_worker_exited_alone(crashed)
+    assert not check.ok and "w2#1 exit 1" in check.detail

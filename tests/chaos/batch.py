@@ -112,6 +112,7 @@ def _batch(
                 time.sleep(settings.reconcile_interval_seconds * 2)
         finally:
             fleet.stop_all()
+    chaos.state.exited = fleet.exited
     chaos.state.disk_handbacks = fleet.disk_handbacks() if disk else 0
     chaos.state.first_use_kills = [s for s in fleet.git_kills() if s in FIRST_USE_STEPS]
     return BatchResult(

@@ -52,6 +52,8 @@ class ChaosState:
     git_kills: list[str] = field(default_factory=list)
     """The git step of each kill inside git the fault thread made happen."""
     first_use_kills: list[str] = field(default_factory=list)
+    exited: list[str] = field(default_factory=list)
+    """Workers that exited with no fault killing them (tests/chaos/fleet.py `note_exit`)."""
     """Kills inside `clone` / `worktree add`, armed before the hosts first used them."""
     fenced: list[Fenced] = field(default_factory=list)
     kill_log: list[tuple[str, float]] = field(default_factory=list)

@@ -44,6 +44,8 @@ class Fleet:
         for name, step in zip(self.names, FIRST_USE_STEPS, strict=False):
             self.shims[name].kill(step, 0.01)
         self.lock = threading.Lock()
+        self.exited: list[str] = []
+        """Workers found dead that no fault killed, each with its exit code and last CRITICAL line."""
 
     def workspace(self, name: str) -> Path:
         if self.small_disk is not None and name == self.names[-1]:
@@ -91,6 +93,7 @@ class Fleet:
     def kill(self, name: str) -> None:
         """SIGKILL the worker's whole process group (main and prefork children) and start it again."""
         with self.lock:
+            self.note_exit(name)
             self.procs[name].stop(signal.SIGKILL)
             self.start(name, wait=False)  # it boots in the background; a later kill may land mid-boot
 
@@ -110,7 +113,20 @@ class Fleet:
         """The steps of every kill inside git that happened, the first-use ones included."""
         return [step for shim in self.shims.values() for step in shim.fired()]
 
+    def note_exit(self, name: str) -> None:
+        """Record it if the worker's current process exited by itself (a broker restart must never
+        end a worker: that is what a supervisor would hide)."""
+        proc = self.procs[name]
+        code = proc.popen.poll()
+        if code is None:
+            return
+        critical = [line for line in proc.output().splitlines() if "CRITICAL" in line]
+        self.exited.append(f"{name}#{self.incarnation[name]} exit {code}: {(critical or ['-'])[-1][:160]}")
+
     def stop_all(self) -> None:
+        for name in self.names:
+            if name in self.procs:
+                self.note_exit(name)
         for proc in self.procs.values():
             proc.stop(signal.SIGKILL, timeout=10)
 

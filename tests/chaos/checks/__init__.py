@@ -11,7 +11,12 @@ from collections.abc import Callable
 from shared.settings import Settings
 from tests.chaos.batch import BatchResult
 from tests.chaos.checks.fencing import no_write_accepted_after_takeover, woken_holders_were_refused
-from tests.chaos.checks.host_faults import full_disk, git_kills, no_attempt_on_host_faults
+from tests.chaos.checks.host_faults import (
+    full_disk,
+    git_kills,
+    no_attempt_on_host_faults,
+    no_worker_exited_alone,
+)
 from tests.chaos.checks.llm_calls import answered_calls_recorded_once, tokens_add_up
 from tests.chaos.checks.overlap import no_overlap
 from tests.chaos.checks.record import Check, Record
@@ -39,6 +44,7 @@ CHECKS: list[Callable[[Record], Check]] = [
     efficiency_rows,
     one_success,
     no_attempt_on_host_faults,
+    no_worker_exited_alone,
     no_overlap,
     settled,
     worktrees,
@@ -95,6 +101,7 @@ __all__ = [
     "check_invariants",
     "faults_complete",
     "no_overlap",
+    "no_worker_exited_alone",
     "no_write_accepted_after_takeover",
     "render",
     "tokens_add_up",

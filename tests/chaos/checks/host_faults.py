@@ -45,3 +45,12 @@ def git_kills(r: Record) -> Check:
     return Check(
         "a worker killed inside git loses nothing", not bad, f"steps: {steps or '-'}; " + problems(bad)
     )
+
+
+def no_worker_exited_alone(r: Record) -> Check:
+    """Every worker process that ended was ended by a fault: none died of a Redis or Postgres restart
+    (kombu's close path once killed a worker's main process that way, see workers/redis_transport.py)."""
+    exited = r.res.state.exited
+    return Check(
+        "no worker process exited on its own", not exited, f"{len(exited)} exited; " + problems(exited)
+    )
