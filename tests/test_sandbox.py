@@ -560,19 +560,66 @@ def test_the_git_view_survives_refs_packed_away_while_it_is_copied(
     _, mine, _ = pool
     # The mirror is a bare repo made by init + fetch: its own HEAD names no branch; the slot's does.
     head = git("rev-parse", "HEAD", cwd=mine.path).strip()
-    git("update-ref", "refs/autopack/run-1/phase-0-e1", head, git_dir=mine.mirror.path)
+    git("update-ref", "refs/heads/feature", head, git_dir=mine.mirror.path)
     real_copy = shutil.copy2
+    packed: list[str] = []
 
     def packed_meanwhile(src: str, dst: object) -> object:
-        if "refs/autopack" in str(src):
+        if "refs/heads/feature" in str(src):
             os.remove(src)
+            packed.append(str(src))
         return real_copy(src, dst)  # type: ignore[arg-type]
 
     monkeypatch.setattr(shutil, "copy2", packed_meanwhile)
     layout = gitview.find_layout(mine.path)
     assert layout is not None
     view = gitview.build_view(layout, tmp_path / "view")
-    assert (view / "HEAD").is_file() and not (view / "refs/autopack/run-1/phase-0-e1").exists()
+    assert packed, "the loose ref was never copied: the race was not exercised"
+    assert (view / "HEAD").is_file() and not (view / "refs/heads/feature").exists()
+
+
+def test_a_boxed_command_sees_the_repository_s_branches_but_no_run_s_refs_however_many_there_are(
+    pool: tuple[Path, Worktree, Worktree],
+) -> None:
+    # Other runs' result branches and phase refs are the fleet's, not the phase's: a view that copied
+    # them cost every boxed command more as the mirror aged (two views per phase).
+    workspace, mine, _ = pool
+    mirror = mine.mirror.path
+    head = git("rev-parse", "HEAD", cwd=mine.path).strip()
+    git("tag", "v1", head, git_dir=mirror)
+    git("update-ref", "refs/heads/feature", head, git_dir=mirror)
+    updates = "".join(
+        f"create refs/heads/autopack/run-{i} {head}\ncreate refs/autopack/run-{i}/phase-0-e1 {head}\n"
+        for i in range(300)
+    )
+    git("update-ref", "--stdin", git_dir=mirror, stdin=updates)
+    git("pack-refs", "--all", git_dir=mirror)
+    git("update-ref", "refs/heads/autopack/run-loose", head, git_dir=mirror)  # one left loose
+    git("update-ref", "refs/autopack/run-loose/phase-0-e1", head, git_dir=mirror)
+
+    result = boxed("git for-each-ref --format='%(refname)'", mine.path, box(workspace))
+
+    assert result.ok, result.output
+    refs = set(result.output.split())
+    assert {"refs/heads/feature", "refs/heads/main", "refs/tags/v1"} <= refs
+    assert not [r for r in refs if "autopack" in r], refs
+    assert len(git("for-each-ref", git_dir=mirror).splitlines()) >= 602  # they are there, outside
+
+
+def test_a_view_shows_refs_packed_since_the_last_view(pool: tuple[Path, Worktree, Worktree]) -> None:
+    # The filtered packed-refs is cached by the file's identity; pack-refs renames a new file in.
+    workspace, mine, _ = pool
+    mirror = mine.mirror.path
+    head = git("rev-parse", "HEAD", cwd=mine.path).strip()
+    listing = "git for-each-ref --format='%(refname)' refs/tags"
+    git("tag", "v1", head, git_dir=mirror)
+    git("pack-refs", "--all", git_dir=mirror)
+    assert boxed(listing, mine.path, box(workspace)).output.split() == ["refs/tags/v1"]
+
+    git("tag", "v2", head, git_dir=mirror)
+    git("pack-refs", "--all", git_dir=mirror)
+
+    assert boxed(listing, mine.path, box(workspace)).output.split() == ["refs/tags/v1", "refs/tags/v2"]
 
 
 def test_scratch_left_by_a_killed_worker_is_removed_at_the_next_start_and_a_live_one_s_is_kept(
