@@ -214,6 +214,26 @@ def _scan_overrides(base: list[str], cwd: Path | None, env: dict[str, str]) -> l
     return out
 
 
+# A remote's `receivepack`/`uploadpack` is a program (run for a local remote with the worker's rights)
+# and the first value git reads wins, the repository's before any `-c`: only the command's own option
+# overrides it, so the worker's transfers always name git's own.
+_TRANSFER_PROGRAM = {
+    "push": "--receive-pack=git-receive-pack",
+    "fetch": "--upload-pack=git-upload-pack",
+    "clone": "--upload-pack=git-upload-pack",
+    "ls-remote": "--upload-pack=git-upload-pack",
+}
+
+
+def _with_transfer_program(args: tuple[str, ...]) -> tuple[str, ...]:
+    verb = 0
+    while verb + 1 < len(args) and args[verb] == "-c":
+        verb += 2
+    if verb < len(args) and args[verb] in _TRANSFER_PROGRAM:
+        return (*args[: verb + 1], _TRANSFER_PROGRAM[args[verb]], *args[verb + 1 :])
+    return args
+
+
 def git(
     *args: str,
     cwd: Path | None = None,
@@ -225,6 +245,7 @@ def git(
     if git_dir is not None:
         base += ["--git-dir", str(git_dir)]
     env = git_env()
+    args = _with_transfer_program(args)
     try:
         cmd = [*base, *_program_overrides(base, cwd, git_dir, env), *args]
     except (subprocess.TimeoutExpired, OSError) as exc:

@@ -87,3 +87,24 @@ def test_a_linked_worktree_reuses_the_scan_of_its_own_config(calls: Path, repo: 
     for _ in range(3):
         git("status", "--porcelain", cwd=slot)
     assert scans(calls) - before == 1
+
+
+def test_a_receive_or_upload_pack_program_the_repository_names_never_runs_in_a_push_or_fetch(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A local remote's receive-pack/upload-pack is a program, run with the worker's rights; the
+    # mirror's config is the repository's to write when phases run unboxed (AUTOPACK_SANDBOX=none).
+    ran = tmp_path / "ran"
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "-C", str(repo), *identity, "commit", "-qm", "a", "--allow-empty"], check=True)
+    git("remote", "add", "origin", str(origin), cwd=repo)
+    git("config", "remote.origin.receivepack", f"touch {ran}; git-receive-pack", cwd=repo)
+    git("config", "remote.origin.uploadpack", f"touch {ran}; git-upload-pack", cwd=repo)
+
+    git("push", "--quiet", "origin", "HEAD:refs/heads/pushed", cwd=repo)
+    git("fetch", "--quiet", "origin", "refs/heads/pushed:refs/remotes/origin/pushed", cwd=repo)
+
+    assert git("rev-parse", "refs/remotes/origin/pushed", cwd=repo) == git("rev-parse", "HEAD", cwd=repo)
+    assert not ran.exists(), "the repository's receive-pack/upload-pack ran"
