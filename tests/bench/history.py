@@ -36,6 +36,7 @@ from shared.db import transaction
 from shared.runs import create_run
 from shared.settings import Settings
 from shared.specs import RunSpec
+from tests.bench.origin_cpu import OriginMeter
 from tests.bench.stats import Row, Summary, ratio, times
 from workers import retention
 from workers.executor import WorkerContext, execute_phase
@@ -43,6 +44,7 @@ from workers.runtime import Reconciler
 from workers.workspace import mirror as mirror_mod
 
 SECTION = "(l) history"
+TARGET = "target <= 1.15x fresh"
 LEVELS = (0, 1_000, 5_000, 10_000)
 Say = Callable[[str], None]
 
@@ -235,27 +237,42 @@ class Level:
     label: str = ""
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    origin_cpu: list[float] = field(default_factory=list)
+    """Of `cpu`, what the local origin's receive-pack used (a remote's server in a fleet)."""
     reconcile: list[float] = field(default_factory=list)
     fetch_cpu: list[float] = field(default_factory=list)
     git_ms: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
+    @property
+    def worker_cpu(self) -> list[float]:
+        return [c - o for c, o in zip(self.cpu, self.origin_cpu, strict=True)]
 
-def run_phases(ctx: WorkerContext, repo: Path, name: str, level: Level | None) -> None:
+    def said(self) -> str:
+        cpu, own, wall = (Summary.of(x).median_ms for x in (self.cpu, self.worker_cpu, self.wall))
+        return f"phase wall {wall:.0f} ms, CPU {cpu:.0f} ms ({own:.0f} ms without the origin's)"
+
+
+def run_phases(
+    ctx: WorkerContext, repo: Path, name: str, level: Level | None, meter: OriginMeter | None = None
+) -> None:
     """One 2-phase run, each phase executed here; `level` None: a warm-up, not recorded."""
     with transaction(ctx.settings.database_url) as session:
         run = create_run(session, noop_spec(repo, name))
         run_id, phase_ids = run.id, [p.id for p in run.phases]
     for phase_id in phase_ids:
+        origin = meter.seconds() if meter else 0.0
         wall, cpu = time.perf_counter(), cpu_seconds()
         outcome = execute_phase(ctx, run_id, phase_id)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        origin = (meter.seconds() - origin) if meter else 0.0
         if level is None:
             continue
         if outcome != "complete":
             level.failures.append(f"run {run_id} phase {phase_id}: {outcome}")
         level.wall.append(wall)
         level.cpu.append(cpu)
+        level.origin_cpu.append(origin)
 
 
 @contextmanager
@@ -299,13 +316,21 @@ def verb(argv: list[str]) -> str:
     return "?"
 
 
-def measure_level(ctx: WorkerContext, repo: Path, history: int, phases: int, workdir: Path) -> Level:
+def measure_level(
+    ctx: WorkerContext,
+    repo: Path,
+    history: int,
+    phases: int,
+    workdir: Path,
+    meter: OriginMeter,
+    tag: str = "",
+) -> Level:
     level = Level(history)
-    run_phases(ctx, repo, f"warm-{history}", None)
+    run_phases(ctx, repo, f"warm-{history}{tag}", None)
     for i in range(max(phases // 2, 1)):
-        run_phases(ctx, repo, f"bench-{history}-{i}", level)
-    with traced(workdir / f"trace-{history}.json") as trace:
-        run_phases(ctx, repo, f"traced-{history}", None)
+        run_phases(ctx, repo, f"bench-{history}{tag}-{i}", level, meter)
+    with traced(workdir / f"trace-{history}{tag}.json") as trace:
+        run_phases(ctx, repo, f"traced-{history}{tag}", None)
     level.git_ms = git_time_by_command(trace, 2)
     reconciler = Reconciler(ctx.settings, ctx.dispatcher)
     for _ in range(3):
@@ -351,6 +376,7 @@ class HistoryResult:
                     "label": lv.label,
                     "wall": Summary.of(lv.wall).as_dict(),
                     "cpu": Summary.of(lv.cpu).as_dict(),
+                    "worker_cpu": Summary.of(lv.worker_cpu).as_dict(),
                     "reconcile_pass": Summary.of(lv.reconcile).as_dict(),
                     "mirror_fetch_cpu": Summary.of(lv.fetch_cpu).as_dict(),
                     "git_ms_per_phase": lv.git_ms,
@@ -362,15 +388,17 @@ class HistoryResult:
 
     def rows(self) -> list[Row]:
         label = " (legacy: every ref)" if self.legacy else ""
-        fresh = Summary.of(self.levels[0].cpu).median_ms if self.levels else float("nan")
+        first = self.levels[0] if self.levels else Level(0)
+        fresh, fresh_own = (Summary.of(x).median_ms for x in (first.cpu, first.worker_cpu))
         rows: list[Row] = []
         for lv in self.levels:
-            cpu = Summary.of(lv.cpu)
-            grow = times(ratio(cpu.median_ms, fresh))
+            cpu, own = Summary.of(lv.cpu), Summary.of(lv.worker_cpu)
+            grow, grow_own = times(ratio(cpu.median_ms, fresh)), times(ratio(own.median_ms, fresh_own))
             at = f"after {lv.history:,} runs{lv.label}:"
             rows += [
                 Row.timing(SECTION + label, f"{at} phase wall", Summary.of(lv.wall)),
-                Row.timing(SECTION + label, f"{at} phase CPU", cpu, "target <= 1.15x fresh", grow),
+                Row.timing(SECTION + label, f"{at} phase CPU, worker + local origin", cpu, "fresh", grow),
+                Row.timing(SECTION + label, f"{at} phase CPU, worker", own, TARGET, grow_own),
                 Row.timing(SECTION + label, f"{at} reconciler pass", Summary.of(lv.reconcile)),
                 Row.timing(SECTION + label, f"{at} mirror fetch of 1 commit, CPU", Summary.of(lv.fetch_cpu)),
             ]
@@ -407,7 +435,22 @@ def bench_levels(
     origin = repo / ".git"
     base_sha = git_out("rev-parse", "main", git_dir=origin).strip()
     ctx = WorkerContext.build(bench_settings(db_url, workdir / "workspace"), NullDispatcher())
-    mirror = ctx.workspace.mirror(str(repo)).path
+    with OriginMeter(workdir).installed() as meter:
+        return HistoryResult(False, _levels(ctx, repo, base_sha, levels, phases, keep_runs, meter, say))
+
+
+def _levels(
+    ctx: WorkerContext,
+    repo: Path,
+    base_sha: str,
+    levels: tuple[int, ...],
+    phases: int,
+    keep_runs: int,
+    meter: OriginMeter,
+    say: Say,
+) -> list[Level]:
+    db_url, workdir = ctx.settings.database_url, meter.log.parent
+    origin, mirror = repo / ".git", ctx.workspace.mirror(str(repo)).path
     results: list[Level] = []
     done = 0
     for target in levels:
@@ -420,17 +463,16 @@ def bench_levels(
             add_db_history(db_url, repo, base_sha, heads)
             say(f"    +{target - done:,} runs of history in {time.perf_counter() - start:.1f} s")
             done = target
-        level = measure_level(ctx, repo, target, phases, workdir)
-        cpu, wall = Summary.of(level.cpu), Summary.of(level.wall)
-        say(f"    after {target:,}: phase wall {wall.median_ms:.0f} ms, CPU {cpu.median_ms:.0f} ms")
+        level = measure_level(ctx, repo, target, phases, workdir, meter)
+        say(f"    after {target:,}: {level.said()}")
         results.append(level)
     if keep_runs and done > keep_runs:
-        results.append(after_retention(ctx, repo, done, keep_runs, phases, workdir, say))
-    return HistoryResult(False, results)
+        results.append(after_retention(ctx, repo, done, keep_runs, phases, meter, say))
+    return results
 
 
 def after_retention(
-    ctx: WorkerContext, repo: Path, history: int, keep: int, phases: int, workdir: Path, say: Say
+    ctx: WorkerContext, repo: Path, history: int, keep: int, phases: int, meter: OriginMeter, say: Say
 ) -> Level:
     """The reconciler's retention keeping the newest `keep` runs' refs, pass after pass, then the
     phases measured again."""
@@ -447,8 +489,7 @@ def after_retention(
         mirror_mod.compact_refs(git_dir, limit=0)
     seconds = time.perf_counter() - start
     say(f"    retention keeping the newest {keep:,} runs: {passes} passes, {seconds:.1f} s")
-    level = measure_level(ctx, repo, history, phases, workdir)
+    level = measure_level(ctx, repo, history, phases, meter.log.parent, meter, tag="-kept")
     level.label = f", retention keeping {keep:,}"
-    cpu = Summary.of(level.cpu)
-    say(f"    after {history:,}, {keep:,} kept: phase CPU {cpu.median_ms:.0f} ms")
+    say(f"    after {history:,}, {keep:,} kept: {level.said()}")
     return level

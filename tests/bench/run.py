@@ -36,6 +36,7 @@ import redis
 import sqlalchemy as sa
 
 from shared.db import engine_for, upgrade
+from shared.settings import Settings
 from tests.bench import (
     campaign_report,
     campaigns,
@@ -124,12 +125,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(map(str, history.LEVELS)),
         help="(l) earlier runs before each measurement, comma-separated",
     )
-    parser.add_argument("--history-phases", type=int, default=10, help="(l) phases timed per level")
+    parser.add_argument("--history-phases", type=int, default=20, help="(l) phases timed per level")
     parser.add_argument(
         "--history-keep",
         type=int,
-        default=1_000,
-        help="(l) then measure again after retention kept only this many newest runs' refs (0: skip)",
+        default=Settings.model_fields["result_branch_retention_runs"].default,
+        help="(l) then measure again after retention kept only this many newest runs' refs "
+        "(default: the setting's; 0: skip)",
     )
     parser.add_argument(
         "--history-legacy",

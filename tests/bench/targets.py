@@ -40,12 +40,23 @@ def _noop(r: Results) -> tuple[str, bool] | None:
 
 
 def _decay(r: Results) -> tuple[str, bool] | None:
-    plain = [lv for lv in r.get("history", {}).get("levels", []) if not lv.get("label")]
+    """The worker's own CPU (a local origin's receive-pack is the git server's) after the most history,
+    without retention and, when measured, with it; met when the retained figure is."""
+    levels = r.get("history", {}).get("levels", [])
+    plain = [lv for lv in levels if not lv.get("label")]
     fresh, old = _level(r, 0), max(plain, key=lambda lv: lv["history"], default=None)
     if fresh is None or old is None or old is fresh:
         return None
-    x = old["cpu"]["median_ms"] / fresh["cpu"]["median_ms"]
-    return f"{old['cpu']['median_ms']:.0f} ms after {old['history']:,} ({x:.2f}x fresh)", x <= 1.15
+    key = "worker_cpu" if "worker_cpu" in fresh else "cpu"
+
+    def x(lv: dict[str, Any]) -> float:
+        return float(lv[key]["median_ms"] / fresh[key]["median_ms"])
+
+    text = f"{old[key]['median_ms']:.0f} ms after {old['history']:,} ({x(old):.2f}x fresh)"
+    kept = next((lv for lv in levels if lv.get("label")), None)
+    if kept is None:
+        return text, x(old) <= 1.15
+    return f"{text}; {kept[key]['median_ms']:.0f} ms{kept['label']} ({x(kept):.2f}x)", x(kept) <= 1.15
 
 
 def _sleep(r: Results) -> tuple[str, bool] | None:
@@ -107,7 +118,7 @@ TARGETS = (
         "no-op phase, in-process: wall / CPU", "122 ms / ~115 ms", "<= 40 ms / <= 30 ms", "(l) level 0", _noop
     ),
     Target(
-        "per-phase CPU after many runs",
+        "per-phase worker CPU after many runs",
         "285 ms after 1,700 (2x)",
         "<= 1.15x fresh after 10,000",
         "(l)",
