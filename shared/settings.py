@@ -216,11 +216,12 @@ class Settings(BaseSettings):
     every ref of the origin, so an origin that keeps every run's branch makes every later phase slower.
     A pruned run says so (`runs.branch_pruned_at`); its commits stay in the origin until its own gc."""
 
-    result_branch_retention_runs: int = Field(default=0, ge=0)
+    result_branch_retention_runs: int = Field(default=1_000, ge=0)
     """Keep the result branches and phase refs of at most this many most recently ended runs (older
-    ones are pruned as if expired); 0: no cap. With `result_branch_retention_days` a run's refs go once
-    either rule says so. Each 1,000 refs in an origin add ~8-10 ms of CPU to every push (git 2.39,
-    commit-graph written; `python -m tests.bench.run --only history` shows it per phase)."""
+    ones are pruned as if expired; their head SHA stays in the database); 0: no cap. With
+    `result_branch_retention_days` a run's refs go once either rule says so. A busy fleet outruns any
+    day count: every push reads every ref of the origin, and with 10,000 run branches a no-op phase
+    cost the worker 1.5x its CPU on a fresh origin (`python -m tests.bench.run --only history`)."""
 
     retention_batch: int = Field(default=200, ge=1)
     """Most runs whose refs one reconciler pass prunes (one push per repository per pass)."""
