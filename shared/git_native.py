@@ -47,3 +47,12 @@ def head_of(worktree: Path) -> str:
         return str(repo.head.peel(pygit2.Commit).id)
     except (KeyError, ValueError, pygit2.GitError) as exc:
         raise GitError(f"cannot read HEAD of {worktree}: {exc}") from exc
+
+
+def head_tree_of(worktree: Path) -> str:
+    """The tree of the commit HEAD names in `worktree`, or GitError."""
+    try:
+        repo = pygit2.Repository(str(worktree))
+        return str(repo.head.peel(pygit2.Tree).id)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise GitError(f"cannot read HEAD's tree in {worktree}: {exc}") from exc

@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import GitError
 from shared.git import resolve_ref
-from shared.git_native import head_of, resolve_local
+from shared.git_native import head_of, head_tree_of, resolve_local
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -62,3 +62,11 @@ def test_head_of_a_linked_worktree_is_its_own_head(repo: Path, tmp_path: Path) -
     assert head_of(slot) == _git(repo, "rev-parse", "side") != head_of(repo)
     with pytest.raises(GitError, match="cannot read HEAD"):
         head_of(tmp_path)
+
+
+def test_head_tree_of_a_linked_worktree_is_its_own_head_s_tree(repo: Path, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    _git(repo, "worktree", "add", "--quiet", "--detach", str(slot), "side")
+    assert head_tree_of(slot) == _git(repo, "rev-parse", "side^{tree}") != head_tree_of(repo)
+    with pytest.raises(GitError, match="cannot read HEAD's tree"):
+        head_tree_of(tmp_path)

@@ -23,11 +23,13 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from shared import validation_cache as store
 from shared.git import git
+from shared.git_native import head_tree_of
 from shared.settings import Settings
 from workers.commands import default_backend
 from workers.sandbox.policy import path_dirs
@@ -64,7 +66,22 @@ def _site_packages(path_value: str) -> list[list[Any]]:
     return [_file_identity(str(d)) for d in dirs]
 
 
+TOOLCHAIN_SECONDS = 5.0
+"""How long a toolchain reading is reused. A phase takes it twice (its baseline, then its own
+result), ~3 ms each; a tool or package installed on a live worker is seen within this long."""
+_TOOLCHAINS: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
 def toolchain(path_value: str) -> dict[str, Any]:
+    taken = _TOOLCHAINS.get(path_value)
+    if taken is not None and time.monotonic() - taken[0] < TOOLCHAIN_SECONDS:
+        return taken[1]
+    reading = _toolchain(path_value)
+    _TOOLCHAINS[path_value] = (time.monotonic(), reading)
+    return reading
+
+
+def _toolchain(path_value: str) -> dict[str, Any]:
     return {
         "python": [sys.version, sys.executable],
         "env": {k: os.environ.get(k) for k in ENV_VARIABLES} | {"PATH": path_value},
@@ -142,7 +159,7 @@ def _entries(run: ValidationRun) -> list[store.Entry]:
 
 
 def head_tree(worktree: Path) -> str:
-    return git("rev-parse", "HEAD^{tree}", cwd=worktree).strip()
+    return head_tree_of(worktree)  # in-process: a `rev-parse` was a process, twice a phase
 
 
 def staged_tree(worktree: Path) -> str | None:
