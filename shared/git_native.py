@@ -56,3 +56,14 @@ def head_tree_of(worktree: Path) -> str:
         return str(repo.head.peel(pygit2.Tree).id)
     except (KeyError, ValueError, pygit2.GitError) as exc:
         raise GitError(f"cannot read HEAD's tree in {worktree}: {exc}") from exc
+
+
+def has_commit_and_tree(git_dir: Path, sha: str) -> bool:
+    """The commit `sha` and its root tree are in the repository at `git_dir` (False for anything else,
+    a missing or unreadable repository included)."""
+    try:
+        repo = pygit2.Repository(str(git_dir))
+        commit = repo.get(sha)
+        return isinstance(commit, pygit2.Commit) and repo.get(commit.tree_id) is not None
+    except (KeyError, ValueError, pygit2.GitError):
+        return False

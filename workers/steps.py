@@ -19,7 +19,7 @@ from workers.commands import CommandResult, run_command
 def undo_builder_commits(worktree: Path, base: str) -> None:
     """A builder that committed its own change must still pass the scope check: fold its commits
     back into the index so `changed_paths` sees them, and the phase still ends as one commit."""
-    if git("rev-parse", "HEAD", cwd=worktree).strip() != base:
+    if head_of(worktree) != base:
         git("reset", "--quiet", "--soft", base, cwd=worktree)
 
 
@@ -105,6 +105,7 @@ def missing_deliverables(phase: PhaseSpec, worktree: Path) -> list[str]:
 def commit(worktree: Path, message: str, author: str) -> str:
     name, _, email = author.partition(" <")
     identity = ["-c", f"user.name={name}", "-c", f"user.email={email.rstrip('>')}"]
+    identity += ["-c", "maintenance.auto=false"]  # a mirror never runs gc; that check was a process
     # --allow-empty keeps "one commit per phase" true for phases that legitimately change nothing.
     git(*identity, "commit", "--quiet", "--no-verify", "--allow-empty", "-m", message, cwd=worktree)
     return head_of(worktree)  # in-process: a `rev-parse` was two more processes per phase

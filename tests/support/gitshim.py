@@ -23,7 +23,6 @@ WORKER_STEPS = (
     "worktree-add",
     "reset",
     "clean",
-    "rev-parse",
     "status",
     "add",
     "diff",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from shared.errors import GitError, WorkspaceError
 from shared.git import git, is_local
+from shared.git_native import has_commit_and_tree
 from workers.workspace.disk import is_disk_full
 from workers.workspace.locks import STALE_REF_LOCK_SECONDS, drop_locks, flock, git_lock_files, retrying_locks
 
@@ -120,11 +121,7 @@ class Mirror:
         brings whatever else is missing."""
         if not (self.path / "HEAD").exists():
             return False
-        try:
-            git("cat-file", "-e", f"{sha}^{{tree}}", git_dir=self.path, timeout=30)
-            return True
-        except GitError:
-            return False
+        return has_commit_and_tree(self.path, sha)  # in-process: a `cat-file` was a process a phase
 
 
 def local_origin(mirror: Path) -> Path | None:
