@@ -9,9 +9,22 @@ import httpx
 from shared.errors import AutopackError
 
 
+def describe(detail: Any) -> str:
+    """An API error's detail for a person: a validation error list (422) as `field.path: message`
+    items joined by "; " (the body's own name left out), anything else as it is."""
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) and "msg" in d for d in detail):
+        return "; ".join(f"{_field(d.get('loc'))}: {d['msg']}" for d in detail)
+    return str(detail)
+
+
+def _field(loc: Any) -> str:
+    parts = [str(p) for p in loc if p != "body"] if isinstance(loc, list) else []
+    return ".".join(parts) or "request"
+
+
 class ClientError(AutopackError):
     def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
+        super().__init__(f"HTTP {status}: {describe(detail)}")
         self.status = status
         self.detail = detail
 

@@ -79,6 +79,25 @@ def finished_run(client: ApiClient, sample_repo: Path) -> dict[str, Any]:
     return run
 
 
+def test_submit_of_an_invalid_spec_names_each_bad_field_on_one_line(
+    api: ApiClient, sample_repo: Path, tmp_path: Path
+) -> None:
+    spec = two_phase_spec(sample_repo)
+    del spec["phases"][0]["scope"]
+    spec["phases"][1]["validation"] = "not a list"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(spec))
+
+    result = invoke("submit", str(path))
+
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: HTTP 422: "), result.output
+    assert "phases.0.scope: Field required" in lines[0]
+    assert "phases.1.validation: " in lines[0]
+    assert "{'type'" not in lines[0] and "'loc'" not in lines[0]  # not a Python repr of the body
+
+
 def test_logs_prints_each_attempts_diff_validation_output_and_failure_reason(
     api: ApiClient, sample_repo: Path
 ) -> None:
