@@ -5,6 +5,7 @@ Real git repositories; the retention tests on Postgres and SQLite.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from datetime import timedelta
 from pathlib import Path
@@ -246,7 +247,9 @@ def test_the_source_of_a_live_campaign_child_keeps_its_branch(
 
 
 def test_retention_zero_keeps_every_branch(db_url: str, sample_repo: Path, tmp_path: Path) -> None:
-    s = settings(db_url, tmp_path / "workspace", result_branch_retention_days=0)
+    s = settings(
+        db_url, tmp_path / "workspace", result_branch_retention_days=0, result_branch_retention_runs=0
+    )
     manager = WorkspaceManager(s.workspace_dir, 2)
     old = new_run(db_url, sample_repo, RunState.DONE_SUCCESS, ended_days_ago=4000)
     published_run(manager, sample_repo, old)
@@ -324,6 +327,26 @@ def test_dropping_reflogs_removes_those_of_a_mirror_cloned_before_and_stops_new_
         commit_file(wt.path, "src/x.py", "X = 2\n", "phase 1")
 
     assert not list((mirror.path / "worktrees").glob("*/logs/HEAD"))
+
+
+def test_runs_of_a_deleted_local_repository_are_marked_pruned_and_hold_back_no_newer_run(
+    db_url: str, sample_repo: Path, tmp_path: Path
+) -> None:
+    s = settings(db_url, tmp_path / "workspace", retention_batch=1)
+    manager = WorkspaceManager(s.workspace_dir, 2)
+    gone_repo = tmp_path / "deleted"
+    shutil.copytree(sample_repo, gone_repo)
+    orphan = new_run(db_url, gone_repo, RunState.DONE_SUCCESS, ended_days_ago=60)
+    shutil.rmtree(gone_repo)
+    newer = new_run(db_url, sample_repo, RunState.DONE_SUCCESS, ended_days_ago=40)
+    published_run(manager, sample_repo, newer)
+    reconciler = Reconciler(s, dispatcher=None)  # type: ignore[arg-type]
+
+    reconciler._retain()
+    reconciler._retain()
+
+    assert pruned_at(db_url) == {orphan: True, newer: True}
+    assert branch_ref(newer) not in refs(sample_repo / ".git")
 
 
 def test_a_count_cap_prunes_all_but_the_newest_runs_whatever_their_age(

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import transaction
 from shared.errors import GitError
-from shared.git import git
+from shared.git import git, is_local
 from shared.models import Run, utcnow
 from shared.states import RUN_TERMINAL, RunState
 from workers.workspace.locks import retrying_locks
@@ -168,7 +168,11 @@ def prune_origins(db_url: str, workspace: Path, policy: Policy, limit: int, push
     done: list[int] = []
     for repo, run_ids in by_repo.items():
         try:
-            if push:
+            if push and _gone(repo):
+                log.info(
+                    "retention: %s no longer exists; %d run(s) have nothing to prune", repo, len(run_ids)
+                )
+            elif push:
                 delete_remote(scratch_repo(workspace), repo, run_ids)
         except GitError as exc:
             log.warning("retention: cannot prune result refs in %s: %s", repo, exc)
@@ -176,6 +180,12 @@ def prune_origins(db_url: str, workspace: Path, policy: Policy, limit: int, push
         mark_pruned(db_url, sorted(run_ids))
         done += sorted(run_ids)
     return done
+
+
+def _gone(repo: str) -> bool:
+    """A local repository that no longer exists holds no refs: its runs count as pruned. Left
+    unmarked, they would be the oldest expired runs on every pass and hold back all newer ones."""
+    return is_local(repo) and not Path(repo).exists()
 
 
 def mirror_run_ids(mirror: Path) -> list[int]:
