@@ -561,7 +561,7 @@ def test_the_git_view_survives_refs_packed_away_while_it_is_copied(
     # The mirror is a bare repo made by init + fetch: its own HEAD names no branch; the slot's does.
     head = git("rev-parse", "HEAD", cwd=mine.path).strip()
     git("update-ref", "refs/heads/feature", head, git_dir=mine.mirror.path)
-    real_copy = shutil.copy2
+    real_copy = shutil.copyfile
     packed: list[str] = []
 
     def packed_meanwhile(src: str, dst: object) -> object:
@@ -570,7 +570,7 @@ def test_the_git_view_survives_refs_packed_away_while_it_is_copied(
             packed.append(str(src))
         return real_copy(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(shutil, "copy2", packed_meanwhile)
+    monkeypatch.setattr(shutil, "copyfile", packed_meanwhile)
     layout = gitview.find_layout(mine.path)
     assert layout is not None
     view = gitview.build_view(layout, tmp_path / "view")

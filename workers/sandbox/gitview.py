@@ -136,13 +136,13 @@ def build_view(layout: GitLayout, into: Path) -> Path:
     if layout.admin is None:  # a plain repository keeps its index next to HEAD
         for name in ("index", "ORIG_HEAD"):
             if (common / name).is_file():
-                shutil.copy2(common / name, into / name)
+                shutil.copyfile(common / name, into / name)
     else:
         admin_copy = into / "worktrees" / layout.admin.name
         admin_copy.mkdir(parents=True)
         for name in _ADMIN:
             if (layout.admin / name).is_file():
-                shutil.copy2(layout.admin / name, admin_copy / name)
+                shutil.copyfile(layout.admin / name, admin_copy / name)
     (into / "config").write_bytes(_cached("config", common / "config", _config))
     (into / "objects" / "info").mkdir(parents=True)
     (into / "objects" / "info" / "alternates").write_text(OBJECTS_IN_BOX + "\n")
@@ -152,10 +152,12 @@ def build_view(layout: GitLayout, into: Path) -> Path:
 def _copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
     """Copy a file or a tree that other phases on this host change while we read it: a loose ref
     packed (deleted) mid-walk is skipped, lock files are never copied, nor directories whose path
-    relative to `src.parent` (`refs/autopack`) starts a `skip` prefix."""
+    relative to `src.parent` (`refs/autopack`) starts a `skip` prefix. Contents only (`copyfile`):
+    copying mode, times and xattrs too was several syscalls a file on every boxed command, and a
+    fresh mtime on the index copy makes git's racy-entry check no less sure."""
     if not src.is_dir():
         with contextlib.suppress(FileNotFoundError):
-            shutil.copy2(src, dst)
+            shutil.copyfile(src, dst)
         return
     for directory, dirs, files in os.walk(src):
         rel = Path(directory).relative_to(src.parent).as_posix()
@@ -165,7 +167,7 @@ def _copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
         for name in files:
             if not name.endswith(".lock"):
                 with contextlib.suppress(FileNotFoundError):
-                    shutil.copy2(os.path.join(directory, name), target / name)
+                    shutil.copyfile(os.path.join(directory, name), target / name)
 
 
 def bind_args(layout: GitLayout, view: Path) -> list[str]:
