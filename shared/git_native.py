@@ -42,20 +42,19 @@ def resolve_local(path: Path, ref: str) -> str:
 
 def head_of(worktree: Path) -> str:
     """The commit HEAD names in `worktree` (a linked worktree reads its own HEAD), or GitError."""
-    try:
-        repo = pygit2.Repository(str(worktree))
-        return str(repo.head.peel(pygit2.Commit).id)
-    except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise GitError(f"cannot read HEAD of {worktree}: {exc}") from exc
+    return _peeled_head(worktree, pygit2.Commit, "HEAD of")
 
 
 def head_tree_of(worktree: Path) -> str:
     """The tree of the commit HEAD names in `worktree`, or GitError."""
+    return _peeled_head(worktree, pygit2.Tree, "HEAD's tree in")
+
+
+def _peeled_head(worktree: Path, kind: type[pygit2.Commit] | type[pygit2.Tree], what: str) -> str:
     try:
-        repo = pygit2.Repository(str(worktree))
-        return str(repo.head.peel(pygit2.Tree).id)
+        return str(pygit2.Repository(str(worktree)).head.peel(kind).id)
     except (KeyError, ValueError, pygit2.GitError) as exc:
-        raise GitError(f"cannot read HEAD's tree in {worktree}: {exc}") from exc
+        raise GitError(f"cannot read {what} {worktree}: {exc}") from exc
 
 
 def has_commit_and_tree(git_dir: Path, sha: str) -> bool:
