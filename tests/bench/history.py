@@ -436,20 +436,23 @@ def bench_levels(
     base_sha = git_out("rev-parse", "main", git_dir=origin).strip()
     ctx = WorkerContext.build(bench_settings(db_url, workdir / "workspace"), NullDispatcher())
     with OriginMeter(workdir).installed() as meter:
-        return HistoryResult(False, _levels(ctx, repo, base_sha, levels, phases, keep_runs, meter, say))
+        return HistoryResult(
+            False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say)
+        )
 
 
 def _levels(
     ctx: WorkerContext,
     repo: Path,
     base_sha: str,
+    workdir: Path,
     levels: tuple[int, ...],
     phases: int,
     keep_runs: int,
     meter: OriginMeter,
     say: Say,
 ) -> list[Level]:
-    db_url, workdir = ctx.settings.database_url, meter.log.parent
+    db_url = ctx.settings.database_url
     origin, mirror = repo / ".git", ctx.workspace.mirror(str(repo)).path
     results: list[Level] = []
     done = 0
@@ -467,12 +470,19 @@ def _levels(
         say(f"    after {target:,}: {level.said()}")
         results.append(level)
     if keep_runs and done > keep_runs:
-        results.append(after_retention(ctx, repo, done, keep_runs, phases, meter, say))
+        results.append(after_retention(ctx, repo, done, keep_runs, phases, workdir, meter, say))
     return results
 
 
 def after_retention(
-    ctx: WorkerContext, repo: Path, history: int, keep: int, phases: int, meter: OriginMeter, say: Say
+    ctx: WorkerContext,
+    repo: Path,
+    history: int,
+    keep: int,
+    phases: int,
+    workdir: Path,
+    meter: OriginMeter,
+    say: Say,
 ) -> Level:
     """The reconciler's retention keeping the newest `keep` runs' refs, pass after pass, then the
     phases measured again."""
@@ -489,7 +499,7 @@ def after_retention(
         mirror_mod.compact_refs(git_dir, limit=0)
     seconds = time.perf_counter() - start
     say(f"    retention keeping the newest {keep:,} runs: {passes} passes, {seconds:.1f} s")
-    level = measure_level(ctx, repo, history, phases, meter.log.parent, meter, tag="-kept")
+    level = measure_level(ctx, repo, history, phases, workdir, meter, tag="-kept")
     level.label = f", retention keeping {keep:,}"
     say(f"    after {history:,}, {keep:,} kept: {level.said()}")
     return level
