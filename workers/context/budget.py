@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from workers.context.excerpts import (
@@ -157,9 +158,15 @@ def _order(key: str, item: Candidate | Region, score: float) -> tuple[bool, int,
 
 def file_terms(candidate: Candidate) -> Counter[str]:
     terms = STATS.terms(candidate.blob, candidate.text)
-    for word in words(candidate.path):
+    for word in path_words(candidate.path):
         terms[word] += PATH_WEIGHT
     return terms
+
+
+@lru_cache(maxsize=65536)
+def path_words(path: str) -> tuple[str, ...]:
+    """The words of a path; a scope's paths are the same from one attempt to the next."""
+    return tuple(words(path))
 
 
 def _selection(
