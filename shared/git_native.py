@@ -1,4 +1,5 @@
-"""In-process git through libgit2 (pygit2) for reads where a process per step costs more than the work.
+"""In-process git through libgit2 (pygit2) where a process per step costs more than the work: reads,
+and the phase commit (the index as it is, written as a tree and committed on the slot's HEAD).
 
 A `git rev-parse` through the CLI wrapper is two processes (the repository-config scan that disarms
 program-naming keys, then the command), 8-17 ms; the same read in libgit2 is under 1 ms. libgit2 runs
@@ -9,12 +10,15 @@ CLI's `safe.directory=*` is: the caller has already admitted the path.
 
 The CLI stays where libgit2 is the worse choice: network transports (fetch by SHA over protocol v2,
 pushes with the worker's credential helper and ssh settings), `worktree` management, checkout/reset of
-working trees (libgit2 does not apply every filter and attribute git does), and anything a shim must be
-able to kill in the chaos tests.
+working trees (libgit2 does not apply every filter and attribute git does), status and staging (they
+read the working tree, where the same holds), and the mirror's ref updates, which a shim kills in the
+chaos tests. A commit killed half-way leaves at most unreferenced objects and a `HEAD.lock` in the
+worktree's record, which the slot's next holder drops (workers/workspace/repair.py).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pygit2
@@ -66,3 +70,36 @@ def has_commit_and_tree(git_dir: Path, sha: str) -> bool:
         return isinstance(commit, pygit2.Commit) and repo.get(commit.tree_id) is not None
     except (KeyError, ValueError, pygit2.GitError):
         return False
+
+
+def commit_index(worktree: Path, message: str, name: str, email: str) -> str:
+    """Commit `worktree`'s index as it is (empty changes too) on its HEAD; returns the SHA.
+
+    What `git commit --no-verify --allow-empty -m message` makes, without its two processes: the
+    message cleaned up as `-m` cleans it, author and committer now in the local timezone, no hooks,
+    no signing, no reflog (a slot's record keeps none either)."""
+    try:
+        repo = pygit2.Repository(str(worktree))
+        signature = pygit2.Signature(name, email)
+        tree = repo.index.write_tree()
+        parent = repo.head.target
+        oid = repo.create_commit("HEAD", signature, signature, cleaned(message), tree, [parent])
+    except (KeyError, ValueError, OSError, pygit2.GitError) as exc:
+        raise GitError(f"commit in {worktree}: {exc}") from exc
+    return str(oid)
+
+
+_TRAILING_SPACE = re.compile(r"[ \t\r\f\v]+$", re.MULTILINE)
+
+
+def cleaned(message: str) -> str:
+    """A commit message as `git commit -m` keeps it (`--cleanup=whitespace`): trailing whitespace off
+    every line, blank lines at the ends dropped and runs of them made one, a final newline."""
+    lines = _TRAILING_SPACE.sub("", message).split("\n")
+    kept: list[str] = []
+    for line in lines:
+        if line or (kept and kept[-1]):
+            kept.append(line)
+    while kept and not kept[-1]:
+        kept.pop()
+    return "\n".join(kept) + "\n" if kept else ""

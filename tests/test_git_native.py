@@ -1,4 +1,4 @@
-"""In-process ref resolution (libgit2) agrees with the git CLI, and says why when it cannot."""
+"""In-process git (libgit2) agrees with the git CLI: ref resolution, and the phase commit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import GitError
 from shared.git import resolve_ref
-from shared.git_native import head_of, head_tree_of, resolve_local
+from shared.git_native import cleaned, commit_index, head_of, head_tree_of, resolve_local
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -70,3 +70,57 @@ def test_head_tree_of_a_linked_worktree_is_its_own_head_s_tree(repo: Path, tmp_p
     assert head_tree_of(slot) == _git(repo, "rev-parse", "side^{tree}") != head_tree_of(repo)
     with pytest.raises(GitError, match="cannot read HEAD's tree"):
         head_tree_of(tmp_path)
+
+
+def test_a_native_commit_is_the_index_on_the_detached_head_of_a_linked_worktree(
+    repo: Path, tmp_path: Path
+) -> None:
+    mirror, slot = tmp_path / "mirror.git", tmp_path / "slot"  # as the workspace pool has them
+    _git(tmp_path, "clone", "--quiet", "--bare", str(repo), str(mirror))
+    _git(mirror, "config", "core.logAllRefUpdates", "false")
+    _git(mirror, "worktree", "add", "--quiet", "--detach", str(slot), "side")
+    (slot / "new.txt").write_text("new\n")
+    (slot / "untracked.txt").write_text("not staged\n")
+    _git(slot, "add", "new.txt")
+    staged_tree = _git(slot, "write-tree")
+    sha = commit_index(slot, "autopack: phase 1  \n\n\n goal\t\n\n", "Autopack", "autopack@localhost")
+    assert _git(slot, "rev-parse", "HEAD") == sha != _git(repo, "rev-parse", "side")
+    assert _git(slot, "rev-parse", "HEAD^{tree}") == staged_tree
+    assert _git(slot, "rev-parse", "HEAD^") == _git(repo, "rev-parse", "side")
+    assert _git(slot, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == (
+        "Autopack <autopack@localhost>|Autopack <autopack@localhost>"
+    )
+    assert _git(slot, "log", "-1", "--format=%B") == "autopack: phase 1\n\n goal"
+    assert _git(slot, "status", "--porcelain") == "?? untracked.txt"  # the index matches the commit
+    assert _git(mirror, "rev-parse", "HEAD") == _git(repo, "rev-parse", "main")  # the mirror's did not move
+    record = Path(_git(slot, "rev-parse", "--absolute-git-dir"))
+    assert not (record / "logs").exists()  # a slot keeps no reflog to grow phase after phase
+
+
+def test_a_native_commit_of_an_unchanged_index_is_an_empty_commit(repo: Path, tmp_path: Path) -> None:
+    slot = tmp_path / "slot"
+    _git(repo, "worktree", "add", "--quiet", "--detach", str(slot), "main")
+    before = _git(slot, "rev-parse", "HEAD")
+    sha = commit_index(slot, "nothing changed", "A", "a@x")
+    assert _git(slot, "rev-parse", "HEAD^") == before and sha != before
+    assert _git(slot, "rev-parse", "HEAD^{tree}") == _git(slot, "rev-parse", f"{before}^{{tree}}")
+
+
+def test_a_native_commit_on_a_branch_moves_the_branch_and_a_missing_repository_is_named(
+    repo: Path, tmp_path: Path
+) -> None:
+    sha = commit_index(repo, "m", "A", "a@x")
+    assert _git(repo, "rev-parse", "main") == sha and _git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+    with pytest.raises(GitError, match="commit in"):
+        commit_index(tmp_path / "nowhere", "m", "A", "a@x")
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["a\n\n\nb  \n\n", "\n\n  x\t\n", "a\r\nb", "one line", "trailing\n\n\n", "  \n\t\n", "a\n \nb"],
+)
+def test_message_cleanup_is_git_stripspace(message: str) -> None:
+    expected = subprocess.run(
+        ["git", "stripspace"], input=message, capture_output=True, text=True, check=True
+    )
+    assert cleaned(message) == expected.stdout

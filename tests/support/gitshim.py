@@ -1,7 +1,7 @@
 """A `git` in front of the real one, for workers under test: it fails or kills at a named git step.
 
 Put `GitShim.bin` first on a worker's PATH and `GITSHIM_DIR` in its environment. Control files in
-that directory steer it, per step (`reset`, `clean`, `worktree-add`, `commit`, `update-ref`, `push`,
+that directory steer it, per step (`reset`, `clean`, `worktree-add`, `update-ref`, `push`,
 `push-branch` for the atomic push that moves a run branch, `fetch`, …):
 - `fail-<step>` exists: the step fails as a broken host's git would (exit 128), while the file exists;
 - `kill-<step>` exists: the first such call claims it, starts the real git, waits the seconds the file
@@ -26,14 +26,13 @@ WORKER_STEPS = (
     "status",
     "add",
     "diff",
-    "commit",
     "update-ref",
     "push",
     "push-branch",
 )
 """Every git step a worker runs for a phase (it never runs `checkout`: it moves a slot with `reset
---hard`). `clone` (the first fetch into a new mirror, see `_SCRIPT`) and `worktree-add` run once per host and
-slot; `fetch` when a commit is new to the host."""
+--hard`, and it commits in-process, shared/git_native.py). `clone` (the first fetch into a new mirror,
+see `_SCRIPT`) and `worktree-add` run once per host and slot; `fetch` when a commit is new to the host."""
 
 FIRST_USE_STEPS = ("clone", "worktree-add")
 
