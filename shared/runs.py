@@ -36,8 +36,12 @@ def create_run(
     owner: str | None = None,
     campaign_id: int | None = None,
     parent_run_id: int | None = None,
+    claim_first: bool = False,
 ) -> Run:
-    """Resolve the base ref and store the run with its phases (not yet committed, not yet dispatched)."""
+    """Resolve the base ref and store the run with its phases (not yet committed, not yet dispatched).
+
+    `claim_first`: the first phase's outbox entry is won in this transaction (shared/outbox.py), as
+    `claim` would win it, without its UPDATE; the caller sends it with `enqueue_claimed` after commit."""
     try:
         base_sha = resolve_ref(spec.repo, spec.base_ref)
     except GitError as exc:
@@ -60,8 +64,15 @@ def create_run(
         lease_epoch=0,
         cancel_requested=False,
     )
+    claimed_at = utcnow() if claim_first else None
     run.phases = [
-        Phase(index=i, name=p.name, spec=p.model_dump(mode="json"), state=PhaseState.QUEUED)
+        Phase(
+            index=i,
+            name=p.name,
+            spec=p.model_dump(mode="json"),
+            state=PhaseState.QUEUED,
+            dispatched_at=claimed_at if i == 0 else None,
+        )
         for i, p in enumerate(spec.phases)
     ]
     session.add(run)

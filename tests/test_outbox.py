@@ -15,7 +15,7 @@ from api.sample_repo import sample_spec
 from shared.db import session_factory, transaction
 from shared.errors import LeaseLost
 from shared.models import Phase, Run, utcnow
-from shared.outbox import claim_and_enqueue, reconcile
+from shared.outbox import claim_and_enqueue, enqueue_claimed, reconcile
 from shared.runs import cancel_run, create_run
 from shared.specs import RunSpec
 from shared.states import PhaseState, RunState
@@ -152,6 +152,27 @@ def test_a_dispatcher_that_raises_leaves_the_phase_pending(db_url: str, sample_r
     dispatcher = RecordingDispatcher()
     assert claim_and_enqueue(db_url, dispatcher, run_id, phase_ids[0], stale_after=None)
     assert dispatcher.calls == [(run_id, phase_ids[0])]
+
+
+def test_a_run_created_with_its_first_phase_claimed_is_neither_reclaimed_nor_lost(
+    db_url: str, sample_repo: Path
+) -> None:
+    """POST /runs wins the first phase's entry in the run's own transaction: no second claim wins it,
+    a broker refusal puts it back to pending, and the reconciler then dispatches it."""
+    with transaction(db_url) as session:
+        run = create_run(session, RunSpec.model_validate(sample_spec(sample_repo, 0)), claim_first=True)
+        run_id, phase_ids = run.id, [p.id for p in run.phases]
+    assert dispatched_at(db_url, phase_ids[0]) is not None
+    assert [dispatched_at(db_url, p) for p in phase_ids[1:]] == [None] * (len(phase_ids) - 1)
+    other = RecordingDispatcher()
+    assert not claim_and_enqueue(db_url, other, run_id, phase_ids[0], stale_after=None)
+    assert reconcile(db_url, other, redispatch_after=60) == 0 and other.calls == []
+
+    broken = BrokenDispatcher()
+    assert not enqueue_claimed(db_url, broken, run_id, phase_ids[0], background=False)
+    assert broken.attempts == 1 and dispatched_at(db_url, phase_ids[0]) is None
+    assert reconcile(db_url, other, redispatch_after=60) == 1
+    assert other.calls == [(run_id, phase_ids[0])]
 
 
 # --- reconcile ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from api.deps import Authed, CallerDep, DispatcherDep, SessionDep, SettingsDep
 from api.schemas import MAX_ID, AttemptDetail, RunId, RunOut, RunPage, errors
 from shared import runs
 from shared.admission import admit
-from shared.outbox import claim_and_enqueue
+from shared.outbox import enqueue_claimed
 from shared.specs import RunSpec
 from shared.states import RunState
 
@@ -27,11 +27,15 @@ def submit_run(
     later: BackgroundTasks,
 ) -> RunOut:
     admit(spec, settings)
-    run = runs.create_run(session, spec, owner=caller.owner)
+    run = runs.create_run(session, spec, owner=caller.owner, claim_first=True)
     out = RunOut.of(run)  # every field is in memory after the flush: reading it back is 3 round trips
     session.commit()
-    # After the response: a slow or dead broker must not hold the client; the outbox row is the promise.
-    later.add_task(claim_and_enqueue, settings.database_url, dispatcher, out.id, out.phases[0].id, None)
+    # After the response: a slow or dead broker must not hold the client. The claim committed with the
+    # run, so a broker refusal puts it back to pending, and a process dead before sending leaves it to
+    # the reconciler's stale redispatch, as a worker's claim in `wrap_up` is.
+    later.add_task(
+        enqueue_claimed, settings.database_url, dispatcher, out.id, out.phases[0].id, background=False
+    )
     return out
 
 
