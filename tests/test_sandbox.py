@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,8 +40,9 @@ from workers import steps
 from workers.celery_app import create_app as create_celery
 from workers.commands import CommandResult, configure_sandbox, run_command
 from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy, gitview
+from workers.sandbox import run as run_mod
 from workers.sandbox.limits import MIB
-from workers.sandbox.run import prune_scratch
+from workers.sandbox.run import prune_scratch, scratch_root
 from workers.validation import run_one
 from workers.workspace import WorkspaceManager, Worktree, repo_key
 
@@ -634,6 +636,40 @@ def test_scratch_left_by_a_killed_worker_is_removed_at_the_next_start_and_a_live
 
     assert prune_scratch(tmp_path) == 1
     assert not stale.exists() and live.exists()
+
+
+def test_a_command_s_git_view_lives_in_the_scratch_root_while_it_runs_and_is_gone_after(
+    pool: tuple[Path, Worktree, Worktree],
+) -> None:
+    workspace, mine, _ = pool
+    root = scratch_root()  # /dev/shm where it is a tmpfs with room, as on CI's machines
+    seen: list[Path] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and not seen:
+            views = root.glob(f"autopack-box-{os.getpid()}-*")
+            seen.extend(p for p in views if (p / "git" / "HEAD").exists())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert boxed("sleep 1; git rev-parse HEAD", mine.path, box(workspace)).ok
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) == 1 and not seen[0].exists()
+
+
+def test_scratch_falls_back_to_the_temp_dir_when_dev_shm_is_small_or_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(run_mod, "SHM_MIN_FREE", 2**62)
+    assert scratch_root() == Path(tempfile.gettempdir())
+    monkeypatch.setattr(run_mod, "SHM_MIN_FREE", 0)
+    monkeypatch.setattr(run_mod, "SHM", tmp_path / "no-such-dir")
+    assert scratch_root() == Path(tempfile.gettempdir())
 
 
 # --- attacks on other runs, the mirror and the worker, as phases on a real worker ----------------

@@ -23,6 +23,10 @@ from workers.sandbox.stream import CappedOutput
 
 _POLL_SECONDS = 0.5
 SCRATCH_PREFIX = "autopack-box-"
+SHM = Path("/dev/shm")  # noqa: S108 - only ever used through mkdtemp (a fresh 0700 dir)
+SHM_MIN_FREE = 256 * MIB
+"""Scratch goes to /dev/shm only with this much room: a container's default is 64 MiB, and a view
+holds a copy of the worktree's index (megabytes for a large repository), one per running command."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,23 @@ class Backend(Protocol):
     def process_env(self, request: BoxRequest) -> dict[str, str]: ...
 
 
+def scratch_root() -> Path:
+    """Where a command's scratch dir (its git view) is made: /dev/shm when it is writable with room,
+    else the temp dir. A view is a dozen directories and files made and deleted per command, and
+    creating one on a disk took 0.1-1.5 ms here against 0.04 ms in memory (a view: 7 ms against 3)."""
+    try:
+        st = os.statvfs(SHM)
+    except OSError:
+        return Path(tempfile.gettempdir())
+    if st.f_bavail * st.f_frsize >= SHM_MIN_FREE and os.access(SHM, os.W_OK | os.X_OK):
+        return SHM
+    return Path(tempfile.gettempdir())
+
+
 @contextmanager
 def _scratch() -> Iterator[Path]:
     # Named by pid: a worker SIGKILLed mid-command cannot remove its own, so the next start does.
-    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root()))
     try:
         yield path
     finally:
@@ -58,9 +75,15 @@ def _scratch() -> Iterator[Path]:
 
 
 def prune_scratch(root: Path | None = None) -> int:
-    """Remove scratch dirs (git views) of processes that are gone; returns how many."""
+    """Remove scratch dirs (git views) of processes that are gone, in `root` or wherever `_scratch`
+    makes them; returns how many."""
+    roots = [root] if root is not None else list(dict.fromkeys([SHM, Path(tempfile.gettempdir())]))
+    return sum(_prune_in(r) for r in roots)
+
+
+def _prune_in(root: Path) -> int:
     removed = 0
-    for path in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+    for path in root.glob(f"{SCRATCH_PREFIX}*-*"):
         pid = path.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
