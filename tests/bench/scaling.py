@@ -31,8 +31,8 @@ from tests.support.procs import AUTOPACK, Proc, api_process, settings_env, spawn
 SECTION = "(e) scaling"
 CONFIGS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 2), (4, 2))
 SLEEP_SECONDS = 1.0
-TARGET_EFFICIENCY = 0.95  # at 8 slots
-TARGET_THROUGHPUT_RATIO = 0.10
+TARGET_EFFICIENCY = 0.90  # at 8 slots (issue 12)
+TARGET_THROUGHPUT_RATIO = 0.05  # issue 12
 SUBMITTERS = 8
 POLL_SECONDS = 0.05
 
