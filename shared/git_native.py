@@ -72,6 +72,14 @@ def has_commit_and_tree(git_dir: Path, sha: str) -> bool:
         return False
 
 
+def index_tree(worktree: Path) -> str:
+    """The tree `worktree`'s index holds, written to the object store (what `git write-tree` prints)."""
+    try:
+        return str(pygit2.Repository(str(worktree)).index.write_tree())
+    except (KeyError, ValueError, OSError, pygit2.GitError) as exc:
+        raise GitError(f"write-tree in {worktree}: {exc}") from exc
+
+
 def commit_index(worktree: Path, message: str, name: str, email: str) -> str:
     """Commit `worktree`'s index as it is (empty changes too) on its HEAD; returns the SHA.
 

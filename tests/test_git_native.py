@@ -9,7 +9,7 @@ import pytest
 
 from shared.errors import GitError
 from shared.git import resolve_ref
-from shared.git_native import cleaned, commit_index, head_of, head_tree_of, resolve_local
+from shared.git_native import cleaned, commit_index, head_of, head_tree_of, index_tree, resolve_local
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -83,6 +83,7 @@ def test_a_native_commit_is_the_index_on_the_detached_head_of_a_linked_worktree(
     (slot / "untracked.txt").write_text("not staged\n")
     _git(slot, "add", "new.txt")
     staged_tree = _git(slot, "write-tree")
+    assert index_tree(slot) == staged_tree
     sha = commit_index(slot, "autopack: phase 1  \n\n\n goal\t\n\n", "Autopack", "autopack@localhost")
     assert _git(slot, "rev-parse", "HEAD") == sha != _git(repo, "rev-parse", "side")
     assert _git(slot, "rev-parse", "HEAD^{tree}") == staged_tree

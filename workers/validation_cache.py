@@ -29,7 +29,7 @@ from typing import Any
 
 from shared import validation_cache as store
 from shared.git import git
-from shared.git_native import head_tree_of
+from shared.git_native import head_tree_of, index_tree
 from shared.settings import Settings
 from workers.commands import default_backend
 from workers.sandbox.policy import path_dirs
@@ -166,7 +166,7 @@ def staged_tree(worktree: Path) -> str | None:
     """The tree of the index when the worktree holds exactly it: None when ignored files (a builder's
     build output, say) lie beside it, since validation would see files the tree does not name."""
     extra = git("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory", cwd=worktree)
-    return None if extra else git("write-tree", cwd=worktree).strip()
+    return None if extra else index_tree(worktree)  # in-process: `write-tree` was two processes
 
 
 def cached_baseline(
