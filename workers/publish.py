@@ -73,8 +73,8 @@ def publish_phase(mirror: Path, run_id: int, ref: str, sha: str, push: bool, lag
         publish(mirror, ref, sha, push)
         return False
     branch = branch_ref(run_id)
-    retrying_locks(lambda: git("update-ref", ref, sha, git_dir=mirror), lambda: [mirror])
-    retrying_locks(lambda: git("update-ref", branch, lag.head, git_dir=mirror), lambda: [mirror])
+    both = f"update {ref} {sha}\nupdate {branch} {lag.head}\n"  # one process, one transaction
+    retrying_locks(lambda: git("update-ref", "--stdin", git_dir=mirror, stdin=both), lambda: [mirror])
     if not push:
         return True
     specs = [f"+{sha}:{ref}", f"{lag.head}:{branch}", *([f":{lag.drop}"] if lag.drop else [])]
