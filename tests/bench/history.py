@@ -36,6 +36,7 @@ from shared.db import transaction
 from shared.runs import create_run
 from shared.settings import Settings
 from shared.specs import RunSpec
+from tests.bench import history_fresh
 from tests.bench.origin_cpu import OriginMeter
 from tests.bench.stats import Row, Summary, ratio, times
 from workers import retention
@@ -471,7 +472,18 @@ def _levels(
         results.append(level)
     if keep_runs and done > keep_runs:
         results.append(after_retention(ctx, repo, done, keep_runs, phases, workdir, meter, say))
+        results.append(fresh_process_level(ctx, repo, done, phases, workdir, results[-1].label, say))
     return results
+
+
+def fresh_process_level(
+    ctx: WorkerContext, repo: Path, history: int, phases: int, workdir: Path, label: str, say: Say
+) -> Level:
+    """The retained state measured again by a new process (tests/bench/history_fresh.py)."""
+    figures = history_fresh.measure_in_child(ctx.settings.database_url, workdir, repo, history, phases)
+    level = Level(history, f"{label}, new process", **figures)
+    say(f"    after {history:,}{level.label}: {level.said()}")
+    return level
 
 
 def after_retention(
