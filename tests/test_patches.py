@@ -13,7 +13,7 @@ from api.sample_repo import make_sample_repo
 from shared.errors import AutopackError
 from shared.specs import PhaseSpec
 from workers.apply import apply_writes
-from workers.patches import PatchParseError, parse_change, resolve
+from workers.change import PatchParseError, parse_change, resolve
 
 EVERYWHERE = PhaseSpec(
     name="all",

@@ -10,6 +10,7 @@ import pytest
 from shared.errors import AutopackError
 from shared.specs import PhaseSpec
 from tests.support.simulator import MessagesSimulator, Scripted, route_by_system, system_text
+from workers.change import ANSWER_FORMAT
 from workers.context import ContextSelection, Listed
 from workers.doctor import (
     Diagnosis,
@@ -21,7 +22,6 @@ from workers.doctor import (
 )
 from workers.llm.client import LlmClient, RetryPolicy
 from workers.llm.prompts import builder_prompt, doctor_prompt, prompt_summary
-from workers.patches import ANSWER_FORMAT
 
 PHASE = PhaseSpec(
     name="add-greeting",

@@ -18,7 +18,7 @@ from workers import governed, steps, validation_cache
 from workers.apply import apply_writes
 from workers.builders import BuildRequest, BuildResult, get_builder
 from workers.builders.tools import ToolLimits
-from workers.patches import parse_change, resolve
+from workers.change import parse_change, resolve
 from workers.publish import phase_ref, publish, publish_phase
 from workers.record import AttemptRecord, PhaseJob
 from workers.validation import ValidationRun, compare, infer_validation, run_validation

@@ -31,10 +31,10 @@ from tests.bench.stats import Row, Summary, ms
 from tests.support.simulator import MessagesSimulator, Scripted
 from workers import steps
 from workers.apply import apply_writes
+from workers.change import parse_change, resolve
 from workers.context import ContextSelection, select_context
 from workers.llm.client import LlmClient, RetryPolicy
 from workers.llm.prompts import builder_prompt
-from workers.patches import parse_change, resolve
 from workers.publish import publish
 from workers.workspace import WorkspaceManager
 

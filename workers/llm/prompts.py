@@ -2,7 +2,7 @@
 
 Each builder returns `(system, messages)` for `LlmClient.call`. The system prompts carry a marker
 (`BUILDER_MARKER`, `DOCTOR_MARKER`) so a test simulator can route answers by role. The builder's system
-prompt cites `workers.patches.ANSWER_FORMAT` verbatim: it is the contract the answer parser reads.
+prompt cites `workers.change.ANSWER_FORMAT` verbatim: it is the contract the answer parser reads.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 
 from shared.specs import PhaseSpec
+from workers.change import ANSWER_FORMAT
 from workers.context import ContextSelection, Listed, PartialFile
-from workers.patches import ANSWER_FORMAT
 
 BUILDER_MARKER = "AUTOPACK-BUILDER"
 DOCTOR_MARKER = "AUTOPACK-DOCTOR"
