@@ -30,7 +30,8 @@ What a bwrap box is:
   the command's own (`setpriv` + `unshare --user`) after handing the worktree to that uid; a non-root
   worker (the container image) runs bwrap unprivileged with `--unshare-user`.
 * **Limits** (`limits.py`): RLIMIT_AS, RLIMIT_NPROC (per user namespace, so per command), RLIMIT_FSIZE,
-  RLIMIT_NOFILE, RLIMIT_CPU, set with prlimit inside the box; plus the wall time and the output caps.
+  RLIMIT_NOFILE, RLIMIT_CPU, set by the box's shell (`ulimit`) before the command; plus the wall time
+  and the output caps.
 """
 
 from workers.sandbox.backends import Bwrap, NoSandbox, backend_for, check

@@ -1,7 +1,8 @@
 """Resource limits of one boxed command, and how to tell which of them ended it.
 
-Limits are applied *inside* the box by util-linux `prlimit` right before the command starts, so they
-bind the command and its children but never bwrap or the worker. RLIMIT_NPROC counts processes per
+Limits are applied *inside* the box by the box's shell (`ulimit`, before it runs anything else), so they
+bind the command and its children but never bwrap or the worker. (util-linux `prlimit` did the same as
+one more program started per command.) RLIMIT_NPROC counts processes per
 (user namespace, uid) since Linux 5.14: every command gets a user namespace of its own, so a fork bomb
 exhausts its own budget, not the budget of another phase running as the same uid on this host.
 """
@@ -51,19 +52,21 @@ class Limits(BaseModel):
     cpu_seconds: int = Field(default=1800, ge=0)
     """CPU time per process (RLIMIT_CPU); the wall-time limit is separate."""
 
-    def prlimit_argv(self) -> list[str]:
-        """`prlimit --X=N ... --`, soft and hard equal so the command cannot raise them back."""
-        args = ["prlimit"]
+    def shell_prefix(self) -> str:
+        """`ulimit -v KiB -u N -f KiB -n N -t S || exit 125; `: the box's bash sets each limit, soft and
+        hard equal (bash sets both when given neither -S nor -H), so the command cannot raise them back.
+        A limit that cannot be set ends the shell before the command, as the box failing to start."""
+        args = []
         for flag, value in (
-            ("as", self.memory_bytes),
-            ("nproc", self.processes),
-            ("fsize", self.file_bytes),
-            ("nofile", self.open_files),
-            ("cpu", self.cpu_seconds),
+            ("v", self.memory_bytes // 1024 or 1 if self.memory_bytes else 0),
+            ("u", self.processes),
+            ("f", self.file_bytes // 1024 or 1 if self.file_bytes else 0),
+            ("n", self.open_files),
+            ("t", self.cpu_seconds),
         ):
             if value:
-                args.append(f"--{flag}={value}")
-        return [*args, "--"]
+                args.append(f"-{flag} {value}")
+        return f"ulimit {' '.join(args)} || exit 125; " if args else ""
 
     def describe_memory(self) -> str:
         return f"memory limit {self.memory_bytes // MIB} MiB"

@@ -153,7 +153,7 @@ def bwrap_argv(
     as_root: bool,
 ) -> list[str]:
     """The full argv: bwrap, its mounts and namespaces, then (as root) the drop to `policy.uid` in a
-    user namespace of its own, then prlimit, then `bash -c command`."""
+    user namespace of its own, then `bash -c command`, the command after the limits' `ulimit`."""
     path_value = os.environ.get("PATH", "/usr/bin:/bin")
     cwd = str(request.cwd)
     size = str(policy.tmp_bytes)
@@ -195,6 +195,5 @@ def bwrap_argv(
         uid = str(policy.uid)
         argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
         argv += ["unshare", "--user", f"--map-user={uid}", f"--map-group={uid}", "--"]
-    argv += policy.limits.prlimit_argv()
-    argv += ["bash", "-c", request.command]
+    argv += ["bash", "-c", policy.limits.shell_prefix() + request.command]
     return argv
