@@ -273,7 +273,7 @@ def test_start_marks_the_phase_executing_and_the_run_running(db_url: str, sample
     assert [p[0] for p in rows["phases"]] == [PhaseState.EXECUTING, PhaseState.QUEUED, PhaseState.QUEUED]
 
 
-def test_complete_with_a_live_lease_moves_head_and_reopens_the_next_phases_outbox(
+def test_complete_with_a_live_lease_moves_head_claims_the_next_phase_and_releases_the_lease(
     db_url: str, sample_repo: Path
 ) -> None:
     run_id, phase_ids = make_run(db_url, sample_repo)
@@ -286,11 +286,14 @@ def test_complete_with_a_live_lease_moves_head_and_reopens_the_next_phases_outbo
         assert nxt is not None
         nxt.dispatched_at = utcnow()
 
+    before = utcnow()
     following = record.succeed(lease, job, attempt_record(1, "c" * 40), "c" * 40)
 
     assert following == phase_ids[1]
     rows = snapshot(db_url, run_id)
     assert rows["run"]["head_sha"] == "c" * 40
     assert rows["phases"][0][:2] == (PhaseState.COMPLETE, "c" * 40)
-    assert rows["phases"][1][3] is None  # dispatched_at cleared: pending in the outbox
+    claimed = rows["phases"][1][3]  # the outbox claim, fresh: the caller sends the next phase
+    assert claimed is not None and claimed.replace(tzinfo=None) >= before.replace(tzinfo=None)
     assert rows["attempts"] == 1  # the successful attempt landed in the same transaction
+    assert rows["run"]["lease_owner"] is None and lease.released  # released in that transaction too

@@ -392,10 +392,11 @@ def test_a_worker_whose_branch_move_failed_leaves_its_finished_run_running_for_t
         session.execute(update(Phase).where(Phase.id == phase_ids[-1]).values(state=PhaseState.COMPLETE))
         session.execute(update(Run).where(Run.id == run_id).values(head_sha=moved))
 
-    record.finish_run(lease, job)
+    record.wrap_up(lease, job, None)  # no branch to note: the move failed
     assert load_run(db_url, run_id)[0] == RunState.RUNNING
+    assert load_run(db_url, run_id)[3] is None  # the lease is released all the same
 
-    with transaction(db_url) as session:
+    with transaction(db_url) as session:  # the reconciler's branch move, noted
         session.execute(update(Run).where(Run.id == run_id).values(branch_sha=moved))
-    record.finish_run(lease, job)
+    reconcile(db_url, RecordingDispatcher(), redispatch_after=60)
     assert load_run(db_url, run_id)[0] == RunState.DONE_SUCCESS

@@ -341,17 +341,17 @@ def _finish_success(
     s = ctx.settings
     sha = rec.commit_sha
     assert sha is not None
-    next_phase = record.succeed(lease, job, rec, sha, auto)
     # This attempt's push moved the branch to the previous head; this head rides on the next phase's
     # push, unless this was the last phase (workers/publish.py: one push per phase).
     moved = job.branch_lag.head if lag_moved and job.branch_lag else None
-    if next_phase is None:
-        moved = _move_branch(ctx, job, lease, sha) or moved
-    # Only after the move: a finished run's branch is already where it says. One transaction notes
-    # the branch, finishes the run or claims the next phase, and releases the lease.
-    if record.wrap_up(lease, job, moved, next_phase) and next_phase is not None:
+    next_phase = record.succeed(lease, job, rec, sha, auto, branch_sha=moved)
+    if next_phase is not None:  # claimed, and the lease released, with the completion
         background = job.campaign_id is not None
         enqueue_claimed(s.database_url, ctx.dispatcher, job.run_id, next_phase, background=background)
+        return "complete"
+    moved = _move_branch(ctx, job, lease, sha) or moved
+    # Only after the move: a finished run's branch is already where it says.
+    record.wrap_up(lease, job, moved)
     return "complete"
 
 

@@ -3,9 +3,10 @@
 Writes are idempotent: attempts are unique per (phase, number), state moves are checked, so a task
 that runs twice (redelivery, cold shutdown mid-commit) ends with the same rows as one that ran once.
 
-A successful no-op phase costs three transactions (it cost seven: acquire, start, a cancel check,
-success, the branch note, release, the next phase's claim). Why each merge keeps the fencing contract
-(a result write commits only while `runs.lease_epoch` is the writer's, checked in the same transaction):
+A successful no-op phase costs two transactions of this module if another phase follows it, three if
+it is the run's last (it cost seven: acquire, start, a cancel check, success, the branch note, release,
+the next phase's claim). Why each merge keeps the fencing contract (a result write commits only while
+`runs.lease_epoch` is the writer's, checked in the same transaction):
 
 1. `begin` = acquire + `start`. The grant is `UPDATE runs … SET lease_epoch = lease_epoch + 1 WHERE the
    lease is free RETURNING lease_epoch`: it holds the run row's write lock until this transaction
@@ -15,18 +16,20 @@ success, the branch note, release, the next phase's claim). Why each merge keeps
    never runs. A delivery with nothing to do (stale, cancelled, out of order) releases in it too.
    When the run branch trails the head (one push per phase, workers/publish.py), one SELECT more
    reads the epoch whose phase ref that phase's push deletes.
-2. `succeed`: fence + the attempt + the phase's completion + the next phase's outbox reset, as before.
-   It must stay apart from 3: the run branch may move only after the database names the commit, and
-   the run may finish only after the branch moved.
-3. `wrap_up` = the branch note + finishing the run (last phase) + the lease release, all in one UPDATE
-   of the run row `WHERE lease_epoch = :mine AND lease_owner = :me` (`Lease.give_up`), plus the next
-   phase's outbox claim. A holder taken over since 2 matches zero rows: nothing of the note, the
-   finish or the release is written (the reconciler notes lagging branches and finishes runs, as it
-   did when the old `finish_run` raised LeaseLost). The claim is the outbox's own conditional UPDATE
-   (`dispatched_at IS NULL`), which only one caller can win and which never needed the lease; it
-   commits with the release, so the message is sent (after the commit) only once the run is free
-   for the worker that receives it, as before. A crash before 3 commits leaves the claim pending and
-   the lease to expire: the reconciler re-dispatches, as it did after a crash between 2 and 3.
+2. `succeed`: fence + the attempt + the phase's completion, and when a phase follows, that phase's
+   outbox claim + the lease release. Nothing has to happen between the completion and the release
+   then: a phase that is not the last moves no branch (its head rides on the next phase's push), so
+   the release commits with the completion, fenced by the same transaction's `fence`, and the next
+   phase's message is sent after that commit, once the run is free for whoever receives it. The claim
+   needs no race: the holder of the live lease is the only one who may dispatch the run's next phase
+   (the reconciler skips leased runs). A crash after the commit, before the send, leaves the claim
+   to go stale and the reconciler re-dispatches, as after a crash between a claim and its send.
+3. The last phase only: `wrap_up` = the branch note + finishing the run + the lease release, all in
+   one UPDATE of the run row `WHERE lease_epoch = :mine AND lease_owner = :me` (`Lease.give_up`),
+   after the branch move: the run branch may move only after the database names the commit, and the
+   run may finish only after the branch moved. A holder taken over since 2 matches zero rows: nothing
+   of the note, the finish or the release is written (the reconciler notes lagging branches and
+   finishes runs). A crash before 3 commits leaves the lease to expire and the reconciler finishes.
 
 A phase whose change needs a person's approval ends its delivery with `pause`: fence + the approval
 (and its webhook outbox row) + the phase's move to AWAITING_APPROVAL + the lease release, in one
@@ -51,7 +54,6 @@ from shared.approvals.webhook import enqueue as enqueue_webhook
 from shared.campaigns.caps import CampaignCaps, caps_of
 from shared.db import engine_for, transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
-from shared.outbox import claim
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
 from shared.settings import Settings
 from shared.specs import PhaseSpec
@@ -269,18 +271,32 @@ def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptReco
 
 
 def succeed(
-    lease: Lease, job: PhaseJob, rec: AttemptRecord, sha: str, auto: Requested | None = None
+    lease: Lease,
+    job: PhaseJob,
+    rec: AttemptRecord,
+    sha: str,
+    auto: Requested | None = None,
+    branch_sha: str | None = None,
 ) -> int | None:
     """Record the successful attempt and the phase's completion in ONE transaction: a crash (or a
     database restart) between two separate writes made the next holder redo a recorded success.
-    `auto`: the change's ruled paths were all low-risk `auto`, recorded as an auto-approved approval."""
+    When a phase follows, the same transaction claims its outbox entry and releases the lease, noting
+    `branch_sha` as `wrap_up` would (see the module docstring, 2): returns that phase, for the caller to
+    enqueue after this commit. None: this was the last phase, and the lease is still held for the
+    branch move and `wrap_up`. `auto`: the change's ruled paths were all low-risk `auto`, recorded as
+    an auto-approved approval."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
         _add_attempt(session, lease, job, rec)
         if auto is not None:
             run, phase = _load(session, job.run_id, job.phase_id)
             request(session, run, phase, auto, timeout_seconds=0, timeout_action="approve", state=AUTO)
-        return _complete(session, job, sha)
+        following = _complete(session, job, sha)
+        if following is not None:
+            lease.give_up(session, branch_sha)  # ours: fenced above, in this transaction
+    if following is not None:
+        lease.released = True
+    return following
 
 
 def pause(lease: Lease, job: PhaseJob, req: Requested, settings: Settings) -> int:
@@ -314,39 +330,22 @@ def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
     _efficiency(session, run.id, phase, "COMPLETE")
     following = [p for p in run.phases if p.index > phase.index]
     if following:
-        following[0].dispatched_at = None  # outbox: dispatch pending until the broker has it
+        following[0].dispatched_at = utcnow()  # the outbox claim: sent once this commits
         return following[0].id
-    # The last phase: the run ends DONE_SUCCESS in `finish_run`, once its branch has moved.
+    # The last phase: the run ends DONE_SUCCESS in `wrap_up`, once its branch has moved.
     return None
 
 
-def wrap_up(lease: Lease, job: PhaseJob, branch_sha: str | None, next_phase: int | None) -> bool:
-    """After a success's branch move, in ONE transaction: note where the branch now is, finish the run
-    (last phase) or claim the next phase's outbox entry, and release the lease. True when the next
-    phase was claimed: the caller then enqueues it (only after this commit, as the outbox requires).
-
-    Fenced: the note, the finish and the release apply only while `lease_epoch` is still ours. A lost
-    lease skips them (the reconciler notes lagging branches and finishes runs), but the claim is
-    made anyway: it is the outbox's own race-free UPDATE, which needs no lease."""
+def wrap_up(lease: Lease, job: PhaseJob, branch_sha: str | None) -> None:
+    """After the last phase's branch move, in ONE fenced transaction (the module docstring, 3): note
+    where the branch now is, finish the run, and release the lease. A lost lease skips all three (the
+    reconciler notes lagging branches and finishes runs)."""
     with transaction(lease.db_url) as session:
-        ours = lease.give_up(session, branch_sha)
-        if ours and next_phase is None:
+        if lease.give_up(session, branch_sha):
             run, _ = _load(session, job.run_id, job.phase_id)
             if run.state == RunState.RUNNING:
                 finish_if_done(run)  # after the note above: DONE_SUCCESS waits for the branch
-        claimed = next_phase is not None and claim(session, next_phase)
     lease.released = True
-    return claimed
-
-
-def finish_run(lease: Lease, job: PhaseJob) -> None:
-    """After the last phase's branch move: the run is done, unless the move failed (then the reconciler
-    moves the branch and finishes the run). Idempotent."""
-    with transaction(lease.db_url) as session:
-        lease.fence(session)
-        run, _ = _load(session, job.run_id, job.phase_id)
-        if run.state == RunState.RUNNING:
-            finish_if_done(run)
 
 
 def skip(lease: Lease, job: PhaseJob, reason: str) -> int | None:
