@@ -231,6 +231,14 @@ class Chaos:
             self.state.need_work.clear()
         raise RuntimeError("no executing lease holder to stop within 60s")
 
+    def _kill_landing(self, child: int) -> bool:
+        """Is a git shim under `child` about to SIGKILL it (its kill claimed, not yet delivered)?"""
+        try:
+            below = {p.pid for p in psutil.Process(child).children(recursive=True)}
+        except psutil.Error:
+            return True
+        return any(shim.landing() & below for shim in self.fleet.shims.values())
+
     def _in_transaction(self, pid: int) -> bool:
         """Does the frozen process hold an open Postgres transaction (and so maybe the run's row lock)?"""
         try:
@@ -254,6 +262,9 @@ class Chaos:
         candidates = self._candidates()
         run_id, owner, epoch = self.rng.choice(candidates)
         child = int(owner.split("/")[1])
+        if self._kill_landing(child):  # a git-step kill claimed just before: it would never wake
+            log(f"run {run_id}: a git-step kill is landing on {owner}; round retried")
+            return False
         stopped_at = datetime.now(UTC)
         frozen = signal_tree(child, signal.SIGSTOP)
         fenced: Fenced | None = None
@@ -286,6 +297,9 @@ class Chaos:
                     " WHERE wait_event_type = 'Lock' OR state = 'idle in transaction'"
                 )
                 raise RuntimeError(f"run {run_id}: nobody took over from frozen {owner}; pg: {waits}")
+            if not _stopped(child):  # killed while frozen (a kill that landed late): it never wakes
+                log(f"run {run_id}: frozen {owner} was killed before it could wake; round retried")
+                return False
             # Let the new holder get going (and possibly record) before the old one wakes up.
             time.sleep(self.rng.uniform(0.2, 1.5))
             self.state.fenced.append(fenced)
@@ -299,3 +313,11 @@ class Chaos:
             for pid in frozen:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+
+
+def _stopped(pid: int) -> bool:
+    """The process exists and is stopped (not dead, not a zombie waiting for its parent)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    except psutil.Error:
+        return False

@@ -124,5 +124,15 @@ class GitShim:
         lines = log.read_text().splitlines() if log.exists() else []
         return "\n".join(line for line in lines if line.split(" ", 1)[0] in steps)
 
+    def landing(self) -> set[int]:
+        """Pids of shim processes that claimed a kill and have not yet delivered it: the worker process
+        that called them is about to die."""
+        out = set()
+        for path in self.control.glob("fired-*.*"):
+            pid = path.name.rsplit(".", 1)[1]
+            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+                out.add(int(pid))
+        return out
+
     def armed(self) -> list[str]:
         return sorted(p.name.removeprefix("kill-") for p in self.control.glob("kill-*"))
