@@ -5,9 +5,11 @@ UPDATE that only one caller can win, so two reconcilers never both enqueue the s
 whose message was lost (broker restart, worker killed with the message unacked) is claimed again once
 `redispatch_after_seconds` have passed with no live lease on its run.
 
-`claim` wins an entry inside the caller's transaction, so a worker finishing a phase claims the next
-one in the transaction that releases its lease (workers/record.py `wrap_up`); the message is sent
-(`enqueue_claimed`) only after that commit, and a broker refusal puts the entry back to pending.
+`claim` wins an entry inside the caller's transaction. Where the caller alone may dispatch the phase,
+it stamps `dispatched_at` itself in the transaction that makes the phase due: a worker finishing a
+phase, as it releases the lease (workers/record.py `succeed`), and `POST /runs` for a new run's first
+phase. Either way the message is sent (`enqueue_claimed`) only after that commit, and a broker refusal
+puts the entry back to pending.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def submit_run(
     session.commit()
     # After the response: a slow or dead broker must not hold the client. The claim committed with the
     # run, so a broker refusal puts it back to pending, and a process dead before sending leaves it to
-    # the reconciler's stale redispatch, as a worker's claim in `wrap_up` is.
+    # the reconciler's stale redispatch, as a worker's claim in `record.succeed` is.
     later.add_task(
         enqueue_claimed, settings.database_url, dispatcher, out.id, out.phases[0].id, background=False
     )
