@@ -21,8 +21,10 @@ from workers import record
 from workers.lease import acquire
 from workers.record import AttemptRecord, PhaseJob
 
-PHASE_TRANSACTIONS = 3
-"""Lease + start; the success; branch note + finish or next-phase claim + lease release."""
+MIDDLE_PHASE_TRANSACTIONS = 2
+"""Lease + start; the success with the next phase's claim and the lease release (workers/record.py)."""
+LAST_PHASE_TRANSACTIONS = 3
+"""Lease + start; the success; after the branch move, the branch note + the finish + the release."""
 VALIDATION_STORE_TRANSACTIONS = 2
 """With the validation store on: the baseline's lookup, and recording the phase's validation for the
 next phase (shared/validation_cache.py); both outside the lease's fenced writes."""
@@ -41,13 +43,16 @@ def pg_settings(pg: str, tmp_path: Path) -> Settings:
     )
 
 
-def test_a_no_op_phase_costs_three_transactions_and_no_pings(
+def test_a_no_op_phase_costs_two_transactions_three_if_last_and_no_pings(
     pg_settings: Settings, sample_repo: Path
 ) -> None:
     counts = count_phases(pg_settings.model_copy(update={"validation_cache": False}), sample_repo, runs=2)
-    for phase in (counts.middle, counts.last):
-        assert phase.transactions == PHASE_TRANSACTIONS, phase
-        assert phase.commits == PHASE_TRANSACTIONS, phase
+    for phase, expected in (
+        (counts.middle, MIDDLE_PHASE_TRANSACTIONS),
+        (counts.last, LAST_PHASE_TRANSACTIONS),
+    ):
+        assert phase.transactions == expected, phase
+        assert phase.commits == expected, phase
         assert phase.pings == 0, phase
         assert phase.round_trips <= PHASE_ROUND_TRIPS, phase
 
@@ -56,8 +61,11 @@ def test_the_validation_store_adds_its_lookup_and_its_record_and_nothing_else(
     pg_settings: Settings, sample_repo: Path
 ) -> None:
     counts = count_phases(pg_settings, sample_repo, runs=2)
-    for phase in (counts.middle, counts.last):
-        assert phase.transactions == PHASE_TRANSACTIONS + VALIDATION_STORE_TRANSACTIONS, phase
+    for phase, expected in (
+        (counts.middle, MIDDLE_PHASE_TRANSACTIONS),
+        (counts.last, LAST_PHASE_TRANSACTIONS),
+    ):
+        assert phase.transactions == expected + VALIDATION_STORE_TRANSACTIONS, phase
         assert phase.pings == 0, phase
 
 
