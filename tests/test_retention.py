@@ -278,6 +278,26 @@ def test_a_mirror_drops_runs_another_host_pruned_and_keeps_the_rest(
     assert branch_ref(gone) in refs(sample_repo / ".git")  # the origin is not this step's business
 
 
+def test_a_mirror_whose_oldest_runs_are_all_kept_still_drops_the_pruned_ones_behind_them(
+    db_url: str, sample_repo: Path, tmp_path: Path
+) -> None:
+    """Runs kept by the count cap need not be the highest ids: ended late, they sit at the front of the
+    mirror's oldest-first order. A pass must look past them, not stall on them."""
+    s = settings(db_url, tmp_path / "workspace")
+    manager = WorkspaceManager(s.workspace_dir, 2)
+    kept = [new_run(db_url, sample_repo, RunState.DONE_SUCCESS, ended_days_ago=1) for _ in range(3)]
+    gone = [new_run(db_url, sample_repo, RunState.DONE_SUCCESS, ended_days_ago=40) for _ in range(3)]
+    for run_id in (*kept, *gone):
+        published_run(manager, sample_repo, run_id)
+    retention.mark_pruned(db_url, gone)
+    mirror = manager.mirror(str(sample_repo)).path
+
+    assert retention.prune_mirror(db_url, mirror, limit=2) == 4  # the 2 oldest pruned: branch + phase ref
+    assert refs(mirror, "refs/heads/autopack/") == sorted(branch_ref(r) for r in [*kept, gone[2]])
+    assert retention.prune_mirror(db_url, mirror, limit=2) == 2
+    assert refs(mirror, "refs/heads/autopack/") == sorted(branch_ref(r) for r in kept)
+
+
 def test_a_deletion_another_host_made_first_is_no_error(
     manager: WorkspaceManager, sample_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,8 +11,8 @@ run's branch makes every later phase slower. The reconciler prunes in bounded st
    `branch_pruned_at`. Only ended runs are chosen (a live run has no `finished_at`), and never the
    source of a live run (a campaign child starts from its source's commit, fetched from the origin).
 2. This host's mirrors: of the run branches a mirror holds (only those published from this host), the
-   `retention_batch` oldest run ids are checked against the database, and those marked pruned are
-   deleted with their phase refs. Every host does this for its own mirrors, whoever pruned the origin.
+   `retention_batch` oldest run ids marked pruned in the database are deleted with their phase refs
+   (kept runs are passed over). Every host does this for its own mirrors, whoever pruned the origin.
 
 Two hosts pruning the same batch at once both push the same deletions; a ref already gone is no error.
 """
@@ -212,7 +212,23 @@ def mirror_dirs(workspace: Path) -> list[Path]:
     return sorted(d for d in mirrors.glob("*.git") if (d / "HEAD").exists()) if mirrors.is_dir() else []
 
 
+CHECK_CHUNK = 1000
+"""Run ids asked about per query when a mirror looks for pruned runs."""
+
+
 def prune_mirror(db_url: str, mirror: Path, limit: int) -> int:
-    """Step 2 of the module docstring for one mirror; returns how many refs went."""
-    oldest = mirror_run_ids(mirror)[:limit]
-    return delete_local(mirror, sorted(pruned_among(db_url, oldest)))
+    """Step 2 of the module docstring for one mirror: the `limit` oldest of its runs marked pruned
+    lose their refs; returns how many refs went.
+
+    The mirror's run ids are checked oldest first, a chunk per query, until `limit` pruned ones are
+    found: runs that are kept (the newest N by end time, which need not be the highest ids) are
+    passed over, not counted. Checking only the `limit` oldest ids stalled once that many of them
+    were kept, and the mirror then kept every run branch it ever had (seen in the history bench:
+    9,287 of them with the origin pruned to 1,000, and every push reading them all)."""
+    ids = mirror_run_ids(mirror)
+    found: list[int] = []
+    for start in range(0, len(ids), CHECK_CHUNK):
+        found += sorted(pruned_among(db_url, ids[start : start + CHECK_CHUNK]))
+        if len(found) >= limit:
+            break
+    return delete_local(mirror, found[:limit])
