@@ -220,9 +220,9 @@ class Settings(BaseSettings):
     """Keep the result branches and phase refs of at most this many most recently ended runs (older
     ones are pruned as if expired; their head SHA stays in the database); 0: no cap. With
     `result_branch_retention_days` a run's refs go once either rule says so. A busy fleet outruns any
-    day count: every push reads every ref of the origin. A no-op phase cost the worker 1.6-2.3x its
-    CPU on a fresh origin with 10,000 run branches, about 1.3x with 1,000, and the cost is near
-    linear in the count (`python -m tests.bench.run --only history`)."""
+    day count: every push reads every ref of the origin. A no-op phase cost the worker about 2x its
+    CPU on a fresh origin with 10,000 run branches, about 1.1x once retention kept 1,000, and the
+    cost is near linear in the count (`python -m tests.bench.run --only history`)."""
 
     retention_batch: int = Field(default=200, ge=1)
     """Most runs whose refs one reconciler pass prunes (one push per repository per pass)."""
