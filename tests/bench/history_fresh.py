@@ -1,9 +1,10 @@
 """(l) The retained level measured again in a process of its own, as a fleet's pool child meets it.
 
-In the bench's own process, the phases after retention cost more than the repository state explains:
-the same state measured from a new process costs less (issue 12's note). A prefork worker runs phases
-in pool children, while retention runs in the main process's reconciler, so the fleet's figure is the
-new process's; the embedded mode (one process) is the in-process one. The bench prints both.
+A prefork worker runs phases in pool children while retention runs in the main process's reconciler,
+so the fleet's figure is a new process's; the embedded mode (one process) is the bench's own. The two
+are printed side by side so a cost that lives in the process (caches, heap) rather than in the
+repository or the database shows as a gap between them. (They agree: the gap once suspected was a
+mirror whose retention had stalled, workers/retention.py `prune_mirror`.)
 
 Run as `python -m tests.bench.history_fresh DB_URL WORKDIR REPO HISTORY PHASES`: it measures one
 level on the bench's workspace and database and prints the level's figures as one line of JSON.
