@@ -9,11 +9,13 @@ like GIT_CONFIG_NOSYSTEM and the CLI's operator-only global config). The ownersh
 CLI's `safe.directory=*` is: the caller has already admitted the path.
 
 The CLI stays where libgit2 is the worse choice: network transports (fetch by SHA over protocol v2,
-pushes with the worker's credential helper and ssh settings), `worktree` management, checkout/reset of
-working trees (libgit2 does not apply every filter and attribute git does), status and staging (they
-read the working tree, where the same holds), and the mirror's ref updates, which a shim kills in the
-chaos tests. A commit killed half-way leaves at most unreferenced objects and a `HEAD.lock` in the
-worktree's record, which the slot's next holder drops (workers/workspace/repair.py).
+pushes with the worker's credential helper and ssh settings; a push to an origin on this host copies
+objects through libgit2 and moves refs with one `update-ref`, workers/local_push.py), `worktree`
+management, checkout/reset of working trees (libgit2 does not apply every filter and attribute git
+does), status and staging (they read the working tree, where the same holds), and the mirror's ref
+updates, which a shim kills in the chaos tests. A commit killed half-way leaves at most unreferenced
+objects and a `HEAD.lock` in the worktree's record, which the slot's next holder drops
+(workers/workspace/repair.py).
 """
 
 from __future__ import annotations

@@ -212,17 +212,19 @@ class Settings(BaseSettings):
 
     result_branch_retention_days: float = Field(default=30.0, ge=0)
     """How long after a run ended its result branch `autopack/run-<id>` and its phase refs are kept, in
-    the origin (when `push_results`) and in each host's mirror; 0 keeps them forever. Every push reads
-    every ref of the origin, so an origin that keeps every run's branch makes every later phase slower.
-    A pruned run says so (`runs.branch_pruned_at`); its commits stay in the origin until its own gc."""
+    the origin (when `push_results`) and in each host's mirror; 0 keeps them forever. Every `git push`
+    reads every ref of the origin, so an origin that keeps every run's branch makes every later phase slower.
+    A pruned run says so (`runs.branch_pruned_at`); its commits stay in the origin until its own gc.
+    (An origin on the worker's host is written in-process, without reading its refs.)"""
 
     result_branch_retention_runs: int = Field(default=1_000, ge=0)
     """Keep the result branches and phase refs of at most this many most recently ended runs (older
     ones are pruned as if expired; their head SHA stays in the database); 0: no cap. With
     `result_branch_retention_days` a run's refs go once either rule says so. A busy fleet outruns any
-    day count: every push reads every ref of the origin. A no-op phase cost the worker about 2x its
-    CPU on a fresh origin with 10,000 run branches, about 1.1x once retention kept 1,000, and the
-    cost is near linear in the count (`python -m tests.bench.run --only history`)."""
+    day count: every `git push` reads every ref of the origin. A no-op phase pushing with `git push`
+    cost the worker about 2x its CPU on a fresh origin with 10,000 run branches, about 1.1x once
+    retention kept 1,000, and the cost is near linear in the count; an origin on the worker's host,
+    written in-process, about 1.15x either way (`python -m tests.bench.run --only history`)."""
 
     retention_batch: int = Field(default=200, ge=1)
     """Most runs whose refs one reconciler pass prunes (one push per repository per pass)."""

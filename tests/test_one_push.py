@@ -21,16 +21,39 @@ from workers.embedded import embedded_fleet
 
 @pytest.fixture
 def push_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every `git push` the workers run, one line of arguments each (the worker's git is this one)."""
+    """Every push the workers make, one line each (the worker's git is this one). The sample repository
+    is a local origin, so a push is the `update-ref --stdin` the worker runs in it (workers/local_push.py):
+    its commands are logged, joined by ";"."""
     log = tmp_path / "pushes.log"
     shim = tmp_path / "bin" / "git"
     shim.parent.mkdir()
     real = shutil.which("git")
-    shim.write_text(f'#!/bin/sh\ncase " $* " in *" push "*) echo "$*" >> {log};; esac\nexec {real} "$@"\n')
+    shim.write_text(
+        "#!/bin/bash\n"
+        'if [[ " $* " == *" update-ref --stdin "* && " $* " != */mirrors/* ]]; then\n'
+        f'  input=$(cat); paste -sd";" <<<"$input" >> {log}\n'
+        f'  exec {real} "$@" <<<"$input"\n'
+        "fi\n"
+        f'case " $* " in *" push "*) echo "$*" >> {log};; esac\n'
+        f'exec {real} "$@"\n'
+    )
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim.parent}{os.pathsep}{os.environ['PATH']}")
     log.touch()
     return log
+
+
+def pushed(log: Path) -> list[dict[str, str | None]]:
+    """Each push as {ref: its new value, None for a deletion}."""
+    out: list[dict[str, str | None]] = []
+    for line in log.read_text().splitlines():
+        commands = [c.split() for c in line.split(";") if c.strip()]
+        out.append({c[1]: (None if c[0] == "delete" else c[2]) for c in commands})
+    return out
+
+
+def phase_ref(push: dict[str, str | None], run_id: int, k: int) -> str:
+    return next(ref for ref in push if ref.startswith(f"refs/autopack/run-{run_id}/phase-{k}-e"))
 
 
 @pytest.fixture
@@ -67,15 +90,15 @@ def test_a_three_phase_run_pushes_four_times_and_each_push_moves_the_branch_to_t
     run = run_to_end(client, spec(sample_repo, *writes(3)))
     assert run["state"] == "DONE_SUCCESS"
     shas = [p["commit_sha"] for p in run["phases"]]
-    pushes = push_log.read_text().splitlines()
+    pushes = pushed(push_log)
     branch = f"refs/heads/autopack/run-{run['id']}"
     assert len(pushes) == 4, pushes  # two per phase before: phase ref, then the branch
     for k in (1, 2):  # phase k's push carries phase k-1's head to the branch and drops its ref
-        assert f"+{shas[k]}:refs/autopack/run-{run['id']}/phase-{k}-e" in pushes[k]
-        assert f"{shas[k - 1]}:{branch}" in pushes[k]
-        assert f":refs/autopack/run-{run['id']}/phase-{k - 1}-e" in pushes[k]
-    last_ref = next(arg for arg in pushes[2].split() if arg.startswith(f"+{shas[2]}:"))[len(shas[2]) + 2 :]
-    assert pushes[3].split()[-2:] == [f"{shas[2]}:{branch}", f":{last_ref}"], "the last phase's move"
+        assert pushes[k][phase_ref(pushes[k], run["id"], k)] == shas[k]
+        assert pushes[k][branch] == shas[k - 1]
+        assert pushes[k][phase_ref(pushes[k], run["id"], k - 1)] is None
+    last_ref = phase_ref(pushes[2], run["id"], 2)
+    assert pushes[3] == {branch: shas[2], last_ref: None}, "the last phase's move"
     assert origin_refs(sample_repo, run["id"]) == {branch: shas[2]}, "no phase ref is left behind"
 
 
@@ -90,4 +113,4 @@ def test_a_run_that_fails_mid_way_has_its_branch_settled_at_the_last_recorded_he
     while origin_refs(sample_repo, run["id"]).get(branch) != run["head_sha"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert origin_refs(sample_repo, run["id"]).get(branch) == run["head_sha"]
-    assert len(push_log.read_text().splitlines()) >= 3
+    assert len(pushed(push_log)) >= 3

@@ -12,11 +12,13 @@ phase ref, then the branch once recorded); a run that ends otherwise (failed, ca
 moved by the worker that ended it, right after, with the reconciler (`lagging_branches`) as backup.
 Fencing still holds: the branch only ever moves, fast-forward, to a commit the database already named
 as the head, which no later holder can un-name; a stale holder's move is therefore a move a current
-holder would make too. Every push reads every ref of the
-remote (git 2.39 pushes over protocol v0 only: the origin advertises all its refs, the pushing side
-walks back from each one it has, and receive-pack checks connectivity against all of them), so result
-refs are bounded by retention (workers/retention.py) and commit-graphs make each tip cheap to read
-(workers/workspace/mirror.py `compact_refs`).
+holder would make too. A push to an origin on this host copies
+the objects in-process and updates the refs with one `git update-ref` there (workers/local_push.py).
+`git push`, used for any other origin, reads every ref of the remote (git 2.39 pushes over protocol v0
+only: the origin advertises all its refs, the pushing side walks back from each one it has, and
+receive-pack checks connectivity against all of them), so result refs are bounded by retention
+(workers/retention.py) and commit-graphs make each tip cheap to read (workers/workspace/mirror.py
+`compact_refs`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from shared.db import transaction
 from shared.errors import BranchConflict, GitError
 from shared.git import git
 from shared.models import Run
+from workers import local_push
+from workers.local_push import RefUpdate
 from workers.workspace.locks import retrying_locks
 from workers.workspace.mirror import local_origin
 
@@ -50,11 +54,7 @@ def publish(
     `force=False` refuses to move the remote ref anywhere but forward (GitError)."""
     retrying_locks(lambda: git("update-ref", ref, sha, git_dir=mirror), lambda: [mirror])
     if push:
-        specs = [f"{sha}:{ref}", *([f":{drop}"] if drop else [])]
-        flags = ["--atomic"] if drop else []
-        flags += ["--force"] if force else []
-        push_args = ("push", "--quiet", "--no-verify", *flags, "origin", *specs)
-        retrying_locks(lambda: git(*push_args, git_dir=mirror), lambda: _repos(mirror))
+        push_refs(mirror, [RefUpdate(ref, sha, force), *([RefUpdate(drop, None)] if drop else [])])
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,28 @@ def publish_phase(mirror: Path, run_id: int, ref: str, sha: str, push: bool, lag
     retrying_locks(lambda: git("update-ref", "--stdin", git_dir=mirror, stdin=both), lambda: [mirror])
     if not push:
         return True
-    specs = [f"+{sha}:{ref}", f"{lag.head}:{branch}", *([f":{lag.drop}"] if lag.drop else [])]
-    push_args = ("push", "--quiet", "--no-verify", "--atomic", "origin", *specs)
+    updates = [RefUpdate(ref, sha), RefUpdate(branch, lag.head, force=False)]
     try:
-        retrying_locks(lambda: git(*push_args, git_dir=mirror), lambda: _repos(mirror))
+        push_refs(mirror, [*updates, *([RefUpdate(lag.drop, None)] if lag.drop else [])])
     except GitError as exc:
         if "[rejected]" not in str(exc):
             raise
         publish(mirror, ref, sha, push)
         return False
     return True
+
+
+def push_refs(mirror: Path, updates: list[RefUpdate]) -> None:
+    """Make `updates` in the mirror's origin, all or none: in-process when it is on this host
+    (workers/local_push.py), else `git push`. A non-fast-forward raises GitError with "[rejected]"."""
+    origin = local_push.local_target(mirror)
+    if origin is not None:
+        local_push.push(mirror, origin, updates)
+        return
+    specs = [f":{u.ref}" if u.new is None else f"{'+' if u.force else ''}{u.new}:{u.ref}" for u in updates]
+    flags = ["--atomic"] if len(updates) > 1 else []
+    push_args = ("push", "--quiet", "--no-verify", *flags, "origin", *specs)
+    retrying_locks(lambda: git(*push_args, git_dir=mirror), lambda: _repos(mirror))
 
 
 def _repos(mirror: Path) -> list[Path]:

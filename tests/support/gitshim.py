@@ -2,7 +2,8 @@
 
 Put `GitShim.bin` first on a worker's PATH and `GITSHIM_DIR` in its environment. Control files in
 that directory steer it, per step (`reset`, `clean`, `worktree-add`, `update-ref`, `push`,
-`push-branch` for the atomic push that moves a run branch, `fetch`, …):
+`push-branch` for the atomic push that moves a run branch, `fetch`, …; a push to a local origin is its
+`update-ref` there, see the script):
 - `fail-<step>` exists: the step fails as a broken host's git would (exit 128), while the file exists;
 - `kill-<step>` exists: the first such call claims it, starts the real git, waits the seconds the file
   holds, then SIGKILLs that git (and its children) together with the worker process that ran it, as a
@@ -49,6 +50,13 @@ while [ $i -lt ${#args[@]} ]; do
   esac
 done
 if [ "$step" = push ] && [[ " $* " == *" --atomic "* ]]; then step=push-branch; fi
+# A push to a local origin copies objects in-process and writes refs with one `update-ref --stdin` in
+# the origin (workers/local_push.py): that is the push, and more than one ref makes it the branch's.
+if [ "$step" = update-ref ] && [ -n "${gitdir:-}" ] && [[ "$gitdir" != */mirrors/* ]]; then
+  input=$(cat)
+  if [ "$(grep -c . <<<"$input")" -gt 1 ]; then step=push-branch; else step=push; fi
+  exec < <(printf '%s\n' "$input")
+fi
 # A mirror is made by `init` + `fetch` into `<mirror>.tmp` (workers/workspace/mirror.py): that first
 # fetch is the host's clone.
 if [ "$step" = fetch ] && [[ "${gitdir:-}" == *.tmp ]]; then step=clone; fi
@@ -63,7 +71,7 @@ if [ -n "$d" ] && [ -n "$step" ]; then
   echo "$step caller=$PPID grandparent=$grandparent $gp_cmd" >> "$d/calls.log"
   if tr '\0' ' ' < "/proc/$grandparent/cmdline" 2>/dev/null | grep -q "autopack worker" \
      && mv "$d/kill-$step" "$d/fired-$step.$$" 2>/dev/null; then
-    "$real" "$@" &
+    "$real" "$@" <&0 &  # an explicit redirect: a background job's stdin is otherwise /dev/null
     g=$!
     sleep "$(cat "$d/fired-$step.$$")"
     pkill -9 -P "$g" 2>/dev/null
