@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
@@ -15,7 +16,9 @@ from shared.keys import Caller, verify_key
 from shared.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Async although nothing here awaits: FastAPI runs a sync dependency in its threadpool, a thread hop
+# per request for reading an attribute.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -23,15 +26,23 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    with session_factory(settings.database_url)() as session:
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """A session per request. Making one does no I/O, so it is made on the event loop; closing one
+    still in a transaction is a ROLLBACK round trip, so that close goes to the threadpool."""
+    session = session_factory(settings.database_url)()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.app.state.dispatcher
     return dispatcher
 
