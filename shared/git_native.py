@@ -1,5 +1,6 @@
 """In-process git through libgit2 (pygit2) where a process per step costs more than the work: reads,
-and the phase commit (the index as it is, written as a tree and committed on the slot's HEAD).
+the mirror's ref updates, and the phase commit (the index as it is, written as a tree and committed on
+the slot's HEAD).
 
 A `git rev-parse` through the CLI wrapper is two processes (the repository-config scan that disarms
 program-naming keys, then the command), 8-17 ms; the same read in libgit2 is under 1 ms. libgit2 runs
@@ -12,10 +13,10 @@ The CLI stays where libgit2 is the worse choice: network transports (fetch by SH
 pushes with the worker's credential helper and ssh settings; a push to an origin on this host copies
 objects through libgit2 and moves refs with one `update-ref`, workers/local_push.py), `worktree`
 management, checkout/reset of working trees (libgit2 does not apply every filter and attribute git
-does), status and staging (they read the working tree, where the same holds), and the mirror's ref
-updates, which a shim kills in the chaos tests. A commit killed half-way leaves at most unreferenced
-objects and a `HEAD.lock` in the worktree's record, which the slot's next holder drops
-(workers/workspace/repair.py).
+does), status and staging (they read the working tree, where the same holds), and a local origin's ref
+update, the push a shim kills in the chaos tests. The mirror's refs move in-process (`set_refs`, libgit2
+takes the same lock files git does). A commit killed half-way leaves at most unreferenced objects and a
+`HEAD.lock` in the worktree's record, which the slot's next holder drops (workers/workspace/repair.py).
 """
 
 from __future__ import annotations
@@ -97,6 +98,25 @@ def commit_index(worktree: Path, message: str, name: str, email: str) -> str:
     except (KeyError, ValueError, OSError, pygit2.GitError) as exc:
         raise GitError(f"commit in {worktree}: {exc}") from exc
     return str(oid)
+
+
+def set_refs(git_dir: Path, targets: dict[str, str]) -> None:
+    """Point each ref at its commit in the repository at `git_dir` (what `git update-ref --stdin` does
+    with `update` lines): every ref is locked before any moves. A lock held elsewhere, or left by a
+    dead process, is a GitError that says "cannot lock ref", as git's own is, so `retrying_locks` waits
+    it out and drops a stale one."""
+    try:
+        repo = pygit2.Repository(str(git_dir))
+        with repo.transaction() as tx:
+            for ref, sha in targets.items():
+                tx.lock_ref(ref)
+                tx.set_target(ref, pygit2.Oid(hex=sha), message="autopack")
+    except pygit2.GitError as exc:
+        if "lock" in str(exc):
+            raise GitError(f"cannot lock ref in {git_dir}: {exc}") from exc
+        raise GitError(f"cannot update refs in {git_dir}: {exc}") from exc
+    except (ValueError, OSError) as exc:
+        raise GitError(f"cannot update refs in {git_dir}: {exc}") from exc
 
 
 _TRAILING_SPACE = re.compile(r"[ \t\r\f\v]+$", re.MULTILINE)

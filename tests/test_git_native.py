@@ -9,7 +9,16 @@ import pytest
 
 from shared.errors import GitError
 from shared.git import resolve_ref
-from shared.git_native import cleaned, commit_index, head_of, head_tree_of, index_tree, resolve_local
+from shared.git_native import (
+    cleaned,
+    commit_index,
+    head_of,
+    head_tree_of,
+    index_tree,
+    resolve_local,
+    set_refs,
+)
+from workers.workspace.locks import retrying_locks
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -125,3 +134,26 @@ def test_message_cleanup_is_git_stripspace(message: str) -> None:
         ["git", "stripspace"], input=message, capture_output=True, text=True, check=True
     )
     assert cleaned(message) == expected.stdout
+
+
+def test_native_ref_updates_move_every_ref_and_a_dead_process_s_lock_is_waited_out_then_dropped(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head, older = _git(repo, "rev-parse", "HEAD"), _git(repo, "rev-parse", "HEAD~1")
+    set_refs(repo / ".git", {"refs/autopack/run-1/phase-0-e1": head, "refs/heads/autopack/run-1": older})
+    assert _git(repo, "rev-parse", "refs/autopack/run-1/phase-0-e1", "autopack/run-1").split() == [
+        head,
+        older,
+    ]
+
+    lock = repo / ".git" / "refs" / "heads" / "autopack" / "run-1.lock"
+    lock.write_text("")  # as a killed git or worker leaves it
+    with pytest.raises(GitError, match="cannot lock ref"):
+        set_refs(repo / ".git", {"refs/heads/autopack/run-1": head})
+    monkeypatch.setattr("workers.workspace.locks.STALE_REF_LOCK_SECONDS", 0.0)
+    monkeypatch.setattr("workers.workspace.locks.time.sleep", lambda _: None)
+    retrying_locks(
+        lambda: set_refs(repo / ".git", {"refs/heads/autopack/run-1": head}), lambda: [repo / ".git"]
+    )
+    assert not lock.exists()
+    assert _git(repo, "rev-parse", "autopack/run-1") == head

@@ -31,6 +31,7 @@ from sqlalchemy import update
 from shared.db import transaction
 from shared.errors import BranchConflict, GitError
 from shared.git import git
+from shared.git_native import set_refs
 from shared.models import Run
 from workers import local_push
 from workers.local_push import RefUpdate
@@ -52,7 +53,7 @@ def publish(
     """Point `ref` at `sha` here and, when `push`, in the origin; `drop` is a remote ref deleted in the
     same all-or-nothing push (one already gone is no error, so a retried move still moves).
     `force=False` refuses to move the remote ref anywhere but forward (GitError)."""
-    retrying_locks(lambda: git("update-ref", ref, sha, git_dir=mirror), lambda: [mirror])
+    retrying_locks(lambda: set_refs(mirror, {ref: sha}), lambda: [mirror])
     if push:
         push_refs(mirror, [RefUpdate(ref, sha, force), *([RefUpdate(drop, None)] if drop else [])])
 
@@ -73,8 +74,7 @@ def publish_phase(mirror: Path, run_id: int, ref: str, sha: str, push: bool, lag
         publish(mirror, ref, sha, push)
         return False
     branch = branch_ref(run_id)
-    both = f"update {ref} {sha}\nupdate {branch} {lag.head}\n"  # one process, one transaction
-    retrying_locks(lambda: git("update-ref", "--stdin", git_dir=mirror, stdin=both), lambda: [mirror])
+    retrying_locks(lambda: set_refs(mirror, {ref: sha, branch: lag.head}), lambda: [mirror])
     if not push:
         return True
     updates = [RefUpdate(ref, sha), RefUpdate(branch, lag.head, force=False)]

@@ -27,13 +27,13 @@ WORKER_STEPS = (
     "status",
     "add",
     "diff",
-    "update-ref",
     "push",
     "push-branch",
 )
 """Every git step a worker runs for a phase (it never runs `checkout`: it moves a slot with `reset
---hard`, and it commits in-process, shared/git_native.py). `clone` (the first fetch into a new mirror,
-see `_SCRIPT`) and `worktree-add` run once per host and slot; `fetch` when a commit is new to the host."""
+--hard`, and it commits and moves its mirror's refs in-process, shared/git_native.py). `clone` (the
+first fetch into a new mirror, see `_SCRIPT`) and `worktree-add` run once per host and slot; `fetch`
+when a commit is new to the host."""
 
 FIRST_USE_STEPS = ("clone", "worktree-add")
 
