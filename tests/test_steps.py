@@ -86,6 +86,17 @@ def test_changed_paths_is_empty_on_a_clean_checkout(sample_repo: Path) -> None:
     assert steps.changed_paths(sample_repo) == []
 
 
+def test_status_says_ignored_files_lie_beside_the_change_without_listing_them_as_changed(
+    sample_repo: Path,
+) -> None:
+    assert steps.worktree_status(sample_repo) == steps.Status([], ignored=False)
+    (sample_repo / "src" / "real.py").write_text("r = 1\n")
+    assert steps.worktree_status(sample_repo) == steps.Status(["src/real.py"], ignored=False)
+    (sample_repo / "src" / "__pycache__").mkdir()
+    (sample_repo / "src" / "__pycache__" / "real.cpython-311.pyc").write_bytes(b"\0")
+    assert steps.worktree_status(sample_repo) == steps.Status(["src/real.py"], ignored=True)
+
+
 # --- scope_violations ---------------------------------------------------------------------------
 
 

@@ -224,7 +224,8 @@ def _attempt_in(
         if failed is not None:
             return Attempted(_rec(plan, failed[0], started, failed[1], built), built)
     steps.undo_builder_commits(wt, job.head_sha)
-    paths = steps.changed_paths(wt)
+    status = steps.worktree_status(wt)
+    paths = status.paths
     violations = steps.scope_violations(paths, phase)
     verdict = classify(paths, governed.rules_of(job, s))
     if verdict is not None and verdict.policy == RulePolicy.DENY:
@@ -233,12 +234,12 @@ def _attempt_in(
         reason = "scope violation, nothing committed: " + "; ".join(violations[:20])
         return Attempted(_rec(plan, AttemptOutcome.SCOPE_VIOLATION, started, reason, built, paths), built)
     steps.stage(wt, paths)
-    patch = steps.staged_diff(wt, s.max_log_bytes * 4)
+    patch = steps.staged_diff(wt, s.max_log_bytes * 4) if paths else ""  # status saw nothing: no diff
     if verdict is not None and verdict.policy == RulePolicy.ASK:
         rec = _rec(plan, AttemptOutcome.SUCCESS, started, None, built, paths, patch=patch)
         return _keep_for_approval(ctx, lease, job, wt, mirror, rec, verdict, built)
     # The tree validation runs on, taken before it runs: recorded for the next phase if this one succeeds.
-    tree = validation_cache.staged_tree(wt) if s.validation_cache and commands else None
+    tree = validation_cache.staged_tree(wt, status.ignored) if s.validation_cache and commands else None
     after = run_validation(
         commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=phase.network
     )

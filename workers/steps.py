@@ -42,10 +42,33 @@ def staged_diff(worktree: Path, max_bytes: int) -> str | None:
     return diff if len(diff.encode()) <= max_bytes else None
 
 
-def changed_paths(worktree: Path) -> list[str]:
+@dataclass(frozen=True)
+class Status:
+    paths: list[str]
     """Every path the builder added, modified or deleted (untracked included, ignored files not)."""
-    out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", cwd=worktree)
-    return sorted({entry[3:] for entry in out.split("\0") if len(entry) > 3})
+    ignored: bool
+    """Ignored files (a build's output, say) lie in the worktree too."""
+
+
+def worktree_status(worktree: Path) -> Status:
+    """One `git status` for both facts. `--ignored=matching` names an ignored directory, not its
+    contents, as `ls-files --others --ignored --directory` did."""
+    out = git(
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--ignored=matching",
+        "--no-renames",
+        cwd=worktree,
+    )
+    entries = [entry for entry in out.split("\0") if len(entry) > 3]
+    paths = sorted({entry[3:] for entry in entries if not entry.startswith("!! ")})
+    return Status(paths, any(entry.startswith("!! ") for entry in entries))
+
+
+def changed_paths(worktree: Path) -> list[str]:
+    return worktree_status(worktree).paths
 
 
 def _under(path: str, prefix: str) -> bool:

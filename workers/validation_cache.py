@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from shared import validation_cache as store
-from shared.git import git
 from shared.git_native import head_tree_of, index_tree
 from shared.settings import Settings
 from workers.commands import default_backend
@@ -162,11 +161,11 @@ def head_tree(worktree: Path) -> str:
     return head_tree_of(worktree)  # in-process: a `rev-parse` was a process, twice a phase
 
 
-def staged_tree(worktree: Path) -> str | None:
-    """The tree of the index when the worktree holds exactly it: None when ignored files (a builder's
-    build output, say) lie beside it, since validation would see files the tree does not name."""
-    extra = git("ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory", cwd=worktree)
-    return None if extra else index_tree(worktree)  # in-process: `write-tree` was two processes
+def staged_tree(worktree: Path, ignored: bool) -> str | None:
+    """The tree of the index when the worktree holds exactly it: None when `ignored` files (a builder's
+    build output, say, as `steps.worktree_status` saw) lie beside it, since validation would see files
+    the tree does not name."""
+    return None if ignored else index_tree(worktree)  # in-process: `write-tree` was two processes
 
 
 def cached_baseline(
