@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Result, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -82,7 +82,7 @@ def record_usage(
         "request_id": request_id,
         "cost_usd": cost_usd,
     }
-    _insert_unless_present(session, LlmUsageEvent, values, ["call_key"])
+    insert_unless_present(session, LlmUsageEvent, values, ["call_key"])
     return session.scalars(select(LlmUsageEvent).where(LlmUsageEvent.call_key == call_key)).one()
 
 
@@ -96,8 +96,9 @@ def record_efficiency(
     tokens_avoided_context: int | None,
     attempts: int,
     wall_ms: int | None,
-) -> EfficiencyMetric:
-    """The efficiency row of (run, phase, outcome); the first record wins, later ones return it."""
+) -> bool:
+    """Store the efficiency row of (run, phase, outcome): the first record wins (True), a later one
+    changes nothing (False)."""
     values = {
         "run_id": run_id,
         "phase_id": phase_id,
@@ -107,13 +108,7 @@ def record_efficiency(
         "attempts": attempts,
         "wall_ms": wall_ms,
     }
-    _insert_unless_present(session, EfficiencyMetric, values, ["run_id", "phase_id", "outcome"])
-    query = select(EfficiencyMetric).where(
-        EfficiencyMetric.run_id == run_id,
-        EfficiencyMetric.phase_id == phase_id,
-        EfficiencyMetric.outcome == outcome,
-    )
-    return session.scalars(query).one()
+    return insert_unless_present(session, EfficiencyMetric, values, ["run_id", "phase_id", "outcome"])
 
 
 def recount_phase_tokens(session: Session, phase_id: int) -> None:
@@ -147,7 +142,7 @@ def record_phase_metrics(
     Idempotent: recording again sets the flags to the new values but keeps an estimate already stored
     (a redelivered task must not move the counterfactual); `doctor_skipped=False` clears it.
     """
-    _insert_unless_present(session, PhaseMetric, {"run_id": run_id, "phase_id": phase_id}, ["phase_id"])
+    insert_unless_present(session, PhaseMetric, {"run_id": run_id, "phase_id": phase_id}, ["phase_id"])
     row = session.scalars(
         select(PhaseMetric)
         .where(PhaseMetric.phase_id == phase_id)
@@ -165,17 +160,21 @@ def record_phase_metrics(
     return row
 
 
-def _insert_unless_present(
+def insert_unless_present(
     session: Session, model: type[Base], values: dict[str, Any], keys: list[str]
-) -> None:
-    """INSERT ... ON CONFLICT (keys) DO NOTHING, on Postgres and SQLite."""
+) -> bool:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING, on Postgres and SQLite; True when this one inserted."""
     dialect = session.get_bind().dialect.name
+    done: Result[Any]
     if dialect == "postgresql":
-        session.execute(pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+        stmt = pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
+        done = session.execute(stmt.returning(literal_column("1")))  # rowcount says -1 here
     elif dialect == "sqlite":
-        session.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+        stmt_lite = sqlite_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
+        done = session.execute(stmt_lite.returning(literal_column("1")))
     else:
         raise NotImplementedError(f"telemetry writes support postgresql and sqlite, not {dialect}")
+    return done.first() is not None
 
 
 # -------------------------------------------------------------------------------- doctor estimate

@@ -65,7 +65,7 @@ from shared.states import (
     PhaseState,
     RunState,
 )
-from shared.telemetry import record_efficiency, record_phase_metrics
+from shared.telemetry import insert_unless_present, record_efficiency, record_phase_metrics
 from workers.lease import Lease, grant
 from workers.publish import BranchLag, phase_ref
 
@@ -252,22 +252,15 @@ def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
 
 
 def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
-    exists = session.scalar(
-        select(Attempt.id).where(Attempt.phase_id == job.phase_id, Attempt.number == rec.number)
-    )
-    if exists is not None:
-        return
-    session.add(
-        Attempt(
-            run_id=job.run_id,
-            phase_id=job.phase_id,
-            worker=lease.owner,
-            lease_epoch=lease.epoch,
-            **asdict(rec),
-        )
-    )
+    values = {"run_id": job.run_id, "phase_id": job.phase_id, "worker": lease.owner, **asdict(rec)}
+    if not insert_unless_present(session, Attempt, {**values, "lease_epoch": lease.epoch}, KEY):
+        return  # recorded already (a redelivery after the commit): the first record stands
     # A plain UPDATE: loading the phase to set one column cost a SELECT more.
     session.execute(update(Phase).where(Phase.id == job.phase_id).values(attempts_used=rec.number))
+
+
+KEY = ["phase_id", "number"]
+"""An attempt's unique key."""
 
 
 def succeed(
@@ -458,9 +451,11 @@ def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> No
             LlmUsageEvent.phase_id == phase.id
         )
     ).all()
+    # Only the column it needs: loading the attempts loads their logs and diffs too.
+    contexts = session.scalars(select(Attempt.context).where(Attempt.phase_id == phase.id)).all()
     # Attempts whose builder selected no context (script, replay) know nothing about avoidance; an LLM
     # attempt that left nothing out avoided exactly zero, which is a figure, not an unknown.
-    avoided = [_omitted(a.context) for a in phase.attempts]
+    avoided = [_omitted(context) for context in contexts]
     known = [a for a in avoided if a is not None]
     wall = None
     if phase.started_at and phase.finished_at:
@@ -472,7 +467,7 @@ def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> No
         outcome,
         tokens_spent=sum((i or 0) + (o or 0) for i, o in spent) if spent else None,
         tokens_avoided_context=sum(known) if known else None,
-        attempts=len(phase.attempts),
+        attempts=len(contexts),
         wall_ms=wall,
     )
 
