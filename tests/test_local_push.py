@@ -11,10 +11,12 @@ from typing import Any
 import pygit2
 import pytest
 
+from api.sample_repo import make_sample_repo
 from shared.errors import GitError
 from workers import local_push
 from workers.local_push import RefUpdate, copy_missing, local_target
 from workers.publish import BranchLag, branch_ref, publish_phase
+from workers.workspace import WorkspaceManager
 
 AUTHOR = ("-c", "user.name=t", "-c", "user.email=t@t")
 
@@ -208,3 +210,36 @@ def test_an_origin_that_asks_receive_pack_for_checks_or_is_a_url_is_pushed_by_gi
     _git(mirror, "remote", "set-url", "origin", str(origin))
     _git(mirror, "remote", "set-url", "--push", "origin", "ssh://example.invalid/x.git")
     assert local_target(mirror) is None
+
+
+def test_a_local_origin_written_in_process_is_still_packed_by_its_own_gc_auto(tmp_path: Path) -> None:
+    # receive-pack ran `git gc --auto` in the origin after every push; a push in-process runs none, so
+    # the reconciler's pass does (WorkspaceManager.tend_origins), or the loose objects pile up forever.
+    origin = make_sample_repo(tmp_path / "origin")
+    _git(origin, "config", "gc.auto", "100")
+    _git(origin, "config", "gc.autoDetach", "false")  # the test reads the result; a fleet lets it detach
+    manager = WorkspaceManager(tmp_path / "workspace", slots=1)
+    mirror = manager.mirror(str(origin))
+    base = _git(origin, "rev-parse", "HEAD")
+    mirror.ensure(base)
+    repo = pygit2.Repository(str(mirror.path))
+    tree = repo.TreeBuilder(repo[base].peel(pygit2.Tree))
+    many = repo.TreeBuilder()
+    for i in range(600):
+        many.insert(f"f{i}.txt", repo.create_blob(f"{i}\n".encode()), pygit2.enums.FileMode.BLOB)
+    tree.insert("many", many.write(), pygit2.enums.FileMode.TREE)
+    who = pygit2.Signature("t", "t@t")
+    sha = str(repo.create_commit(None, who, who, "600 files", tree.write(), [pygit2.Oid(hex=base)]))
+    local_push.push(mirror.path, origin / ".git", [RefUpdate("refs/heads/many", sha)])
+    assert _loose(origin / ".git") > 600
+
+    manager.tend_origins()
+
+    assert _loose(origin / ".git") < 50
+    assert _ref(origin / ".git", "refs/heads/many") == sha
+    _fsck(origin / ".git")
+
+
+def _loose(git_dir: Path) -> int:
+    out = _git(git_dir, "count-objects", "-v")
+    return int(dict(line.split(": ") for line in out.splitlines())["count"])

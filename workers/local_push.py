@@ -14,7 +14,9 @@ repository on this host, the same end state is reached with:
 
 Outcomes are `git push --atomic`'s: a non-fast-forward is refused with "[rejected]", deleting a ref
 already gone is no error, no hook runs (the worker's CLI pushes disarm hooks on both sides, `_SAFE`).
-The ref update stays a process: it is where a crash lands in the chaos tests' git shim.
+The ref update stays a process: it is where a crash lands in the chaos tests' git shim. receive-pack
+also ran `git gc --auto` in the origin after each push; the reconciler's pass does that instead
+(`WorkspaceManager.tend_origins`), so the origin's loose objects are still packed by its own rules.
 
 `local_target` says when this applies: an origin that is a local path whose config asks receive-pack
 for nothing (`receive.*` checks, `core.sharedRepository` modes, `transfer.fsckObjects`), which only the

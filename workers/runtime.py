@@ -61,6 +61,8 @@ class Reconciler:
                 log.warning("run %s: result branch still behind: %s", run_id, exc)
         try:
             self.workspace.compact_refs()
+            if s.push_results:
+                self.workspace.tend_origins()
             self._retain()
         except Exception as exc:  # a slower push is no reason to stop re-dispatching
             log.warning("packing refs or pruning expired result refs failed: %s", exc)

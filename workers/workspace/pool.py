@@ -112,6 +112,15 @@ class WorkspaceManager:
             packed += sum(compact_refs(t) for t in targets)
         return packed
 
+    def tend_origins(self) -> None:
+        """What receive-pack did after every push, for the local origins this host now writes
+        in-process (workers/local_push.py): `git gc --auto`, which packs their loose objects once the
+        origin's own `gc.auto` says there are many, and otherwise returns at once."""
+        for mirror_dir in self._mirror_dirs():
+            origin = self.local_origin(mirror_dir)
+            if origin is not None and origin.is_dir():
+                git("gc", "--auto", "--quiet", git_dir=origin)
+
     def local_origin(self, mirror_dir: Path) -> Path | None:
         """The mirror's origin when it is a local path; read once per mirror (this runs every pass)."""
         if mirror_dir not in self._origins:
