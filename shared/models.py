@@ -503,6 +503,9 @@ _UNPRUNED = text("branch_pruned_at IS NULL")
 _LAGGING = text("head_sha <> base_sha AND (branch_sha IS NULL OR branch_sha <> head_sha)")
 Index("ix_runs_unpruned_finished", Run.finished_at, postgresql_where=_UNPRUNED, sqlite_where=_UNPRUNED)
 Index("ix_runs_branch_lagging", Run.id, postgresql_where=_LAGGING, sqlite_where=_LAGGING)
+# Plan drafts in flight only (migration 0012): the reconciler's scan for abandoned ones, every pass.
+_REFINING = text("state = 'refining'")
+Index("ix_plan_drafts_refining", PlanDraft.created_at, postgresql_where=_REFINING, sqlite_where=_REFINING)
 # Undelivered webhooks only (migration 0010): the sender's scan never reads delivered history.
 _UNSENT = text("delivered_at IS NULL AND gave_up_at IS NULL")
 Index(

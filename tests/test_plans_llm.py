@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from api import cli, plan_cli
 from api.app import create_app
@@ -305,3 +305,31 @@ def test_a_draft_reads_back_by_id_for_its_owner_only(
     assert mine.json()["state"] == "done" and mine.json()["tokens"] == 1834 + 217
     assert missing.status_code == 404 and theirs.status_code == 404
     assert "not found" in theirs.json()["detail"]
+
+
+def test_the_reconciler_s_scan_for_abandoned_drafts_reads_only_the_drafts_in_flight(pg: str) -> None:
+    # Every reconciler pass on every worker runs it; 20,000 finished drafts must not be read each time.
+    with transaction(pg) as session:
+        session.execute(
+            text(
+                "INSERT INTO plan_drafts (repo, base_ref, base_sha, model, state, token_budget,"
+                " tokens_reserved, tokens_used, created_at)"
+                " SELECT 'r', 'main', 'x', 'm', CASE WHEN i % 5000 = 0 THEN 'refining' ELSE 'done' END,"
+                " 1000, 0, 0, now() - interval '1 day' FROM generate_series(1, 20000) AS i"
+            )
+        )
+        session.execute(text("ANALYZE plan_drafts"))
+    stale = utcnow() - timedelta(hours=1)
+    with transaction(pg) as session:
+        plan = "\n".join(
+            session.scalars(
+                text(
+                    "EXPLAIN UPDATE plan_drafts SET state = 'failed'"
+                    " WHERE state = 'refining' AND created_at < :before"
+                ),
+                {"before": stale},
+            )
+        )
+        assert "ix_plan_drafts_refining" in plan, plan
+        assert "Seq Scan" not in plan, plan
+        assert sorted(abandon_stale(session, stale)) == [5000, 10000, 15000, 20000]

@@ -81,7 +81,7 @@ LABELS = {
     "llm": "LLM call: SDK + HTTP + local simulator (instant answer)",
     "apply": "parse_change + resolve + apply_writes (3-file diff + 1 new file)",
     "govern": "changed_paths + scope_violations + stage",
-    "other_git": "undo_builder_commits + staged_diff + publish update-ref",
+    "other_git": "undo_builder_commits + staged_diff + publish (mirror refs, in-process)",
     "commit": "commit",
 }
 
