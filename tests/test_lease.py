@@ -190,11 +190,13 @@ def test_the_old_holders_release_does_not_free_the_new_holders_lease(db_url: str
 
 def test_heartbeat_keeps_a_short_lease_alive_past_its_ttl(db_url: str, sample_repo: Path) -> None:
     run_id, _ = make_run(db_url, sample_repo)
-    lease = acquire(db_url, run_id, "worker-a", ttl=0.3)
+    # A TTL of 1 s, not less: under a loaded CI a renewal can wait a few hundred ms for SQLite's write
+    # lock or the CPU, and a 0.3 s lease then expired between two renewals (seen once in `.ci/run`).
+    lease = acquire(db_url, run_id, "worker-a", ttl=1.0)
     assert lease is not None
 
-    with heartbeat(lease, interval=0.05):
-        time.sleep(0.75)  # 2.5 TTLs: without renewals the lease would be long expired
+    with heartbeat(lease, interval=0.1):
+        time.sleep(2.5)  # 2.5 TTLs: without renewals the lease would be long expired
         assert acquire(db_url, run_id, "worker-b", ttl=30) is None
         assert not lease.lost.is_set()
 
