@@ -76,7 +76,7 @@ def test_a_phase_that_fills_the_disk_on_every_delivery_fails_with_the_disk_named
     assert run["state"] == "DONE_FAILED"
     assert writes["state"] == "FAILED" and after["state"] == "SKIPPED"
     assert "delivered 3 times without finishing; last: workspace disk unavailable" in writes["failure_reason"]
-    assert "MiB free" in writes["failure_reason"]
+    assert "the phase's command reported a full disk" in writes["failure_reason"]  # head's own ENOSPC
     assert writes["attempt_log"] == [], "the disk's failures must not spend the phase's attempts"
     # What the phase wrote was discarded: the host is usable again.
     assert shutil.disk_usage(small_disk).free > (SIZE_MB - 4) * 2**20
@@ -100,3 +100,21 @@ def test_a_host_whose_disk_was_full_hands_the_phase_back_and_it_completes_once_s
     writes = run["phases"][0]
     assert [a["outcome"] for a in writes["attempt_log"]] == ["SUCCESS"]
     assert writes["failure_reason"] is None
+
+
+def test_a_command_that_lost_a_write_to_a_full_disk_but_exited_0_commits_nothing(
+    settings: Settings, sample_repo: Path, small_disk: Path
+) -> None:
+    # The disk fills and frees itself inside the command: `echo` fails with ENOSPC, the command still
+    # exits 0 and leaves an empty file, and the disk is free again by the commit (a chaos batch saw a
+    # phase COMPLETE this way, its file empty).
+    fill = "for i in $(seq 20); do head -c 1M /dev/zero > src/fill$i.bin 2>/dev/null; done"
+    command = f"{fill}; echo 'R = 1' > src/writes.py; rm -f src/fill*.bin"
+    with embedded_fleet(settings, 1) as celery, api_in_thread(settings, celery) as url:
+        client = ApiClient(url, None)
+        run = wait_terminal(client, [client.submit(_spec(sample_repo, command))["id"]], timeout=60)[0]
+    writes = run["phases"][0]
+    assert writes["state"] == "FAILED", f"a write lost to ENOSPC was committed: {writes}"
+    assert "command reported a full disk" in writes["failure_reason"]
+    assert "No space left on device" in writes["failure_reason"]
+    assert writes["attempt_log"] == [], "the disk's failures must not spend the phase's attempts"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from workers.change import parse_change, resolve
 from workers.publish import phase_ref, publish, publish_phase
 from workers.record import AttemptRecord, PhaseJob
 from workers.validation import ValidationRun, compare, infer_validation, run_validation
-from workers.workspace import Worktree, is_disk_full
+from workers.workspace import Worktree, is_disk_full, reports_disk_full
 
 if TYPE_CHECKING:
     from workers.executor import WorkerContext
@@ -217,6 +218,13 @@ def _attempt_in(
     commands, note = _validation_commands(phase, wt)
     baseline = _baseline(ctx, job, plan, wt, commands)
     built = _build(ctx, job, plan, wt)
+    if built.llm is None and built.patch is None and reports_disk_full(built.output):
+        # A write that hit ENOSPC can leave an empty or cut file while the command still exits 0
+        # (`echo x > f; next`), and the disk may be free again by the commit (seen in the chaos
+        # batch): what the commands left is not the phase's result. The caller discards it and hands
+        # the phase back. (A script whose output mentions a full disk for another reason is handed
+        # back too, until max deliveries names the disk.)
+        raise OSError(errno.ENOSPC, f"the phase's command reported a full disk: {built.output[-500:]}")
     if not built.ok:
         return Attempted(_rec(plan, AttemptOutcome.BUILD_FAILED, started, built.failure_reason, built), built)
     if built.patch is not None:

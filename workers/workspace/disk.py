@@ -13,3 +13,8 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return any(word in str(exc) for word in _DISK_FULL_WORDS)
+
+
+def reports_disk_full(output: str) -> bool:
+    """A command's own output says one of its writes failed for lack of space."""
+    return any(word in output for word in _DISK_FULL_WORDS)
