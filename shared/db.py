@@ -15,10 +15,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Result, create_engine, event, literal_column, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from shared.errors import DatabaseNotMigrated, ServiceUnavailable
 
@@ -194,3 +196,20 @@ def _engines() -> list[Engine]:
 
 
 _seen_urls: set[str] = set()
+
+
+def insert_unless_present(
+    session: Session, model: type[DeclarativeBase], values: dict[str, Any], keys: list[str]
+) -> bool:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING, on Postgres and SQLite; True when this one inserted."""
+    dialect = session.get_bind().dialect.name
+    done: Result[Any]
+    if dialect == "postgresql":
+        stmt = pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
+        done = session.execute(stmt.returning(literal_column("1")))  # rowcount says -1 here
+    elif dialect == "sqlite":
+        stmt_lite = sqlite_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
+        done = session.execute(stmt_lite.returning(literal_column("1")))
+    else:
+        raise NotImplementedError(f"insert_unless_present supports postgresql and sqlite, not {dialect}")
+    return done.first() is not None

@@ -22,14 +22,13 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Result, func, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.campaigns.deltas import ab_deltas
+from shared.db import insert_unless_present
 from shared.errors import NotFound
-from shared.models import Attempt, Base, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
+from shared.models import Attempt, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
 
 DOCTOR_ROLE = "doctor"
 DOCTOR_FALLBACK_TOKENS = 2500
@@ -158,23 +157,6 @@ def record_phase_metrics(
         row.doctor_tokens_avoided, row.estimate_source, row.estimate_sample_size = estimate, source, sample
     session.flush()
     return row
-
-
-def insert_unless_present(
-    session: Session, model: type[Base], values: dict[str, Any], keys: list[str]
-) -> bool:
-    """INSERT ... ON CONFLICT (keys) DO NOTHING, on Postgres and SQLite; True when this one inserted."""
-    dialect = session.get_bind().dialect.name
-    done: Result[Any]
-    if dialect == "postgresql":
-        stmt = pg_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
-        done = session.execute(stmt.returning(literal_column("1")))  # rowcount says -1 here
-    elif dialect == "sqlite":
-        stmt_lite = sqlite_insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
-        done = session.execute(stmt_lite.returning(literal_column("1")))
-    else:
-        raise NotImplementedError(f"telemetry writes support postgresql and sqlite, not {dialect}")
-    return done.first() is not None
 
 
 # -------------------------------------------------------------------------------- doctor estimate

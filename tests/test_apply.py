@@ -111,10 +111,10 @@ def test_write_keeps_the_mode_of_the_file_it_replaces(repo: Path) -> None:
 
 
 def test_applied_change_is_what_git_status_sees(repo: Path) -> None:
-    from workers.steps import changed_paths
+    from workers.steps import worktree_status
 
     result = apply(repo, [write("src/calc.py"), write("src/new.py"), FileWrite("README.md", None)])
-    assert result.changed_paths == changed_paths(repo)
+    assert result.changed_paths == worktree_status(repo).paths
 
 
 # ------------------------------------------------------------------------------- governed: the path

@@ -173,7 +173,7 @@ def test_git_status_diff_and_commit_work_inside_and_leave_the_worker_s_repositor
     assert " M src/calc.py" in result.output
     assert result.output.strip().endswith("2")  # the commit happened, in the throwaway copy
     assert git("rev-parse", "HEAD", cwd=mine.path).strip() == head
-    assert steps.changed_paths(mine.path) == ["src/calc.py"]
+    assert steps.worktree_status(mine.path).paths == ["src/calc.py"]
     assert git("cat-file", "-t", "HEAD~0", cwd=mine.path).strip() == "commit"
 
 

@@ -62,7 +62,7 @@ def test_changed_paths_lists_added_modified_deleted_and_untracked_files_in_new_d
     (sample_repo / "staged.txt").write_text("s\n")
     sh_git(sample_repo, "add", "staged.txt")  # added, staged
 
-    assert steps.changed_paths(sample_repo) == [
+    assert steps.worktree_status(sample_repo).paths == [
         "README.md",
         "docs/with space.md",
         "newdir/deep/mod.py",
@@ -76,14 +76,14 @@ def test_changed_paths_ignores_gitignored_files(sample_repo: Path) -> None:
     (sample_repo / "src" / "__pycache__").mkdir()
     (sample_repo / "src" / "__pycache__" / "calc.cpython-311.pyc").write_bytes(b"\0")
     (sample_repo / "stray.pyc").write_bytes(b"\0")
-    assert steps.changed_paths(sample_repo) == []
+    assert steps.worktree_status(sample_repo).paths == []
 
     (sample_repo / "src" / "real.py").write_text("r = 1\n")
-    assert steps.changed_paths(sample_repo) == ["src/real.py"]
+    assert steps.worktree_status(sample_repo).paths == ["src/real.py"]
 
 
 def test_changed_paths_is_empty_on_a_clean_checkout(sample_repo: Path) -> None:
-    assert steps.changed_paths(sample_repo) == []
+    assert steps.worktree_status(sample_repo).paths == []
 
 
 def test_status_says_ignored_files_lie_beside_the_change_without_listing_them_as_changed(
@@ -146,7 +146,7 @@ def test_scope_violations_does_not_let_a_scope_match_a_longer_sibling_name(scope
 def test_stage_commits_only_the_builder_paths_not_validation_leftovers(sample_repo: Path) -> None:
     (sample_repo / "src" / "greet.py").write_text("def greet() -> str:\n    return 'hi'\n")
     (sample_repo / "README.md").unlink()
-    builder_paths = steps.changed_paths(sample_repo)
+    builder_paths = steps.worktree_status(sample_repo).paths
     assert builder_paths == ["README.md", "src/greet.py"]
 
     # what validation leaves behind after the builder's paths were listed

@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 from shared.approvals.store import Decision, Requested, decision_for, request
 from shared.approvals.webhook import enqueue as enqueue_webhook
 from shared.campaigns.caps import CampaignCaps, caps_of
-from shared.db import engine_for, transaction
+from shared.db import engine_for, insert_unless_present, transaction
 from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
 from shared.settings import Settings
@@ -65,7 +65,7 @@ from shared.states import (
     PhaseState,
     RunState,
 )
-from shared.telemetry import insert_unless_present, record_efficiency, record_phase_metrics
+from shared.telemetry import record_efficiency, record_phase_metrics
 from workers.lease import Lease, grant
 from workers.publish import BranchLag, phase_ref
 
@@ -252,8 +252,8 @@ def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
 
 
 def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
-    values = {"run_id": job.run_id, "phase_id": job.phase_id, "worker": lease.owner, **asdict(rec)}
-    if not insert_unless_present(session, Attempt, {**values, "lease_epoch": lease.epoch}, KEY):
+    row = {"run_id": job.run_id, "phase_id": job.phase_id, "worker": lease.owner, "lease_epoch": lease.epoch}
+    if not insert_unless_present(session, Attempt, {**row, **asdict(rec)}, KEY):
         return  # recorded already (a redelivery after the commit): the first record stands
     # A plain UPDATE: loading the phase to set one column cost a SELECT more.
     session.execute(update(Phase).where(Phase.id == job.phase_id).values(attempts_used=rec.number))

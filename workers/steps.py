@@ -18,7 +18,7 @@ from workers.commands import CommandResult, run_command
 
 def undo_builder_commits(worktree: Path, base: str) -> None:
     """A builder that committed its own change must still pass the scope check: fold its commits
-    back into the index so `changed_paths` sees them, and the phase still ends as one commit."""
+    back into the index so `worktree_status` sees them, and the phase still ends as one commit."""
     if head_of(worktree) != base:
         git("reset", "--quiet", "--soft", base, cwd=worktree)
 
@@ -65,10 +65,6 @@ def worktree_status(worktree: Path) -> Status:
     entries = [entry for entry in out.split("\0") if len(entry) > 3]
     paths = sorted({entry[3:] for entry in entries if not entry.startswith("!! ")})
     return Status(paths, any(entry.startswith("!! ") for entry in entries))
-
-
-def changed_paths(worktree: Path) -> list[str]:
-    return worktree_status(worktree).paths
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -80,7 +80,7 @@ LABELS = {
     "prompt": "builder_prompt ({prompt_kb:.0f} KB prompt)",
     "llm": "LLM call: SDK + HTTP + local simulator (instant answer)",
     "apply": "parse_change + resolve + apply_writes (3-file diff + 1 new file)",
-    "govern": "changed_paths + scope_violations + stage",
+    "govern": "worktree_status + scope_violations + stage",
     "other_git": "undo_builder_commits + staged_diff + publish (mirror refs, in-process)",
     "commit": "commit",
 }
@@ -286,7 +286,7 @@ class Attempt:
             raise RuntimeError(f"bench answer rejected: {applied.reason}")
 
     def govern(self, worktree: Path) -> list[str]:
-        paths = steps.changed_paths(worktree)
+        paths = steps.worktree_status(worktree).paths
         violations = steps.scope_violations(paths, self.phase)
         if violations:
             raise RuntimeError(f"bench answer out of scope: {violations}")
