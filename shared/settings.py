@@ -179,7 +179,8 @@ class Settings(BaseSettings):
     validation_cache: bool = True
     """Reuse validation results recorded in the database for a tree already validated with the same
     command, sandbox and toolchain (a phase's baseline is its previous phase's after-validation; a replay
-    over the same base commit reuses the first one's). Off = every baseline runs its commands again."""
+    over the same base commit reuses the first one's; a change whose tree already passed is not validated
+    again). Off = every baseline and every change runs its commands again."""
 
     git_config_global: Path | None = None
     """Git config file for the worker's own git calls (credential helpers, sshCommand, url rewrites).

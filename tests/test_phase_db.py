@@ -25,9 +25,13 @@ MIDDLE_PHASE_TRANSACTIONS = 2
 """Lease + start; the success with the next phase's claim and the lease release (workers/record.py)."""
 LAST_PHASE_TRANSACTIONS = 3
 """Lease + start; the success; after the branch move, the branch note + the finish + the release."""
-VALIDATION_STORE_TRANSACTIONS = 2
-"""With the validation store on: the baseline's lookup, and recording the phase's validation for the
-next phase (shared/validation_cache.py); both outside the lease's fenced writes."""
+VALIDATION_STORE_TRANSACTIONS = 3
+"""With the validation store on, for a phase that changes a file into a tree never validated: the
+baseline's lookup, the change's lookup (a tree another run built is not validated again), and recording
+the phase's validation for the next phase (shared/validation_cache.py); all outside the lease's fenced
+writes. A phase that changes nothing reads its validation from its baseline: the first lookup only."""
+NEW_TREE = "date +%s%N > src/stamp.py"
+"""A change whose tree no earlier run built: its validation runs and is recorded."""
 PHASE_ROUND_TRIPS = 40
 """Postgres round trips of one no-op phase, with a margin over the 30-32 measured (49-51 before)."""
 
@@ -57,15 +61,16 @@ def test_a_no_op_phase_costs_two_transactions_three_if_last_and_no_pings(
         assert phase.round_trips <= PHASE_ROUND_TRIPS, phase
 
 
-def test_the_validation_store_adds_its_lookup_and_its_record_and_nothing_else(
-    pg_settings: Settings, sample_repo: Path
+@pytest.mark.parametrize(("command", "store"), [(NEW_TREE, VALIDATION_STORE_TRANSACTIONS), ("true", 1)])
+def test_the_validation_store_adds_its_lookups_and_its_record_and_nothing_else(
+    pg_settings: Settings, sample_repo: Path, command: str, store: int
 ) -> None:
-    counts = count_phases(pg_settings, sample_repo, runs=2)
+    counts = count_phases(pg_settings, sample_repo, runs=2, command=command)
     for phase, expected in (
         (counts.middle, MIDDLE_PHASE_TRANSACTIONS),
         (counts.last, LAST_PHASE_TRANSACTIONS),
     ):
-        assert phase.transactions == expected + VALIDATION_STORE_TRANSACTIONS, phase
+        assert phase.transactions == expected + store, phase
         assert phase.pings == 0, phase
 
 

@@ -164,23 +164,31 @@ def three_phases(repo: Path, log: Path) -> dict[str, Any]:
     }
 
 
-def run_twice(settings: Settings, repo: Path, log: Path) -> list[dict[str, Any]]:
-    """The same run twice, one after the other: the second is a replay over the same base commit."""
+def run_specs(settings: Settings, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs one after the other, each to its end."""
     out = []
     with embedded_fleet(settings, 2) as celery, api_in_thread(settings, celery) as url:
         client = ApiClient(url, None)
-        for _ in range(2):
-            run_id = client.submit(three_phases(repo, log))["id"]
-            out += wait_terminal(client, [run_id], timeout=60)
+        for spec in specs:
+            out += wait_terminal(client, [client.submit(spec)["id"]], timeout=60)
     return out
+
+
+def run_twice(settings: Settings, repo: Path, log: Path) -> list[dict[str, Any]]:
+    """The same run twice, one after the other: the second is a replay over the same base commit."""
+    return run_specs(settings, [three_phases(repo, log)] * 2)
 
 
 def executions(log: Path) -> int:
     return len(log.read_text().splitlines())
 
 
+def attempt_notes() -> Any:
+    return select(Attempt.validation_output).order_by(Attempt.id)
+
+
 @pytest.mark.usefixtures("restore_sandbox")
-def test_later_baselines_of_a_run_and_of_its_replay_come_from_the_store(
+def test_later_baselines_of_a_run_and_every_validation_of_its_replay_come_from_the_store(
     embedded_settings: Settings, sample_repo: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "executions.log"
@@ -188,26 +196,52 @@ def test_later_baselines_of_a_run_and_of_its_replay_come_from_the_store(
     runs = run_twice(settings, sample_repo, log)
     assert [r["state"] for r in runs] == ["DONE_SUCCESS", "DONE_SUCCESS"]
     # First run: baseline + after of p0, then only the after of p1 and p2 (their baselines are the
-    # afters of p0 and p1). The replay: its p0 baseline is the first run's; every baseline is a hit.
-    assert executions(log) == 2 + 1 + 1 + 3
+    # afters of p0 and p1). The replay builds the same trees: every baseline and every after is a hit.
+    assert executions(log) == 2 + 1 + 1
     with transaction(settings.database_url) as session:
         rows = session.execute(select(func.count(), func.sum(ValidationResult.hits))).one()
-        notes = session.scalars(select(Attempt.validation_output).order_by(Attempt.id)).all()
-    assert tuple(rows) == (4, 5)  # four trees (base, after p0, p1, p2); 2 + 3 baselines served
+        notes = session.scalars(attempt_notes()).all()
+    assert tuple(rows) == (4, 2 + 3 + 3)  # four trees (base, after p0, p1, p2); 5 baselines, 3 afters
     reused = ["reused from an earlier validation" in (n or "") for n in notes]
     assert reused == [False, True, True, True, True, True]
+    not_run = ["passed these 1 command(s) before" in (n or "") for n in notes]
+    assert not_run == [False, False, False, True, True, True]
+
+
+def unchanged(repo: Path, check: str) -> dict[str, Any]:
+    """One phase whose command changes no file: the change's tree is the starting tree."""
+    return {
+        "repo": str(repo),
+        "config": {"builder": "script", "max_attempts": 1},
+        "phases": [{"name": "same", "scope": ["src/"], "command": "true", "validation": [check]}],
+    }
 
 
 @pytest.mark.usefixtures("restore_sandbox")
-def test_with_the_cache_off_every_baseline_runs(
+def test_a_change_that_leaves_the_tree_as_it_was_reads_its_validation_from_the_baseline(
     embedded_settings: Settings, sample_repo: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "executions.log"
-    runs = run_twice(unboxed(embedded_settings, cache=False), sample_repo, log)
-    assert [r["state"] for r in runs] == ["DONE_SUCCESS", "DONE_SUCCESS"]
-    assert executions(log) == 2 * 3 * 2
-    with transaction(embedded_settings.database_url) as session:
-        assert session.scalar(select(func.count()).select_from(ValidationResult)) == 0
+    passing = unchanged(sample_repo, f"echo ran >> {log} && test -f README.md")
+    runs = run_specs(unboxed(embedded_settings, cache=True), [passing])
+    assert [r["state"] for r in runs] == ["DONE_SUCCESS"]
+    assert executions(log) == 1  # the baseline only
+
+
+@pytest.mark.usefixtures("restore_sandbox")
+def test_a_tree_that_failed_its_validation_before_is_validated_again(
+    embedded_settings: Settings, sample_repo: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "executions.log"
+    failing = unchanged(sample_repo, f"echo ran >> {log} && test -f src/absent.py")
+    settings = unboxed(embedded_settings, cache=True)
+    run_specs(settings, [failing, failing])
+    # Run 1: its baseline fails, so its after runs too; run 2: the baseline is run 1's record (a
+    # failure is reused as a baseline), the after runs again.
+    assert executions(log) == 2 + 1
+    with transaction(settings.database_url) as session:
+        notes = session.scalars(attempt_notes()).all()
+    assert len(notes) == 2 and not any("before; not run again" in (n or "") for n in notes)
 
 
 # --- slot affinity ---------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def _baseline_at(ctx: WorkerContext, job: PhaseJob, wt: Path, commands: list[str
     steps.reset(wt, job.head_sha)  # whatever the baseline left behind is not the builder's change
     if use_store:
         validation_cache.remember(s, tree, run, network)
-    return run
+    return replace(run, tree=tree)
 
 
 def _build(ctx: WorkerContext, job: PhaseJob, plan: Plan, wt: Path) -> BuildResult:
@@ -248,7 +248,7 @@ def _attempt_in(
         return _keep_for_approval(ctx, lease, job, wt, mirror, rec, verdict, built)
     # The tree validation runs on, taken before it runs: recorded for the next phase if this one succeeds.
     tree = validation_cache.staged_tree(wt, status.ignored) if s.validation_cache and commands else None
-    after = run_validation(
+    after = validation_cache.passed_before(s, tree, commands, phase.network, baseline) or run_validation(
         commands, wt, timeout=s.command_timeout_seconds, max_bytes=s.max_log_bytes, network=phase.network
     )
     checked = _checked(phase, wt, plan, started, baseline, after, note, built, paths, patch)
@@ -287,6 +287,8 @@ def _checked(
         note += (
             f"baseline: {len(baseline.results)} result(s) reused from an earlier validation of this tree\n"
         )
+    if after.reused:
+        note += f"validation: this tree passed these {len(after.results)} command(s) before; not run again\n"
     report = note + verdict.summary + "\n\n" + after.report()
     if not verdict.ok:
         bad = next((r for r in after.results if not r.ok), None)

@@ -179,6 +179,8 @@ class ValidationRun:
     results: tuple[CommandValidation, ...]
     reused: bool = False
     """Read from the validation store (workers/validation_cache.py) rather than run here."""
+    tree: str | None = None
+    """The tree SHA the results belong to, when the store was consulted for it (else None)."""
 
     @property
     def ok(self) -> bool:

@@ -4,7 +4,9 @@ Protocol, stated once. A phase's after-validation runs on its staged change; whe
 that staged tree is exactly the tree the run's next phase starts from, so its results are recorded
 (`remember_after`) and the next phase's baseline looks them up (`cached_baseline`) instead of running
 the suite again, on whichever worker it lands. A baseline that misses runs and is recorded too, so a
-replay campaign over the same base commit runs its baseline once. The key is the tree SHA, the command
+replay campaign over the same base commit runs its baseline once. A change whose staged tree already
+passed these commands (the starting tree itself, or a tree another run built) reads that pass instead of
+running (`passed_before`); a recorded failure is run again. The key is the tree SHA, the command
 (and those before it), and `fingerprint()`: the sandbox policy and toolchain. Reuse is safe because
 the inputs that decide a command's result are the same: the files are identical (a tree SHA names their
 content and modes; a worktree with ignored or untracked files beside its tree is not recorded), the
@@ -24,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +180,27 @@ def cached_baseline(
     if rows is None:
         return tree, None
     return tree, ValidationRun(
-        tuple(from_row(c, r) for c, r in zip(commands, rows, strict=True)), reused=True
+        tuple(from_row(c, r) for c, r in zip(commands, rows, strict=True)), reused=True, tree=tree
     )
+
+
+def passed_before(
+    settings: Settings, tree: str | None, commands: list[str], network: bool, baseline: ValidationRun
+) -> ValidationRun | None:
+    """The change's validation without running it, when its tree already passed these commands: the
+    phase's own baseline when the change left the files as they were, else any worker's record. Only a
+    pass is read back: a failure runs again, since its whole output is what the Doctor and the next
+    attempt read (the store keeps a tail), and a second sample of a failure is worth its time."""
+    if tree is None or not commands:
+        return None
+    if baseline.tree == tree:
+        known: ValidationRun | None = baseline
+    else:
+        rows = store.lookup(settings.database_url, tree, fingerprint(settings, network), commands)
+        known = None if rows is None else ValidationRun(tuple(map(from_row, commands, rows)), tree=tree)
+    if known is None or not known.ok or any(r.limit for r in known.results):
+        return None
+    return replace(known, reused=True)
 
 
 def remember(settings: Settings, tree: str | None, run: ValidationRun, network: bool) -> int:
@@ -193,6 +215,6 @@ def remember_after(
 ) -> int:
     """After a successful commit: record the after-validation if the commit's tree is the tree it ran
     on (an unboxed command could have staged more in between)."""
-    if tree is None or head_tree(worktree) != tree:
+    if tree is None or run.reused or head_tree(worktree) != tree:
         return 0
     return remember(settings, tree, run, network)

@@ -130,7 +130,7 @@ class _Dispatch:
         return None
 
 
-def noop_run_spec(repo: Path, phases: int) -> RunSpec:
+def noop_run_spec(repo: Path, phases: int, command: str = "true") -> RunSpec:
     return RunSpec.model_validate(
         {
             "repo": str(repo),
@@ -138,16 +138,16 @@ def noop_run_spec(repo: Path, phases: int) -> RunSpec:
             "name": "bench-phase-db",
             "config": {"builder": "script", "max_attempts": 1},
             "phases": [
-                {"name": f"noop-{k}", "scope": ["src/"], "command": "true", "validation": ["true"]}
+                {"name": f"noop-{k}", "scope": ["src/"], "command": command, "validation": ["true"]}
                 for k in range(phases)
             ],
         }
     )
 
 
-def new_run(db_url: str, repo: Path, phases: int) -> tuple[int, list[int]]:
+def new_run(db_url: str, repo: Path, phases: int, command: str = "true") -> tuple[int, list[int]]:
     with transaction(db_url) as session:
-        run = create_run(session, noop_run_spec(repo, phases))
+        run = create_run(session, noop_run_spec(repo, phases, command))
         session.flush()
         return run.id, [p.id for p in run.phases]
 
@@ -162,7 +162,7 @@ class PhaseCounts:
     last_ms: list[float] = field(default_factory=list)
 
 
-def count_phases(settings: Settings, repo: Path, runs: int = 5) -> PhaseCounts:
+def count_phases(settings: Settings, repo: Path, runs: int = 5, command: str = "true") -> PhaseCounts:
     """Run `runs` two-phase runs in-process; counts are those of the last run (warm pool), times all."""
     from workers.executor import WorkerContext, execute_phase
 
@@ -170,7 +170,7 @@ def count_phases(settings: Settings, repo: Path, runs: int = 5) -> PhaseCounts:
     engine = engine_for(settings.database_url)
     result = PhaseCounts(DbCounts(), DbCounts())
     for _ in range(runs):
-        run_id, (first, second) = new_run(settings.database_url, repo, 2)
+        run_id, (first, second) = new_run(settings.database_url, repo, 2, command)
         for phase_id, counts, times in (
             (first, "middle", result.middle_ms),
             (second, "last", result.last_ms),
