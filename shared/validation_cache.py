@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -55,6 +55,10 @@ def _keys(tree_sha: str, fingerprint: str, commands: Sequence[str]) -> list[str]
     return [entry_key(tree_sha, fingerprint, commands[:i], c) for i, c in enumerate(commands)]
 
 
+class _Partial(Exception):
+    """Some of the commands have no stored result."""
+
+
 def lookup(url: str, tree_sha: str, fingerprint: str, commands: Sequence[str]) -> list[dict[str, Any]] | None:
     """Every command's stored result, in order, or None when any is missing (or the store fails)."""
     if not commands:
@@ -62,20 +66,18 @@ def lookup(url: str, tree_sha: str, fingerprint: str, commands: Sequence[str]) -
     keys = _keys(tree_sha, fingerprint, commands)
     try:
         with transaction(url) as session:
-            rows: dict[str, dict[str, Any]] = dict(
-                session.execute(
-                    select(ValidationResult.key, ValidationResult.result).where(
-                        ValidationResult.key.in_(keys)
-                    )
-                ).all()
-            )
-            if len(rows) < len(set(keys)):
-                return None
-            session.execute(
+            # One statement: counting the hit returns the rows (a SELECT then the UPDATE was two).
+            served = session.execute(
                 update(ValidationResult)
                 .where(ValidationResult.key.in_(keys))
                 .values(hits=ValidationResult.hits + 1)
+                .returning(ValidationResult.key, ValidationResult.result)
             )
+            rows: dict[str, dict[str, Any]] = {key: result for key, result in served}
+            if len(rows) < len(set(keys)):
+                raise _Partial  # rolls the counts back: a partial hit serves nothing
+    except _Partial:
+        return None
     except SQLAlchemyError as exc:  # the store is an optimisation: running the commands is always right
         log.warning("validation cache lookup failed, running the commands: %s", exc)
         return None

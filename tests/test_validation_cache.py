@@ -64,6 +64,10 @@ def test_a_changed_tree_command_order_or_fingerprint_misses(db_url: str) -> None
     # `pytest` alone never ran on a tree that `make lint` had not touched first: all or nothing.
     assert store.lookup(db_url, TREE_A, FP, ["pytest"]) is None
     assert store.lookup(db_url, TREE_A, FP, ["make lint"]) is not None
+    # A partial hit (the first command stored, the second changed) served nothing, so counted nothing:
+    # only the last lookup's hit is on the rows.
+    with transaction(db_url) as session:
+        assert sorted(session.scalars(select(ValidationResult.hits)).all()) == [0, 1]
 
 
 def test_a_second_writer_of_the_same_result_keeps_the_first_row(db_url: str) -> None:

@@ -168,6 +168,10 @@ def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -
         return f"out of order: phase {nxt.index} comes first"
     if phase.state == PhaseState.AWAITING_APPROVAL:  # a stale message: only a decision re-queues it
         return "awaiting approval"
+    # Attempts, escalations and approval decisions each come from an earlier start of the phase: the
+    # first has none to read (three SELECTs a phase, nearly every phase). Not `deliveries == 0`: a
+    # pause for approval gives its delivery back.
+    first = phase.started_at is None
     phase.deliveries += 1
     if phase.deliveries > max_deliveries:
         reason = f"delivered {phase.deliveries - 1} times without finishing"
@@ -181,7 +185,8 @@ def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -
     if run.state == RunState.QUEUED:
         move_run(run, RunState.RUNNING)
         run.started_at = utcnow()
-    last = phase.attempts[-1] if phase.attempts else None
+    attempts = [] if first else phase.attempts
+    last = attempts[-1] if attempts else None
     return PhaseJob(
         run_id=run.id,
         phase_id=phase.id,
@@ -190,18 +195,20 @@ def _start(session: Session, lease: Lease, phase_id: int, max_deliveries: int) -
         repo=run.repo,
         head_sha=run.head_sha,
         config=dict(run.config),
-        attempts_used=len(phase.attempts),
+        attempts_used=len(attempts),
         last_failure=last.failure_reason if last else None,
         last_advice=_advice_of(last),
         recorded_outputs=_recorded_outputs(session, run, phase),
-        escalated_max_tokens=session.scalar(
-            select(EscalationEvent.new_max_tokens).where(EscalationEvent.phase_id == phase.id)
-        ),
+        escalated_max_tokens=None if first else _escalated(session, phase),
         campaign_id=run.campaign_id,
         campaign_caps=caps_of(session, run.campaign_id),
         branch_lag=_branch_lag(session, run, phase),
-        decision=decision_for(session, phase.id, len(phase.attempts) + 1),
+        decision=None if first else decision_for(session, phase.id, len(attempts) + 1),
     )
+
+
+def _escalated(session: Session, phase: Phase) -> int | None:
+    return session.scalar(select(EscalationEvent.new_max_tokens).where(EscalationEvent.phase_id == phase.id))
 
 
 def _branch_lag(session: Session, run: Run, phase: Phase) -> BranchLag | None:
@@ -251,10 +258,16 @@ def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
         _add_attempt(session, lease, job, rec)
 
 
-def _add_attempt(session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
+def _add_attempt(
+    session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord, phase: Phase | None = None
+) -> None:
+    """`phase`: the phase when the caller loaded it, so the count goes out with its other changes."""
     row = {"run_id": job.run_id, "phase_id": job.phase_id, "worker": lease.owner, "lease_epoch": lease.epoch}
     if not insert_unless_present(session, Attempt, {**row, **asdict(rec)}, KEY):
         return  # recorded already (a redelivery after the commit): the first record stands
+    if phase is not None:
+        phase.attempts_used = rec.number
+        return
     # A plain UPDATE: loading the phase to set one column cost a SELECT more.
     session.execute(update(Phase).where(Phase.id == job.phase_id).values(attempts_used=rec.number))
 
@@ -280,11 +293,11 @@ def succeed(
     an auto-approved approval."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
-        _add_attempt(session, lease, job, rec)
+        run, phase = _load(session, job.run_id, job.phase_id)
+        _add_attempt(session, lease, job, rec, phase)
         if auto is not None:
-            run, phase = _load(session, job.run_id, job.phase_id)
             request(session, run, phase, auto, timeout_seconds=0, timeout_action="approve", state=AUTO)
-        following = _complete(session, job, sha)
+        following = _complete(session, run, phase, sha)
         if following is not None:
             lease.give_up(session, branch_sha)  # ours: fenced above, in this transaction
     if following is not None:
@@ -313,8 +326,7 @@ def pause(lease: Lease, job: PhaseJob, req: Requested, settings: Settings) -> in
     return approval_id
 
 
-def _complete(session: Session, job: PhaseJob, sha: str) -> int | None:
-    run, phase = _load(session, job.run_id, job.phase_id)
+def _complete(session: Session, run: Run, phase: Phase, sha: str) -> int | None:
     move_phase(phase, PhaseState.COMPLETE)
     phase.commit_sha = sha
     phase.failure_reason = None  # a hand-back reason is history once the phase completes
