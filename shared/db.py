@@ -127,7 +127,14 @@ def engine_for(url: str) -> Engine:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+    return _sessionmaker(engine_for(url))
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    # Each sessionmaker defines a Session subclass, whose first session then builds the class's event
+    # dispatch: ~0.1 ms of CPU per transaction when made per call.
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
