@@ -9,7 +9,8 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict
 
 from shared.campaigns.progress import CampaignProgress
-from shared.models import Attempt, Phase, Run
+from shared.models import Attempt, Phase, Run, result_branch
+from shared.runs import StoredRun
 
 MAX_ID = 2**31 - 1
 """Ids are 32-bit integers in the database; a bigger one is a 422, never a driver error."""
@@ -121,6 +122,22 @@ class PhaseOut(BaseModel):
             attempt_log=log,
         )
 
+    @classmethod
+    def stored(cls, values: dict[str, Any]) -> PhaseOut:
+        """A phase just stored, from the values written (`shared.runs.StoredRun`)."""
+        return cls(
+            id=values["id"],
+            index=values["index"],
+            name=values["name"],
+            state=values["state"],
+            attempts=values["attempts_used"],
+            deliveries=values["deliveries"],
+            started_at=values["started_at"],
+            finished_at=values["finished_at"],
+            commit_sha=values["commit_sha"],
+            failure_reason=values["failure_reason"],
+        )
+
 
 class RunOut(BaseModel):
     id: int
@@ -168,6 +185,17 @@ class RunOut(BaseModel):
             started_at=run.started_at,
             finished_at=run.finished_at,
             phases=[PhaseOut.of(p, with_attempts) for p in run.phases],
+        )
+
+    @classmethod
+    def stored(cls, run: StoredRun) -> RunOut:
+        """A run just stored, from the values written: what `of` would say of it read back, without
+        loading it (tests/test_runs_store.py holds the two equal)."""
+        fields = {name: run.values[name] for name in cls.model_fields if name in run.values}
+        return cls(
+            **fields,
+            result_branch=result_branch(run.id),
+            phases=[PhaseOut.stored(p) for p in run.phase_values],
         )
 
 

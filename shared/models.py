@@ -46,6 +46,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def result_branch(run_id: int) -> str:
+    """The branch a run's result is pushed to."""
+    return f"autopack/run-{run_id}"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC on the way in and out, on Postgres and SQLite alike."""
 
@@ -152,7 +157,7 @@ class Run(Base):
 
     @property
     def result_branch(self) -> str:
-        return f"autopack/run-{self.id}"
+        return result_branch(self.id)
 
 
 class Phase(Base):

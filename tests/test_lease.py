@@ -27,7 +27,7 @@ SHORT_TTL = 0.1  # expiry is compared on the same clock, so a short sleep past i
 def make_run(url: str, repo: Path) -> tuple[int, list[int]]:
     with transaction(url) as session:
         run = create_run(session, RunSpec.model_validate(sample_spec(repo, 0)))
-        return run.id, [p.id for p in run.phases]
+        return run.id, run.phase_ids
 
 
 def snapshot(url: str, run_id: int) -> dict[str, Any]:

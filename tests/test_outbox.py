@@ -57,7 +57,7 @@ class BrokenDispatcher:
 def make_run(url: str, repo: Path, i: int = 0) -> tuple[int, list[int]]:
     with transaction(url) as session:
         run = create_run(session, RunSpec.model_validate(sample_spec(repo, i)))
-        return run.id, [p.id for p in run.phases]
+        return run.id, run.phase_ids
 
 
 def dispatched_at(url: str, phase_id: int) -> datetime | None:
@@ -161,7 +161,7 @@ def test_a_run_created_with_its_first_phase_claimed_is_neither_reclaimed_nor_los
     a broker refusal puts it back to pending, and the reconciler then dispatches it."""
     with transaction(db_url) as session:
         run = create_run(session, RunSpec.model_validate(sample_spec(sample_repo, 0)), claim_first=True)
-        run_id, phase_ids = run.id, [p.id for p in run.phases]
+        run_id, phase_ids = run.id, run.phase_ids
     assert dispatched_at(db_url, phase_ids[0]) is not None
     assert [dispatched_at(db_url, p) for p in phase_ids[1:]] == [None] * (len(phase_ids) - 1)
     other = RecordingDispatcher()

@@ -169,7 +169,8 @@ def new_run(
         }
     )
     with transaction(db_url) as session:
-        run = create_run(session, spec, parent_run_id=parent)
+        run = session.get(Run, create_run(session, spec, parent_run_id=parent).id)
+        assert run is not None
         run.state = state
         if ended_days_ago is not None:
             run.finished_at = utcnow() - timedelta(days=ended_days_ago)

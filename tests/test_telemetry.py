@@ -35,7 +35,7 @@ from shared.telemetry import (
 def new_run(url: str, repo: Path) -> tuple[int, list[int]]:
     with transaction(url) as session:
         run = create_run(session, RunSpec.model_validate(sample_spec(repo, 0)))
-        return run.id, [p.id for p in run.phases]
+        return run.id, run.phase_ids
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def submit_run(
 ) -> RunOut:
     admit(spec, settings)
     run = runs.create_run(session, spec, owner=caller.owner, claim_first=True)
-    out = RunOut.of(run)  # every field is in memory after the flush: reading it back is 3 round trips
+    out = RunOut.stored(run)  # every field is what was written: reading it back is 3 round trips
     session.commit()
     # After the response: a slow or dead broker must not hold the client. The claim committed with the
     # run, so a broker refusal puts it back to pending, and a process dead before sending leaves it to

@@ -47,13 +47,13 @@ def sleep_spec(repo: Path, i: int, seconds: float = PHASE_SECONDS) -> dict[str, 
 def ended_sources(db_url: str, repo: Path, n: int) -> list[int]:
     """`n` runs as history: stored as submitted, then ended DONE_FAILED (nothing executed)."""
     with transaction(db_url) as session:
-        runs = [
-            create_run(session, RunSpec.model_validate(sleep_spec(repo, i)), owner=OWNER) for i in range(n)
+        ids = [
+            create_run(session, RunSpec.model_validate(sleep_spec(repo, i)), owner=OWNER).id for i in range(n)
         ]
-        for run in runs:
+        for run in session.scalars(sa.select(Run).where(Run.id.in_(ids))):
             run.state, run.failure_reason = RunState.DONE_FAILED, "bench history"
             run.phases[0].state = PhaseState.FAILED
-        return [r.id for r in runs]
+        return ids
 
 
 @dataclass

@@ -149,7 +149,7 @@ def new_run(db_url: str, repo: Path, phases: int, command: str = "true") -> tupl
     with transaction(db_url) as session:
         run = create_run(session, noop_run_spec(repo, phases, command))
         session.flush()
-        return run.id, [p.id for p in run.phases]
+        return run.id, run.phase_ids
 
 
 @dataclass
