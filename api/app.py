@@ -13,6 +13,7 @@ from api.routes import approvals, campaigns, fleet, health, metrics, patterns, p
 from api.version import VERSION
 from shared.db import require_migrated
 from shared.errors import Conflict, InvalidSpec, NotFound, ServiceUnavailable
+from shared.keys import VerifiedKeys
 from shared.settings import Settings
 from workers.celery_app import CeleryDispatcher
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings, celery: Celery) -> FastAPI:
     app.state.settings = settings
     app.state.celery = celery
     app.state.dispatcher = CeleryDispatcher(celery)
+    app.state.verified_keys = VerifiedKeys(settings.api_key_cache_seconds)
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(metrics.router)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared.db import session_factory
 from shared.dispatch import Dispatcher
-from shared.keys import Caller, verify_key
+from shared.keys import Caller, VerifiedKeys, verify_key
 from shared.settings import Settings
 
 
@@ -52,17 +52,27 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_key(
-    settings: SettingsDep, session: SessionDep, key: Annotated[str | None, Security(_key_header)]
+async def require_key(
+    request: Request,
+    settings: SettingsDep,
+    session: SessionDep,
+    key: Annotated[str | None, Security(_key_header)],
 ) -> Caller:
-    """Who the request acts for. Looked up on every request, so a revoked key is refused at once."""
+    """Who the request acts for. A key verified less than `api_key_cache_seconds` ago is trusted
+    without a lookup (on the event loop); otherwise it is looked up (in the threadpool), so a revoked
+    key is refused within that long."""
     if not settings.needs_api_key:
         return Caller.anonymous()
-    row = verify_key(session, key)
-    if row is None:
+    verified: VerifiedKeys = request.app.state.verified_keys
+    if key and (caller := verified.get(key)) is not None:
+        return caller
+    row = await run_in_threadpool(verify_key, session, key)
+    if row is None or not key:
         detail = "missing X-API-Key header" if not key else "invalid API key"
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "APIKey"})
-    return Caller.of(row)
+    caller = Caller.of(row)
+    verified.put(key, caller)
+    return caller
 
 
 Authed = Depends(require_key)

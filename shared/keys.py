@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -79,6 +80,40 @@ def verify_key(session: Session, presented: str | None) -> ApiKey | None:
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
     return row
+
+
+class VerifiedKeys:
+    """Callers of keys verified in the last `ttl` seconds, by the key's digest (never the key), at most
+    `size` of them: a hit spares a database round trip and a thread hop per request, and a key revoked
+    meanwhile is refused once its entry is `ttl` old. Failed lookups are not kept, so a new key works
+    at once. Used from one thread (the API's event loop)."""
+
+    def __init__(self, ttl: float, size: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Caller]] = {}
+
+    def get(self, presented: str) -> Caller | None:
+        if self.ttl <= 0:
+            return None
+        digest = hash_key(presented)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if self._clock() >= entry[0]:
+            del self._entries[digest]
+            return None
+        return entry[1]
+
+    def put(self, presented: str, caller: Caller) -> None:
+        if self.ttl <= 0:
+            return
+        digest = hash_key(presented)
+        self._entries.pop(digest, None)
+        while len(self._entries) >= self.size:  # insertion order is expiry order: drop the oldest
+            del self._entries[next(iter(self._entries))]
+        self._entries[digest] = (self._clock() + self.ttl, caller)
 
 
 def list_keys(session: Session) -> Sequence[ApiKey]:

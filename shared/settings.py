@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     auth_required: bool | None = None
     """Require `X-API-Key` on every route but /health. Unset = required unless embedded."""
 
+    api_key_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long an API process trusts a key it verified before it looks the key up again, so a revoked
+    key is refused within this long (0: looked up on every request). Only the key's SHA-256 is kept."""
+
     api_host: str = "127.0.0.1"
     """Interface `autopack api` binds to."""
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.sample_repo import sample_spec
 from shared.db import alembic_config, engine_for, transaction
-from shared.keys import create_key, revoke_key
+from shared.keys import Caller, VerifiedKeys, create_key, revoke_key
 from shared.settings import Settings
 from tests.conftest import create_database, drop_database
 from tests.support.procs import AUTOPACK, settings_env
@@ -74,15 +74,61 @@ def test_the_fleet_view_needs_an_admin_key(anonymous: TestClient, fleet_settings
     assert anonymous.get("/fleet", headers=as_key(admin)).status_code == 200
 
 
-def test_a_revoked_key_is_401_on_its_very_next_request(
+def test_without_the_key_cache_a_revoked_key_is_401_on_its_very_next_request(
+    fleet_settings: Settings,
+) -> None:
+    settings = fleet_settings.model_copy(update={"api_key_cache_seconds": 0})
+    with TestClient(create_app(settings, create_celery(settings))) as api:
+        key = new_key(settings, "leaver")
+        assert api.get("/runs", headers=as_key(key)).status_code == 200
+        with transaction(settings.database_url) as session:
+            assert revoke_key(session, "leaver") == 1
+        resp = api.get("/runs", headers=as_key(key))
+        assert resp.status_code == 401 and "invalid" in resp.json()["detail"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_revoked_key_is_401_once_its_verification_is_older_than_the_cache_ttl(
     anonymous: TestClient, fleet_settings: Settings
 ) -> None:
+    clock = Clock()
+    ttl = fleet_settings.api_key_cache_seconds
+    assert ttl > 0
+    anonymous.app.state.verified_keys = VerifiedKeys(ttl, clock=clock)  # type: ignore[attr-defined]
     key = new_key(fleet_settings, "leaver")
     assert anonymous.get("/runs", headers=as_key(key)).status_code == 200
     with transaction(fleet_settings.database_url) as session:
         assert revoke_key(session, "leaver") == 1
+    clock.now += ttl * 0.9
+    assert anonymous.get("/runs", headers=as_key(key)).status_code == 200  # the trade-off, bounded by ttl
+    clock.now += ttl * 0.1
     resp = anonymous.get("/runs", headers=as_key(key))
     assert resp.status_code == 401 and "invalid" in resp.json()["detail"]
+    assert anonymous.get("/runs", headers=as_key(key)).status_code == 401  # a refusal is not kept
+
+
+def test_the_key_cache_keeps_digests_only_is_bounded_and_forgets_nothing_it_was_not_told() -> None:
+    clock = Clock()
+    keys = VerifiedKeys(2.0, size=3, clock=clock)
+    callers = [Caller(owner=f"o{i}", admin=False, key_id=i) for i in range(4)]
+    for i, caller in enumerate(callers):
+        keys.put(f"apk_secret{i}", caller)
+    assert keys.get("apk_secret0") is None  # the oldest made room
+    assert [keys.get(f"apk_secret{i}") for i in (1, 2, 3)] == callers[1:]
+    assert keys.get("apk_other") is None
+    assert not any("apk_secret" in digest for digest in keys._entries)
+    clock.now += 2.0
+    assert keys.get("apk_secret3") is None
+    off = VerifiedKeys(0, clock=clock)
+    off.put("apk_secret1", callers[1])
+    assert off.get("apk_secret1") is None
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
