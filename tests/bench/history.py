@@ -38,6 +38,7 @@ from shared.settings import Settings
 from shared.specs import RunSpec
 from tests.bench import history_fresh
 from tests.bench.origin_cpu import OriginMeter
+from tests.bench.reaping import adopt_orphans, reap_orphans
 from tests.bench.stats import Row, Summary, ratio, times
 from workers import retention
 from workers.executor import WorkerContext, execute_phase
@@ -226,6 +227,8 @@ def noop_spec(repo: Path, name: str, phases: int = 2) -> RunSpec:
 
 
 def cpu_seconds() -> float:
+    """This process's CPU and its children's, boxes included (tests/bench/reaping.py)."""
+    reap_orphans()
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -436,6 +439,7 @@ def bench_levels(
     origin = repo / ".git"
     base_sha = git_out("rev-parse", "main", git_dir=origin).strip()
     ctx = WorkerContext.build(bench_settings(db_url, workdir / "workspace"), NullDispatcher())
+    adopt_orphans()
     with OriginMeter(workdir).installed() as meter:
         return HistoryResult(
             False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say)

@@ -35,12 +35,14 @@ def measure_in_child(db_url: str, workdir: Path, repo: Path, history: int, phase
 def main(argv: list[str]) -> None:
     from tests.bench import history
     from tests.bench.origin_cpu import OriginMeter
+    from tests.bench.reaping import adopt_orphans
     from workers.executor import WorkerContext
 
     db_url, workdir, repo = argv[0], Path(argv[1]), Path(argv[2])
     level_history, phases = int(argv[3]), int(argv[4])
     settings = history.bench_settings(db_url, workdir / "workspace")
     ctx = WorkerContext.build(settings, history.NullDispatcher())
+    adopt_orphans()
     with OriginMeter(workdir).installed() as meter:
         level = history.measure_level(ctx, repo, level_history, phases, workdir, meter, tag="-fresh")
     print(json.dumps({name: getattr(level, name) for name in FIELDS}))
