@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.campaigns.deltas import ab_deltas
@@ -36,6 +36,8 @@ DOCTOR_FALLBACK_TOKENS = 2500
 RUN_SAMPLE_MIN = 3
 GLOBAL_SAMPLE_SIZE = 100
 USAGE_FIGURES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+Figure = int | ScalarSelect[Any]
+"""An efficiency figure: a value, or a scalar subquery the INSERT evaluates."""
 AB_NOTE = "the campaign pairs this run is a side of (B - A once both ended); a run in no campaign has none"
 
 
@@ -91,13 +93,13 @@ def record_efficiency(
     phase_id: int,
     outcome: str,
     *,
-    tokens_spent: int | None,
-    tokens_avoided_context: int | None,
-    attempts: int,
+    tokens_spent: Figure | None,
+    tokens_avoided_context: Figure | None,
+    attempts: Figure,
     wall_ms: int | None,
 ) -> bool:
     """Store the efficiency row of (run, phase, outcome): the first record wins (True), a later one
-    changes nothing (False)."""
+    changes nothing (False). A figure may be a scalar subquery, evaluated in the INSERT."""
     values = {
         "run_id": run_id,
         "phase_id": phase_id,
@@ -119,17 +121,36 @@ def recount_phase_tokens(session: Session, phase_id: int) -> None:
     terminal transaction holds that lock while it sums, so this either runs first (and that sum then
     sees the usage row) or waits and recounts with it. Recounting, not adding, is safe to repeat."""
     session.execute(select(Phase.id).where(Phase.id == phase_id).with_for_update())
-    total = (
-        select(
-            func.sum(
-                func.coalesce(LlmUsageEvent.input_tokens, 0) + func.coalesce(LlmUsageEvent.output_tokens, 0)
-            )
-        )
-        .where(LlmUsageEvent.phase_id == phase_id)
-        .scalar_subquery()
-    )
+    total = tokens_spent(phase_id)
     session.execute(
         update(EfficiencyMetric).where(EfficiencyMetric.phase_id == phase_id).values(tokens_spent=total)
+    )
+
+
+def tokens_spent(phase_id: int) -> ScalarSelect[Any]:
+    """The phase's exact tokens, summed by the database from its usage rows; NULL when it made no call."""
+    both = func.coalesce(LlmUsageEvent.input_tokens, 0) + func.coalesce(LlmUsageEvent.output_tokens, 0)
+    return select(func.sum(both)).where(LlmUsageEvent.phase_id == phase_id).scalar_subquery()
+
+
+def record_phase_efficiency(
+    session: Session, run_id: int, phase_id: int, outcome: str, wall_ms: int | None
+) -> bool:
+    """`record_efficiency` with the figures summed by the database in the INSERT itself (one statement):
+    tokens spent from the usage rows, context tokens avoided and attempts from the attempt rows. A
+    builder that selected no context (script, replay) leaves `estimated_tokens_omitted` out, so an
+    avoided figure is NULL unless some attempt knew one (an LLM attempt that left nothing out says 0)."""
+    attempts = Attempt.phase_id == phase_id
+    omitted = Attempt.context["estimated_tokens_omitted"].as_integer()
+    return record_efficiency(
+        session,
+        run_id,
+        phase_id,
+        outcome,
+        tokens_spent=tokens_spent(phase_id),
+        tokens_avoided_context=select(func.sum(omitted)).where(attempts).scalar_subquery(),
+        attempts=select(func.count()).where(attempts).scalar_subquery(),
+        wall_ms=wall_ms,
     )
 
 

@@ -18,7 +18,7 @@ from api.app import create_app
 from api.sample_repo import sample_spec
 from shared.db import transaction
 from shared.keys import create_key
-from shared.models import EfficiencyMetric, LlmUsageEvent, PhaseMetric
+from shared.models import Attempt, EfficiencyMetric, LlmUsageEvent, PhaseMetric, utcnow
 from shared.runs import create_run
 from shared.settings import Settings
 from shared.specs import RunSpec
@@ -26,6 +26,7 @@ from shared.telemetry import (
     DOCTOR_FALLBACK_TOKENS,
     doctor_tokens_estimate,
     record_efficiency,
+    record_phase_efficiency,
     record_phase_metrics,
     record_usage,
     run_metrics,
@@ -313,3 +314,46 @@ def test_metrics_route_returns_the_four_categories_and_404_for_unknown_run(
     assert body["spent"]["run"]["calls"] == 5
     assert client.get("/runs/999999/metrics").status_code == 404
     assert client.get(f"/runs/{run_id}/metrics", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def attempt_row(run_id: int, phase_id: int, number: int, context: dict[str, Any] | None) -> Attempt:
+    now = utcnow()
+    return Attempt(
+        run_id=run_id,
+        phase_id=phase_id,
+        number=number,
+        worker="test",
+        lease_epoch=1,
+        started_at=now,
+        finished_at=now,
+        outcome="FAILED",
+        context=context,
+    )
+
+
+def test_phase_efficiency_sums_usage_avoided_context_and_attempts_in_the_database(
+    db_url: str, run: tuple[int, list[int]]
+) -> None:
+    run_id, phases = run
+    usage(db_url, "c1", run_id, phases[0])  # 1,000 in + 200 out
+    usage(db_url, "c2", run_id, phases[0], input_tokens=None, output_tokens=40)
+    usage(db_url, "c3", run_id, phases[1], input_tokens=5, output_tokens=5)  # another phase's
+    contexts = [None, {"estimated_tokens_omitted": 40}, {"files": 3}, {"estimated_tokens_omitted": 2}]
+    with transaction(db_url) as session:
+        session.add_all(attempt_row(run_id, phases[0], n, c) for n, c in enumerate(contexts, 1))
+        session.add(attempt_row(run_id, phases[1], 1, {"files": 1}))  # knew nothing of avoidance
+    with transaction(db_url) as session:
+        assert record_phase_efficiency(session, run_id, phases[0], "FAILED", 1234)
+        assert record_phase_efficiency(session, run_id, phases[1], "FAILED", None)
+        assert record_phase_efficiency(session, run_id, phases[2], "FAILED", None)  # no call, no attempt
+        assert not record_phase_efficiency(session, run_id, phases[0], "FAILED", 1)  # the first stands
+    with transaction(db_url) as session:
+        rows = {
+            r.phase_id: (r.tokens_spent, r.tokens_avoided_context, r.attempts, r.wall_ms)
+            for r in session.scalars(select(EfficiencyMetric))
+        }
+    assert rows == {
+        phases[0]: (1240, 42, 4, 1234),
+        phases[1]: (10, None, 1, None),
+        phases[2]: (None, None, 0, None),
+    }

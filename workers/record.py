@@ -47,13 +47,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shared.approvals.store import Decision, Requested, decision_for, request
 from shared.approvals.webhook import enqueue as enqueue_webhook
 from shared.campaigns.caps import CampaignCaps, caps_of
 from shared.db import engine_for, insert_unless_present, transaction
-from shared.models import Attempt, EscalationEvent, LlmUsageEvent, Phase, Run, utcnow
+from shared.models import Attempt, EscalationEvent, Phase, Run, utcnow
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
 from shared.settings import Settings
 from shared.specs import PhaseSpec
@@ -65,7 +65,7 @@ from shared.states import (
     PhaseState,
     RunState,
 )
-from shared.telemetry import record_efficiency, record_phase_metrics
+from shared.telemetry import record_phase_efficiency, record_phase_metrics
 from workers.lease import Lease, grant
 from workers.publish import BranchLag, phase_ref
 
@@ -124,10 +124,9 @@ class AttemptRecord:
 
 
 def _load(session: Session, run_id: int, phase_id: int) -> tuple[Run, Phase]:
-    """The run and the phase, in two SELECTs: the phase comes out of `run.phases`, which every caller
-    needs anyway (a separate get of the phase was a third round trip)."""
-    run = session.get(Run, run_id)
-    assert run is not None
+    """The run and the phase, in one SELECT (the run joined to its phases): the phase comes out of
+    `run.phases`, which every caller needs anyway. A get and the lazy load of `phases` were two."""
+    run = session.scalars(select(Run).where(Run.id == run_id).options(joinedload(Run.phases))).unique().one()
     phase = next(p for p in run.phases if p.id == phase_id)
     return run, phase
 
@@ -455,35 +454,11 @@ def phase_metrics(db_url: str, job: PhaseJob, recovery: Recovery) -> None:
 def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> None:
     """The phase's one efficiency row, written in the transaction that makes the phase terminal, so
     a crash cannot leave a terminal phase without one: exact tokens spent, context tokens avoided
-    (an estimate), attempts and wall time. Race-safe: a second writer gets the first row."""
+    (an estimate), attempts and wall time. Race-safe: a second writer gets the first row. The flush
+    first sends the phase's UPDATE, whose row lock `recount_phase_tokens` waits on."""
     session.flush()
-    session.expire(phase, ["attempts"])  # the attempt added in this transaction counts
-    spent = session.execute(
-        select(LlmUsageEvent.input_tokens, LlmUsageEvent.output_tokens).where(
-            LlmUsageEvent.phase_id == phase.id
-        )
-    ).all()
-    # Only the column it needs: loading the attempts loads their logs and diffs too.
-    contexts = session.scalars(select(Attempt.context).where(Attempt.phase_id == phase.id)).all()
-    # Attempts whose builder selected no context (script, replay) know nothing about avoidance; an LLM
-    # attempt that left nothing out avoided exactly zero, which is a figure, not an unknown.
-    avoided = [_omitted(context) for context in contexts]
-    known = [a for a in avoided if a is not None]
+    session.expire(phase, ["attempts"])  # a later read sees the attempt the Core INSERT added
     wall = None
     if phase.started_at and phase.finished_at:
         wall = int((phase.finished_at - phase.started_at).total_seconds() * 1000)
-    record_efficiency(
-        session,
-        run_id,
-        phase.id,
-        outcome,
-        tokens_spent=sum((i or 0) + (o or 0) for i, o in spent) if spent else None,
-        tokens_avoided_context=sum(known) if known else None,
-        attempts=len(contexts),
-        wall_ms=wall,
-    )
-
-
-def _omitted(context: dict[str, Any] | None) -> int | None:
-    figure = (context or {}).get("estimated_tokens_omitted")
-    return None if figure is None else int(figure)
+    record_phase_efficiency(session, run_id, phase.id, outcome, wall)

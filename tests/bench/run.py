@@ -103,6 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="(e) `sleep 1` phases per slot configuration (the issue's full version: 500)",
     )
     parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
+    parser.add_argument(
+        "--scaling-configs",
+        type=scaling.parse_configs,
+        default=scaling.CONFIGS,
+        help="(e) worker shapes, processes x concurrency, comma-separated; the last also runs the no-op "
+        f"batch (default: {scaling.format_configs(scaling.CONFIGS)})",
+    )
     parser.add_argument("--validation-phases", type=int, default=6, help="(j) phases per timed run")
     parser.add_argument("--sandbox-commands", type=int, default=100, help="(f) commands timed per variant")
     parser.add_argument("--report-pairs", type=int, default=10_000, help="(g) pairs in the timed report")
@@ -406,7 +413,8 @@ def run_scaling(
     args: argparse.Namespace, workdir: Path, logdir: Path, celery_tasks_per_second: float
 ) -> scaling.ScalingResult:
     say(
-        f"(e) scaling: {args.scaling_phases} x `sleep 1` single-phase runs on 1x1, 1x2, 2x2, 4x2 slots, "
+        f"(e) scaling: {args.scaling_phases} x `sleep 1` single-phase runs on "
+        f"{scaling.format_configs(args.scaling_configs)} slots, "
         f"then {args.scaling_noop_phases} no-op phases at 8 slots …"
     )
     flush_redis()
@@ -419,6 +427,7 @@ def run_scaling(
             celery_tasks_per_second=celery_tasks_per_second,
             phases=args.scaling_phases,
             noop_phases=args.scaling_noop_phases,
+            configs=args.scaling_configs,
             say=say,
         )
 

@@ -24,6 +24,7 @@ from api.serve import free_port
 from shared.settings import Settings
 from shared.states import RunState
 from tests.bench.orchestration import finished_runs, fleet_settings, new_api_key, ts
+from tests.bench.overhead import Overhead, overhead
 from tests.bench.stats import Row, Summary, ms, ratio
 from tests.support.netns import wait_ready
 from tests.support.procs import AUTOPACK, Proc, api_process, settings_env, spawn
@@ -35,6 +36,18 @@ TARGET_EFFICIENCY = 0.90  # at 8 slots (issue 12)
 TARGET_THROUGHPUT_RATIO = 0.05  # issue 12
 SUBMITTERS = 8
 POLL_SECONDS = 0.05
+
+
+def parse_configs(text: str) -> tuple[tuple[int, int], ...]:
+    """`1x1,4x2` -> ((1, 1), (4, 2))."""
+    shapes = [part.strip().lower().split("x") for part in text.split(",") if part.strip()]
+    if not shapes or any(len(s) != 2 or not all(n.isdigit() and int(n) > 0 for n in s) for s in shapes):
+        raise ValueError(f"expected shapes like 1x1,4x2, got {text!r}")
+    return tuple((int(p), int(c)) for p, c in shapes)
+
+
+def format_configs(configs: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{p}x{c}" for p, c in configs)
 
 
 def single_phase_spec(repo: Path, name: str, command: str) -> dict[str, Any]:
@@ -105,6 +118,7 @@ class Batch:
     makespan: float  # first phase started_at -> last phase finished_at
     submit_to_done: float  # client time before the first POST -> last run finished_at
     execution: Summary  # per phase started_at -> finished_at
+    overhead: Overhead
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -137,14 +151,15 @@ class Batch:
             "ideal_over_makespan": self.efficiency,
             "phases_per_second": self.phases_per_second,
             "execution": self.execution.as_dict(),
+            "overhead": self.overhead.as_dict(),
             "failures": self.failures,
         }
 
 
 def measure(
     client: ApiClient, url: str, key: str, db_url: str, specs: list[dict[str, Any]], timeout: float
-) -> tuple[float, float, float, Summary, list[str]]:
-    """Submit `specs` at once and wait: (submit s, makespan s, submit->done s, execution, failures)."""
+) -> tuple[list[int], float, float, float, Summary, list[str]]:
+    """Submit `specs` at once and wait: (ids, submit s, makespan s, submit->done s, execution, failures)."""
     at = datetime.now(UTC)
     start = time.monotonic()
     ids = submit_all(url, key, specs)
@@ -156,12 +171,13 @@ def measure(
     ]
     phases = [r["phases"][0] for r in runs if r["state"] == RunState.DONE_SUCCESS]
     if not phases:
-        return submit_seconds, float("nan"), float("nan"), Summary.of([]), failures
+        return ids, submit_seconds, float("nan"), float("nan"), Summary.of([]), failures
     first = min(ts(p["started_at"]) for p in phases)
     last = max(ts(p["finished_at"]) for p in phases)
     done = max(ts(r["finished_at"]) for r in runs if r["state"] == RunState.DONE_SUCCESS)
     execution = Summary.of([(ts(p["finished_at"]) - ts(p["started_at"])).total_seconds() for p in phases])
-    return submit_seconds, (last - first).total_seconds(), (done - at).total_seconds(), execution, failures
+    makespan, submit_to_done = (last - first).total_seconds(), (done - at).total_seconds()
+    return ids, submit_seconds, makespan, submit_to_done, execution, failures
 
 
 def batch(
@@ -175,11 +191,21 @@ def batch(
     work_seconds: float,
 ) -> Batch:
     timeout = len(specs) * max(work_seconds, 0.5) * 3 + 120
-    submit_s, makespan, submit_to_done, execution, failures = measure(
+    ids, submit_s, makespan, submit_to_done, execution, failures = measure(
         client, url, key, db_url, specs, timeout
     )
+    spent = overhead(db_url, ids, work_seconds)
     return Batch(
-        label, *shape, len(specs), work_seconds, submit_s, makespan, submit_to_done, execution, failures
+        label,
+        *shape,
+        len(specs),
+        work_seconds,
+        submit_s,
+        makespan,
+        submit_to_done,
+        execution,
+        spent,
+        failures,
     )
 
 
@@ -231,6 +257,11 @@ class ScalingResult:
                     ratio=f"{b.ideal / b.submit_to_done:.3f}" if b.submit_to_done else "",
                 )
             )
+            if b.slots == 8:
+                rows += [
+                    Row.timing(SECTION, f"  8 slots: {label}", part, versus=f"mean {ms(part.mean_ms)}")
+                    for label, part in b.overhead.parts()
+                ]
         n = self.noop
         verdict = (
             f"{self.noop_ratio:.3f} ({'met' if self.noop_ratio >= TARGET_THROUGHPUT_RATIO else 'MISSED'})"
