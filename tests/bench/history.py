@@ -1,10 +1,10 @@
 """(l) History: per-phase CPU and wall after 0, 1,000, 5,000 and 10,000 earlier runs.
 
-The point is the repository and database shape, not waiting, so history is generated, not executed:
-one `git fast-import` stream writes N result commits, each on its own `refs/heads/autopack/run-<id>`
-(and one run in ten leaves a fenced phase ref behind, as a taken-over holder does), into the origin and
-into this host's mirror (a long-lived host published them there), refs packed as the reconciler packs
-them; N ended runs with two phases each go into Postgres in one `INSERT ... SELECT unnest`. Then real
+The point is the repository and database shape, not waiting, so history is generated, not executed
+(tests/bench/history_gen.py): N result commits, each on its own `refs/heads/autopack/run-<id>` (and one
+run in ten leaves a fenced phase ref behind, as a taken-over holder does), in the origin and in this
+host's mirror (a long-lived host published them there), refs packed as the reconciler packs them; N
+ended runs with two phases each in Postgres. Then real
 phases (`true`, validated by `true`, results pushed) run through `execute_phase` in this process, and
 their wall and CPU (this process plus every git it spawned) are taken per phase, with the time of one
 reconciler pass.
@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,8 @@ from api.sample_repo import make_sample_repo
 from shared.db import transaction
 from shared.runs import create_run
 from shared.settings import Settings
-from shared.specs import RunSpec
 from tests.bench import history_fresh
+from tests.bench.history_gen import add_db_history, add_git_history, git_out, libpq, noop_spec
 from tests.bench.origin_cpu import OriginMeter
 from tests.bench.reaping import adopt_orphans, reap_orphans
 from tests.bench.stats import Row, Summary, ratio, times
@@ -72,76 +71,6 @@ def bench_settings(db_url: str, workspace: Path) -> Settings:
         log_level="WARNING",
         _env_file=None,  # type: ignore[call-arg]
     )
-
-
-def git_out(*args: str, git_dir: Path, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        ["git", "--git-dir", str(git_dir), *args], input=stdin, capture_output=True, text=True, check=True
-    )
-    return done.stdout
-
-
-def fast_import_stream(base_sha: str, ids: range) -> str:
-    """One commit per run on its own branch, and a fenced phase ref for one run in ten; identical
-    bytes give identical SHAs in every repository it is fed to."""
-    out: list[str] = []
-    for run_id in ids:
-        body = f"run {run_id}\n"
-        msg = f"autopack: run {run_id} phase 1 history\n"
-        out += [
-            f"commit refs/heads/autopack/run-{run_id}",
-            f"mark :{run_id}",
-            "committer Autopack <autopack@localhost> 1700000000 +0000",
-            f"data {len(msg)}",
-            msg.rstrip("\n"),
-            f"from {base_sha}",
-            "M 100644 inline history.txt",
-            f"data {len(body)}",
-            body,
-        ]
-        if run_id % 10 == 0:
-            out += [f"reset refs/autopack/run-{run_id}/phase-1-e2", f"from :{run_id}", ""]
-    return "\n".join(out) + "\n"
-
-
-def add_git_history(repos: list[Path], base_sha: str, ids: range) -> dict[int, str]:
-    """Write the history into every repository in `repos`; returns each run's head."""
-    stream = fast_import_stream(base_sha, ids)
-    marks = Path(tempfile.mkstemp(prefix="marks-")[1])
-    try:
-        for repo in repos:
-            git_out("fast-import", "--quiet", f"--export-marks={marks}", git_dir=repo, stdin=stream)
-            mirror_mod.compact_refs(repo, limit=0)  # as the reconciler would have, long before
-        heads = {}
-        for line in marks.read_text().splitlines():
-            mark, sha = line.split()
-            heads[int(mark[1:])] = sha
-        return heads
-    finally:
-        marks.unlink()
-
-
-HISTORY_SQL = """
-WITH h AS (SELECT * FROM unnest(%(ids)s::bigint[], %(heads)s::text[]) AS h(id, head))
-INSERT INTO runs (id, name, repo, base_ref, base_sha, head_sha, branch_sha, spec, spec_hash, config, state,
-                  cancel_requested, held, lease_epoch, tokens_spent, tokens_reserved, usd_spent, usd_reserved,
-                  created_at, started_at, finished_at)
-SELECT id, 'history-' || id, %(repo)s, 'main', %(base)s, head, head, %(spec)s::json, %(hash)s,
-       %(config)s::json, 'DONE_SUCCESS', false, false, 1, 0, 0, 0, 0,
-       %(now)s - make_interval(secs => (%(last)s - id) * 60 + 30),
-       %(now)s - make_interval(secs => (%(last)s - id) * 60 + 29),
-       %(now)s - make_interval(secs => (%(last)s - id) * 60 + 20)
-FROM h;
-INSERT INTO phases (run_id, index, name, spec, state, attempts_used, deliveries, dispatched_at, started_at,
-                    finished_at, commit_sha)
-SELECT r.id, i, 'p' || i, %(pspec)s::json, 'COMPLETE', 1, 1, r.started_at, r.started_at, r.finished_at,
-       CASE WHEN i = 1 THEN r.head_sha ELSE r.base_sha END
-FROM runs r CROSS JOIN generate_series(0, 1) AS i
-WHERE r.id = ANY(%(ids)s::bigint[]);
-SELECT setval(pg_get_serial_sequence('runs', 'id'), (SELECT max(id) FROM runs));
-ANALYZE runs;
-ANALYZE phases;
-"""
 
 
 OLD_FETCH_REFSPECS = (
@@ -181,49 +110,10 @@ def legacy_git(db_url: str) -> Iterator[None]:
         mirror_mod.Mirror._clone = saved[2]  # type: ignore[method-assign]
 
 
-def libpq(db_url: str) -> str:
-    return db_url.replace("postgresql+psycopg://", "postgresql://")
-
-
-def add_db_history(db_url: str, repo: Path, base_sha: str, heads: dict[int, str]) -> None:
-    spec = noop_spec(repo, "history")
-    params = {
-        "ids": list(heads),
-        "heads": list(heads.values()),
-        "repo": str(repo.resolve()),
-        "base": base_sha,
-        "spec": json.dumps(spec.model_dump(mode="json")),
-        "hash": spec.spec_hash(),
-        "config": json.dumps(spec.config.model_dump(mode="json")),
-        "pspec": json.dumps(spec.phases[0].model_dump(mode="json")),
-        "now": datetime.now(UTC) - timedelta(minutes=5),
-        "last": max(heads),
-    }
-    with psycopg.connect(libpq(db_url)) as conn:
-        for statement in HISTORY_SQL.split(";"):
-            if statement.strip():
-                conn.execute(statement, params)  # type: ignore[arg-type]
-
-
 def next_run_id(db_url: str) -> int:
     with psycopg.connect(libpq(db_url)) as conn:
         row = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()
     return int(row[0]) if row else 1
-
-
-def noop_spec(repo: Path, name: str, phases: int = 2) -> RunSpec:
-    return RunSpec.model_validate(
-        {
-            "repo": str(repo),
-            "base_ref": "main",
-            "name": name,
-            "config": {"builder": "script", "max_attempts": 1, "doctor": False},
-            "phases": [
-                {"name": f"noop-{k}", "scope": ["src/"], "command": "true", "validation": ["true"]}
-                for k in range(phases)
-            ],
-        }
-    )
 
 
 def cpu_seconds() -> float:
