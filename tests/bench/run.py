@@ -102,6 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=64,
         help="(e) `sleep 1` phases per slot configuration (the issue's full version: 500)",
     )
+    parser.add_argument(
+        "--scaling-target-phases",
+        type=int,
+        default=scaling.TARGET_PHASES,
+        help="(e) `sleep 1` phases at 8 slots, the issue's target batch (default: %(default)s)",
+    )
     parser.add_argument("--scaling-noop-phases", type=int, default=200, help="(e) no-op phases at 8 slots")
     parser.add_argument(
         "--scaling-configs",
@@ -414,8 +420,8 @@ def run_scaling(
 ) -> scaling.ScalingResult:
     say(
         f"(e) scaling: {args.scaling_phases} x `sleep 1` single-phase runs on "
-        f"{scaling.format_configs(args.scaling_configs)} slots, "
-        f"then {args.scaling_noop_phases} no-op phases at 8 slots …"
+        f"{scaling.format_configs(args.scaling_configs)} slots ({args.scaling_target_phases} at 8 slots), "
+        f"then {args.scaling_noop_phases} no-op phases on the last …"
     )
     flush_redis()
     with bench_database(f"{DATABASE}_scaling") as db_url:
@@ -426,6 +432,7 @@ def run_scaling(
             logdir / "e",
             celery_tasks_per_second=celery_tasks_per_second,
             phases=args.scaling_phases,
+            target_phases=args.scaling_target_phases,
             noop_phases=args.scaling_noop_phases,
             configs=args.scaling_configs,
             say=say,
