@@ -7,7 +7,7 @@ whose message was lost (broker restart, worker killed with the message unacked) 
 
 `claim` wins an entry inside the caller's transaction. Where the caller alone may dispatch the phase,
 it stamps `dispatched_at` itself in the transaction that makes the phase due: a worker finishing a
-phase, as it releases the lease (workers/record.py `succeed`), and `POST /runs` for a new run's first
+phase, as it releases the lease (workers/record/outcome.py `succeed`), and `POST /runs` for a new run's first
 phase. Either way the message is sent (`enqueue_claimed`) only after that commit, and a broker refusal
 puts the entry back to pending.
 """

@@ -22,7 +22,7 @@ from workers.lease import acquire
 from workers.record import AttemptRecord, PhaseJob
 
 MIDDLE_PHASE_TRANSACTIONS = 2
-"""Lease + start; the success with the next phase's claim and the lease release (workers/record.py)."""
+"""Lease + start; the success with the next phase's claim and the lease release (workers/record/)."""
 LAST_PHASE_TRANSACTIONS = 3
 """Lease + start; the success; after the branch move, the branch note + the finish + the release."""
 VALIDATION_STORE_TRANSACTIONS = 3
