@@ -51,6 +51,18 @@ _NO_RUN_VALUES = {c.key: None for c in _RUNS.c}
 _NO_PHASE_VALUES = {c.key: None for c in _PHASES.c}
 
 
+def new_run_columns(spec: RunSpec) -> dict[str, Any]:
+    """The columns every new run takes from its spec, whoever creates it (`POST /runs`, a campaign)."""
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "spec_hash": spec.spec_hash(),
+        "config": spec.config.model_dump(mode="json"),
+        "state": RunState.QUEUED,
+        "lease_epoch": 0,
+        "cancel_requested": False,
+    }
+
+
 def create_run(
     session: Session,
     spec: RunSpec,
@@ -82,15 +94,10 @@ def create_run(
             "base_ref": spec.base_ref,
             "base_sha": base_sha,
             "head_sha": base_sha,
-            "spec": spec.model_dump(mode="json"),
-            "spec_hash": spec.spec_hash(),
-            "config": spec.config.model_dump(mode="json"),
-            "state": RunState.QUEUED,
+            **new_run_columns(spec),
             "owner": owner,
             "campaign_id": campaign_id,
             "parent_run_id": parent_run_id,
-            "lease_epoch": 0,
-            "cancel_requested": False,
         },
     )
     run_id = stored.scalar_one()

@@ -23,9 +23,10 @@ from shared.errors import GitError, InvalidSpec
 from shared.git import resolve_ref
 from shared.keys import Caller
 from shared.models import Campaign, CampaignPair, Phase, Run, utcnow
+from shared.runs import new_run_columns
 from shared.settings import Settings
 from shared.specs import RunSpec
-from shared.states import CampaignState, PairState, PhaseState, RunState
+from shared.states import CampaignState, PairState, PhaseState
 
 SOURCE_ARM = "A"
 
@@ -172,18 +173,13 @@ def _run_row(child: Child, campaign: Campaign, mode: CampaignMode, now: Any, *, 
         "base_sha": child.base_sha,
         "head_sha": head,
         "branch_sha": None,
-        "spec": run_spec.model_dump(mode="json"),
-        "spec_hash": run_spec.spec_hash(),
-        "config": run_spec.config.model_dump(mode="json"),
-        "state": RunState.QUEUED,
+        **new_run_columns(run_spec),
         "owner": campaign.owner,
         "campaign_id": campaign.id,
         "parent_run_id": source.id,
         "arm": child.arm,
         "sample": child.sample,
         "held": held,
-        "lease_epoch": 0,
-        "cancel_requested": False,
         "created_at": now,
     }
 
