@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +55,20 @@ def _keys(tree_sha: str, fingerprint: str, commands: Sequence[str]) -> list[str]
     return [entry_key(tree_sha, fingerprint, commands[:i], c) for i, c in enumerate(commands)]
 
 
-class _Partial(Exception):
-    """Some of the commands have no stored result."""
+class _NotServed(Exception):
+    """Some of the commands have no stored result, or the caller would not use them."""
 
 
-def lookup(url: str, tree_sha: str, fingerprint: str, commands: Sequence[str]) -> list[dict[str, Any]] | None:
-    """Every command's stored result, in order, or None when any is missing (or the store fails)."""
+def lookup(
+    url: str,
+    tree_sha: str,
+    fingerprint: str,
+    commands: Sequence[str],
+    accept: Callable[[list[dict[str, Any]]], bool] | None = None,
+) -> list[dict[str, Any]] | None:
+    """Every command's stored result, in order, or None when any is missing (or the store fails).
+    `accept`: the caller serves the results only when it says yes (a pass, say); a no is a miss too,
+    and the rows' hit counts stay as they were, so a hit always means results that were used."""
     if not commands:
         return None
     keys = _keys(tree_sha, fingerprint, commands)
@@ -75,13 +83,16 @@ def lookup(url: str, tree_sha: str, fingerprint: str, commands: Sequence[str]) -
             )
             rows: dict[str, dict[str, Any]] = {key: result for key, result in served}
             if len(rows) < len(set(keys)):
-                raise _Partial  # rolls the counts back: a partial hit serves nothing
-    except _Partial:
+                raise _NotServed  # rolls the counts back: a partial hit serves nothing
+            results = [rows[k] for k in keys]
+            if accept is not None and not accept(results):
+                raise _NotServed
+    except _NotServed:
         return None
     except SQLAlchemyError as exc:  # the store is an optimisation: running the commands is always right
         log.warning("validation cache lookup failed, running the commands: %s", exc)
         return None
-    return [rows[k] for k in keys]
+    return results
 
 
 def record(url: str, tree_sha: str, fingerprint: str, entries: Sequence[Entry]) -> int:

@@ -248,6 +248,32 @@ def test_a_tree_that_failed_its_validation_before_is_validated_again(
     assert len(notes) == 2 and not any("before; not run again" in (n or "") for n in notes)
 
 
+@pytest.mark.usefixtures("restore_sandbox")
+def test_a_recorded_failure_found_for_a_change_is_run_again_and_not_counted_as_a_hit(
+    embedded_settings: Settings, sample_repo: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "executions.log"
+    check = f"echo ran >> {log} && test -f src/absent.py"  # fails on every tree
+    spec = {
+        "repo": str(sample_repo),
+        "config": {"builder": "script", "max_attempts": 1},
+        "phases": [
+            {"name": "new", "scope": ["src/"], "command": "echo 1 > src/new.py", "validation": [check]}
+        ],
+    }
+    settings = unboxed(embedded_settings, cache=True)
+    runs = run_specs(settings, [spec, spec])
+    assert [r["state"] for r in runs] == ["DONE_SUCCESS", "DONE_SUCCESS"]  # no worse than the baseline
+    # Run 1: baseline and after; run 2: its baseline is run 1's record, its after (a failure on record
+    # for that tree) runs again.
+    assert executions(log) == 2 + 1
+    base = git_tree(sample_repo, "main")
+    with transaction(settings.database_url) as session:
+        hits = dict(session.execute(select(ValidationResult.tree_sha, ValidationResult.hits)).tuples().all())
+    assert len(hits) == 2 and hits.pop(base) == 1  # the baseline served once
+    assert list(hits.values()) == [0]  # the failure found for the change served nothing
+
+
 # --- slot affinity ---------------------------------------------------------------------------------
 
 
@@ -277,3 +303,9 @@ def test_a_phase_gets_the_free_slot_already_at_its_commit(sample_repo: Path, tmp
     with pool.worktree(repo, first) as held, pool.worktree(repo, first) as other:
         assert held.path == a.path and other.path != a.path
     assert slot_head(tmp_path / "nowhere") is None
+
+
+def git_tree(repo: Path, ref: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", f"{ref}^{{tree}}"], check=True, capture_output=True, text=True
+    ).stdout.strip()

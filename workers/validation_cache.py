@@ -194,13 +194,18 @@ def passed_before(
     if tree is None or not commands:
         return None
     if baseline.tree == tree:
-        known: ValidationRun | None = baseline
-    else:
-        rows = store.lookup(settings.database_url, tree, fingerprint(settings, network), commands)
-        known = None if rows is None else ValidationRun(tuple(map(from_row, commands, rows)), tree=tree)
-    if known is None or not known.ok or any(r.limit for r in known.results):
-        return None
-    return replace(known, reused=True)
+        return replace(baseline, reused=True) if _reusable(baseline) else None
+    url, key = settings.database_url, fingerprint(settings, network)
+    rows = store.lookup(url, tree, key, commands, accept=lambda r: _reusable(_stored(commands, r, tree)))
+    return None if rows is None else replace(_stored(commands, rows, tree), reused=True)
+
+
+def _stored(commands: list[str], rows: list[dict[str, Any]], tree: str) -> ValidationRun:
+    return ValidationRun(tuple(map(from_row, commands, rows)), tree=tree)
+
+
+def _reusable(run: ValidationRun) -> bool:
+    return run.ok and not any(r.limit for r in run.results)
 
 
 def remember(settings: Settings, tree: str | None, run: ValidationRun, network: bool) -> int:
