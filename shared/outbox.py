@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -24,9 +25,9 @@ from sqlalchemy.orm import Session, aliased
 from shared.budget import charge_orphaned
 from shared.db import transaction
 from shared.dispatch import Dispatcher
-from shared.models import Phase, Run, utcnow
+from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs import finish_cancelled, finish_if_done
-from shared.states import PHASE_TERMINAL, RUN_TERMINAL, PhaseState, RunState
+from shared.states import PHASE_TERMINAL, RUN_TERMINAL, AttemptOutcome, PhaseState, RunState
 
 log = logging.getLogger(__name__)
 
@@ -184,18 +185,43 @@ def _nothing_left() -> ColumnElement[bool]:
     return or_(Run.state.in_(list(RUN_TERMINAL)), ~pending.exists())
 
 
-def lagging_branches(db_url: str) -> list[tuple[int, str, str]]:
-    """(run id, repo, head) of runs whose result branch is behind the recorded head: free runs that
-    ended or have no phase left (their last move failed), and runs whose holder died. A running run's
-    branch trails its head by one phase on purpose (the next phase's push moves it: workers/publish.py),
-    so a run between phases is left to that push."""
+class Lagging(NamedTuple):
+    """A run whose result branch is behind its recorded head."""
+
+    run_id: int
+    repo: str
+    head: str
+    phase_index: int | None
+    """The phase that recorded `head`, and the lease epoch it pushed its phase ref under: that ref is
+    what moving the branch makes redundant (None: a campaign reused the phase; no ref of its own)."""
+    epoch: int | None
+
+
+def lagging_branches(db_url: str) -> list[Lagging]:
+    """Runs whose result branch is behind the recorded head: free runs that ended or have no phase
+    left (their last move failed, or a cancel ended them between two phases), and runs whose holder
+    died. A running run's branch trails its head by one phase on purpose (the next phase's push moves
+    it: workers/publish.py), so a run between phases is left to that push."""
     now = utcnow()
+    recorded = (
+        select(Phase.index, Attempt.lease_epoch)
+        .join(Attempt, Attempt.phase_id == Phase.id)
+        .where(
+            Phase.run_id == Run.id,
+            Phase.commit_sha == Run.head_sha,
+            Attempt.outcome == AttemptOutcome.SUCCESS,
+        )
+        .order_by(Phase.index.desc(), Attempt.number.desc())
+        .limit(1)
+    )
+    index = recorded.with_only_columns(Phase.index).scalar_subquery()
+    epoch = recorded.with_only_columns(Attempt.lease_epoch).scalar_subquery()
     with transaction(db_url) as session:
         rows = session.execute(
-            select(Run.id, Run.repo, Run.head_sha).where(
+            select(Run.id, Run.repo, Run.head_sha, index, epoch).where(
                 Run.head_sha != Run.base_sha,
                 or_(Run.branch_sha.is_(None), Run.branch_sha != Run.head_sha),
                 or_(and_(Run.lease_owner.is_(None), _nothing_left()), Run.lease_expires_at < now),
             )
         ).all()
-    return [(r.id, r.repo, r.head_sha) for r in rows]
+    return [Lagging(*row) for row in rows]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,11 +157,30 @@ def test_cancel_of_a_running_run_stops_it_before_the_next_phase(client: ApiClien
     assert run["state"] == "CANCELLED"
     assert run["phases"][1]["state"] == "CANCELLED"
     assert run["phases"][1]["attempt_log"] == []
+    # Phase 0 completed before the cancel was seen: the reconciler moves the branch to its commit and
+    # drops the phase ref that kept the commit reachable until then.
+    head = run["phases"][0]["commit_sha"]
+    assert run["phases"][0]["state"] == "COMPLETE" and head
+    deadline = time.monotonic() + 15
+    while origin_refs(sample_repo, f"refs/autopack/run-{run_id}/") or not branch_exists(
+        sample_repo, run["result_branch"]
+    ):
+        assert time.monotonic() < deadline, origin_refs(sample_repo, f"refs/autopack/run-{run_id}/")
+        time.sleep(0.2)
+    assert origin_refs(sample_repo, f"refs/heads/{run['result_branch']}") == [head]
+
+
+def origin_refs(repo: Path, prefix: str) -> list[str]:
+    out = subprocess.run(
+        ["git", "-C", str(repo), "for-each-ref", "--format=%(objectname)", prefix],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.split()
 
 
 def wait_for_state(client: ApiClient, run_id: int, state: str) -> None:
-    import time
-
     deadline = time.monotonic() + 30
     while client.run(run_id)["state"] != state:
         assert time.monotonic() < deadline, f"run {run_id} never reached {state}"

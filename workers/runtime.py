@@ -23,7 +23,7 @@ from shared.runs import fail_on_branch_conflict
 from shared.settings import Settings
 from workers import drain, retention
 from workers.host.guard import HostGuard
-from workers.publish import move_branch
+from workers.publish import move_branch, phase_ref
 from workers.workspace import WorkspaceManager
 from workers.workspace.locks import flock
 from workers.workspace.mirror import compact_objects, drop_reflogs
@@ -50,15 +50,18 @@ class Reconciler:
 
     def run_once(self) -> int:
         s = self.settings
-        for run_id, repo, head in lagging_branches(s.database_url):
+        for lag in lagging_branches(s.database_url):
             try:
-                mirror = self.workspace.mirror(repo)
-                mirror.ensure(head)
-                move_branch(s.database_url, mirror.path, run_id, head, s.push_results)
+                mirror = self.workspace.mirror(lag.repo)
+                mirror.ensure(lag.head)
+                drop = None
+                if lag.phase_index is not None and lag.epoch is not None:
+                    drop = phase_ref(lag.run_id, lag.phase_index, lag.epoch)
+                move_branch(s.database_url, mirror.path, lag.run_id, lag.head, s.push_results, drop)
             except BranchConflict as exc:
-                self._conflict(run_id, head, exc)
+                self._conflict(lag.run_id, lag.head, exc)
             except Exception as exc:  # an unreachable repo must not stop the re-dispatching below
-                log.warning("run %s: result branch still behind: %s", run_id, exc)
+                log.warning("run %s: result branch still behind: %s", lag.run_id, exc)
         try:
             self.workspace.compact_refs()
             if s.push_results:
