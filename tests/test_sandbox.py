@@ -41,6 +41,7 @@ from workers.celery_app import create_app as create_celery
 from workers.commands import CommandResult, configure_sandbox, run_command
 from workers.sandbox import Backend, Bwrap, Limits, NoSandbox, SandboxPolicy, gitview
 from workers.sandbox import run as run_mod
+from workers.sandbox.backends import hand_over
 from workers.sandbox.limits import MIB
 from workers.sandbox.run import prune_scratch, scratch_root
 from workers.validation import run_one
@@ -108,6 +109,28 @@ def test_the_worker_s_proc_and_environment_are_out_of_reach(
     pids = {int(p) for p in result.output.split("PIDS", 1)[1].split()}
     assert worker not in pids
     assert max(pids) < 50, f"the box sees host pids: {sorted(pids)}"
+
+
+def test_hand_over_gives_the_box_uid_the_tree_but_not_its_git_link_nor_what_a_symlink_names(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text("root's")
+    wt = tmp_path / "wt"
+    (wt / "pkg" / "deep").mkdir(parents=True)
+    for rel in (".git", "a.py", "pkg/b.py", "pkg/deep/c.py"):
+        (wt / rel).write_text(rel)
+    (wt / "pkg" / "link").symlink_to(outside)
+    (wt / "pkg" / "dirlink").symlink_to(outside.parent)
+    uid = 65534
+    hand_over(wt, uid)
+    handed = ["", "a.py", "pkg", "pkg/b.py", "pkg/deep", "pkg/deep/c.py", "pkg/link", "pkg/dirlink"]
+    assert {rel: os.lstat(wt / rel).st_uid for rel in handed} == dict.fromkeys(handed, uid)
+    assert os.lstat(wt / ".git").st_uid == 0 and os.lstat(outside).st_uid == 0
+    os.lchown(wt / "pkg" / "deep" / "c.py", 0, 0)  # what a reset rewrote
+    hand_over(wt, uid)
+    assert os.lstat(wt / "pkg" / "deep" / "c.py").st_uid == uid
 
 
 def test_a_boxed_command_runs_as_an_unprivileged_uid_and_cannot_read_root_files(tmp_path: Path) -> None:
