@@ -35,12 +35,18 @@ for _level in (ConfigLevel.SYSTEM, ConfigLevel.XDG, ConfigLevel.GLOBAL):
 
 
 def resolve_local(path: Path, ref: str) -> str:
-    """The commit SHA `ref` names in the local repository at (or above) `path`, or GitError why not."""
+    """The commit SHA `ref` names in the local repository at `path`, or GitError why not. `path` must be
+    the repository itself (its top folder, its git dir, or a bare repository): workers clone and fetch
+    `path`, which git refuses for a folder inside a repository, so such a run could never start."""
     found = pygit2.discover_repository(str(path))
     if found is None:
         raise GitError(f"{path} is not inside a git repository")
+    repo = pygit2.Repository(found)
+    tops = {Path(p).resolve() for p in (repo.workdir, repo.path) if p}
+    if path.resolve() not in tops:
+        top = Path(repo.workdir or repo.path)
+        raise GitError(f"{path} is a folder inside the git repository at {top}: name that repository")
     try:
-        repo = pygit2.Repository(found)
         commit = repo.revparse_single(ref).peel(pygit2.Commit)
     except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
         raise GitError(f"ref {ref} is not a commit in {path}: {exc}") from exc

@@ -66,6 +66,17 @@ def test_unreadable_repo_is_422_on_repo(client: TestClient, tmp_path: Path, flee
     assert run_count(fleet_settings.database_url) == 0
 
 
+def test_a_folder_inside_a_repository_is_422_on_repo_naming_the_repository(
+    client: TestClient, sample_repo: Path, fleet_settings: Settings
+) -> None:
+    spec = sample_spec(sample_repo / "src", 0)  # workers could never clone it: the run would never start
+    resp = client.post("/runs", json=spec)
+    assert resp.status_code == 422
+    detail = resp.json()["detail"][0]
+    assert detail["loc"] == ["body", "repo"] and str(sample_repo) in detail["msg"]
+    assert run_count(fleet_settings.database_url) == 0
+
+
 def test_ref_that_does_not_resolve_is_422_on_base_ref(
     client: TestClient, sample_repo: Path, fleet_settings: Settings
 ) -> None:

@@ -46,10 +46,16 @@ def test_native_resolution_equals_the_cli(repo: Path, ref: str) -> None:
     assert resolve_ref(str(repo), ref) == expected
 
 
-def test_an_abbreviated_sha_and_a_subdirectory_resolve(repo: Path) -> None:
+def test_an_abbreviated_sha_resolves_in_the_repository_and_its_git_dir(repo: Path) -> None:
     full = _git(repo, "rev-parse", "HEAD~1")
+    assert resolve_local(repo, full[:8]) == full
+    assert resolve_local(repo / ".git", full[:8]) == full  # git clones that path too
+
+
+def test_a_folder_inside_the_repository_is_refused_naming_the_repository(repo: Path) -> None:
     (repo / "sub").mkdir()
-    assert resolve_local(repo / "sub", full[:8]) == full
+    with pytest.raises(GitError, match=f"inside the git repository at {repo}"):
+        resolve_local(repo / "sub", "HEAD")
 
 
 @pytest.mark.parametrize("ref", ["missing", "HEAD:f.txt", "HEAD^{tree}", "main..side", "--help"])
