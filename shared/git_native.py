@@ -41,7 +41,10 @@ def resolve_local(path: Path, ref: str) -> str:
     found = pygit2.discover_repository(str(path))
     if found is None:
         raise GitError(f"{path} is not inside a git repository")
-    repo = pygit2.Repository(found)
+    try:
+        repo = pygit2.Repository(found)
+    except pygit2.GitError as exc:
+        raise GitError(f"cannot open the git repository at {found}: {exc}") from exc
     tops = {Path(p).resolve() for p in (repo.workdir, repo.path) if p}
     if path.resolve() not in tops:
         top = Path(repo.workdir or repo.path)

@@ -16,6 +16,7 @@ import pytest
 
 from api.client import ApiClient
 from api.serve import api_in_thread
+from shared.git import git
 from shared.settings import Settings
 from tests.support.scenario import wait_terminal
 from workers.embedded import embedded_fleet
@@ -171,13 +172,7 @@ def test_cancel_of_a_running_run_stops_it_before_the_next_phase(client: ApiClien
 
 
 def origin_refs(repo: Path, prefix: str) -> list[str]:
-    out = subprocess.run(
-        ["git", "-C", str(repo), "for-each-ref", "--format=%(objectname)", prefix],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.split()
+    return git("for-each-ref", "--format=%(objectname)", prefix, cwd=repo).split()
 
 
 def wait_for_state(client: ApiClient, run_id: int, state: str) -> None:

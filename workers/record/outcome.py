@@ -233,7 +233,6 @@ def _efficiency(session: Session, run_id: int, phase: Phase, outcome: str) -> No
     (an estimate), attempts and wall time. Race-safe: a second writer gets the first row. The flush
     first sends the phase's UPDATE, whose row lock `recount_phase_tokens` waits on."""
     session.flush()
-    session.expire(phase, ["attempts"])  # a later read sees the attempt the Core INSERT added
     wall = None
     if phase.started_at and phase.finished_at:
         wall = int((phase.finished_at - phase.started_at).total_seconds() * 1000)
