@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from shared.db import transaction
 from shared.runs import create_run
 from shared.settings import Settings
 from tests.bench import history_fresh
+from tests.bench.cpu_split import CpuSplit, verb
 from tests.bench.history_gen import add_db_history, add_git_history, git_out, libpq, noop_spec
 from tests.bench.origin_cpu import OriginMeter
 from tests.bench.reaping import adopt_orphans, reap_orphans
@@ -136,6 +137,8 @@ class Level:
     reconcile: list[float] = field(default_factory=list)
     fetch_cpu: list[float] = field(default_factory=list)
     git_ms: dict[str, float] = field(default_factory=dict)
+    cpu_by: dict[str, float] = field(default_factory=dict)
+    """Milliseconds of CPU per phase by process (tests/bench/cpu_split.py)."""
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -148,7 +151,12 @@ class Level:
 
 
 def run_phases(
-    ctx: WorkerContext, repo: Path, name: str, level: Level | None, meter: OriginMeter | None = None
+    ctx: WorkerContext,
+    repo: Path,
+    name: str,
+    level: Level | None,
+    meter: OriginMeter | None = None,
+    split: CpuSplit | None = None,
 ) -> None:
     """One 2-phase run, each phase executed here; `level` None: a warm-up, not recorded."""
     with transaction(ctx.settings.database_url) as session:
@@ -157,7 +165,8 @@ def run_phases(
     for phase_id in phase_ids:
         origin = meter.seconds() if meter else 0.0
         wall, cpu = time.perf_counter(), cpu_seconds()
-        outcome = execute_phase(ctx, run_id, phase_id)
+        with split.phase() if split else nullcontext():
+            outcome = execute_phase(ctx, run_id, phase_id)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         origin = (meter.seconds() - origin) if meter else 0.0
         if level is None:
@@ -194,22 +203,6 @@ def git_time_by_command(trace: Path, phases: int) -> dict[str, float]:
     return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
 
-def verb(argv: list[str]) -> str:
-    """`git -c a=b --git-dir X push …` -> "push"; `git-receive-pack '/path'` -> "receive-pack"."""
-    if argv and Path(argv[0]).name.startswith("git-"):
-        return Path(argv[0]).name.removeprefix("git-")
-    i = 1
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-c", "--git-dir", "-C"):
-            i += 2
-        elif arg.startswith("-"):
-            i += 1
-        else:
-            return arg
-    return "?"
-
-
 def measure_level(
     ctx: WorkerContext,
     repo: Path,
@@ -219,10 +212,11 @@ def measure_level(
     meter: OriginMeter,
     tag: str = "",
 ) -> Level:
-    level = Level(history)
+    level, split = Level(history), CpuSplit()
     run_phases(ctx, repo, f"warm-{history}{tag}", None)
     for i in range(max(phases // 2, 1)):
-        run_phases(ctx, repo, f"bench-{history}{tag}-{i}", level, meter)
+        run_phases(ctx, repo, f"bench-{history}{tag}-{i}", level, meter, split)
+    level.cpu_by = split.ms_per_phase()
     with traced(workdir / f"trace-{history}{tag}.json") as trace:
         run_phases(ctx, repo, f"traced-{history}{tag}", None)
     level.git_ms = git_time_by_command(trace, 2)
@@ -274,6 +268,7 @@ class HistoryResult:
                     "reconcile_pass": Summary.of(lv.reconcile).as_dict(),
                     "mirror_fetch_cpu": Summary.of(lv.fetch_cpu).as_dict(),
                     "git_ms_per_phase": lv.git_ms,
+                    "cpu_ms_per_phase_by_process": lv.cpu_by,
                     "failures": lv.failures,
                 }
                 for lv in self.levels
@@ -298,6 +293,9 @@ class HistoryResult:
             ]
             top = ", ".join(f"{k} {v:.0f}" for k, v in list(lv.git_ms.items())[:4])
             rows.append(Row(SECTION + label, f"{at} git ms/phase", top))
+            if lv.cpu_by:
+                split = ", ".join(f"{k} {v:.1f}" for k, v in lv.cpu_by.items() if v >= 0.05)
+                rows.append(Row(SECTION + label, f"{at} CPU ms/phase by process", split))
         return rows
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FIELDS = ("wall", "cpu", "origin_cpu", "reconcile", "fetch_cpu", "git_ms", "failures")
+FIELDS = ("wall", "cpu", "origin_cpu", "reconcile", "fetch_cpu", "git_ms", "cpu_by", "failures")
 TIMEOUT_SECONDS = 1800
 
 
