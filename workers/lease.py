@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, or_, update
+from sqlalchemy import ColumnElement, Table, and_, case, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,10 @@ from shared.models import Run, utcnow
 from shared.states import RunState
 
 log = logging.getLogger(__name__)
+RUNS = cast(Table, Run.__table__)
+"""The lease's statements are Core UPDATEs of the table: as ORM-enabled UPDATEs each cost ~0.2 ms more
+CPU (evaluating which loaded objects to synchronize) on a path every phase takes three to five times.
+Core skips the ORM's autoflush, so `give_up` flushes first (its CASE reads the flushed `head_sha`)."""
 
 
 @dataclass
@@ -51,10 +55,10 @@ class Lease:
         The UPDATE takes the run row's write lock, so a takeover cannot slip in before our commit.
         """
         cancel = session.execute(
-            update(Run)
-            .where(Run.id == self.run_id, Run.lease_epoch == self.epoch, Run.lease_owner == self.owner)
+            update(RUNS)
+            .where(self._ours())
             .values(lease_expires_at=utcnow() + timedelta(seconds=self.ttl))
-            .returning(Run.cancel_requested)
+            .returning(RUNS.c.cancel_requested)
         ).scalar_one_or_none()
         if cancel is None:
             self.lost.set()
@@ -68,16 +72,17 @@ class Lease:
         still the recorded head). The caller sets `released` once the transaction committed."""
         values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
         if branch_sha is not None:
-            values["branch_sha"] = case((Run.head_sha == branch_sha, branch_sha), else_=Run.branch_sha)
-        res = session.execute(
-            update(Run)
-            .where(Run.id == self.run_id, Run.lease_epoch == self.epoch, Run.lease_owner == self.owner)
-            .values(values)
-        )
+            values["branch_sha"] = case((RUNS.c.head_sha == branch_sha, branch_sha), else_=RUNS.c.branch_sha)
+        session.flush()
+        res = session.execute(update(RUNS).where(self._ours()).values(values))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             self.lost.set()
             return False
         return True
+
+    def _ours(self) -> ColumnElement[bool]:
+        c = RUNS.c
+        return and_(c.id == self.run_id, c.lease_epoch == self.epoch, c.lease_owner == self.owner)
 
     def renew(self) -> bool:
         if self.released:  # given up in a transaction while the heartbeat was still running
@@ -94,8 +99,8 @@ class Lease:
             return
         with transaction(self.db_url) as session:
             session.execute(
-                update(Run)
-                .where(Run.id == self.run_id, Run.lease_epoch == self.epoch)
+                update(RUNS)
+                .where(RUNS.c.id == self.run_id, RUNS.c.lease_epoch == self.epoch)
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
@@ -114,19 +119,18 @@ def grant(session: Session, db_url: str, run_id: int, owner: str, ttl: float) ->
     """`acquire` inside the caller's transaction: the UPDATE holds the run row's write lock until it
     commits, so whatever the caller writes next in it is written under the new epoch."""
     now = utcnow()
+    c = RUNS.c
     epoch = session.execute(
-        update(Run)
+        update(RUNS)
         .where(
-            Run.id == run_id,
-            Run.state.in_([RunState.QUEUED, RunState.RUNNING]),
-            or_(Run.lease_owner.is_(None), Run.lease_expires_at < now),
+            c.id == run_id,
+            c.state.in_([RunState.QUEUED, RunState.RUNNING]),
+            or_(c.lease_owner.is_(None), c.lease_expires_at < now),
         )
         .values(
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=ttl),
-            lease_epoch=Run.lease_epoch + 1,
+            lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl), lease_epoch=c.lease_epoch + 1
         )
-        .returning(Run.lease_epoch)
+        .returning(c.lease_epoch)
     ).scalar_one_or_none()
     return None if epoch is None else Lease(db_url, run_id, owner, epoch, ttl)
 
