@@ -405,6 +405,20 @@ class ValidationResult(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class FleetDuty(Base):
+    """A periodic duty the fleet needs done once per period, whichever worker does it (shared/duties.py)."""
+
+    __tablename__ = "fleet_duties"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    due_at: Mapped[datetime]
+    """The next pass may start at this time; a claim moves it one period on."""
+    passes: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Passes claimed so far, by every worker together."""
+    holder: Mapped[str | None] = mapped_column(String(200))
+    """Who claimed the last pass (host/pid)."""
+
+
 class FailureRuleSet(Base):
     """The one row holding the version of the accepted failure rules. Accepting or retiring a rule bumps
     it in the same transaction; workers compare it with the version they hold (one primary-key read)."""

@@ -120,7 +120,8 @@ class Settings(BaseSettings):
     """How often the holder renews its lease. Keep well under `lease_ttl_seconds`."""
 
     reconcile_interval_seconds: float = 15.0
-    """How often each worker re-dispatches runs whose next phase is QUEUED with no live lease."""
+    """How often the fleet re-dispatches runs whose next phase is QUEUED with no live lease: every worker
+    wakes this often, tends its own mirrors, and one of them per interval does the database side."""
 
     redispatch_after_seconds: float = 60.0
     """A QUEUED phase dispatched longer ago than this, with no live lease, is dispatched again."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
+from shared import duties
 from shared.approvals.store import expire_due
 from shared.approvals.webhook import deliver_due
 from shared.campaigns.flow import sweep
@@ -29,10 +32,13 @@ from workers.workspace.locks import flock
 from workers.workspace.mirror import compact_objects, drop_reflogs
 
 log = logging.getLogger(__name__)
+RECONCILE_DUTY = "reconcile"
+"""The reconciler's database side: every worker's loop wakes each period, one of them does it."""
 
 
 class Reconciler:
-    """Every `reconcile_interval_seconds`, re-dispatch runs whose next phase has no live task."""
+    """Every `reconcile_interval_seconds`, tend this host's mirrors and, in the intervals this worker
+    claims for the fleet (`RECONCILE_DUTY`), re-dispatch runs whose next phase has no live task."""
 
     def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
         self.settings = settings
@@ -48,7 +54,28 @@ class Reconciler:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def run_once(self) -> int:
+    def run_once(self, fleet: bool = True) -> int:
+        """One pass: this host's upkeep (its mirrors, the local origins it writes), then, when `fleet`,
+        the database's side, which is the same for every worker and which the loop does only when it
+        claimed the period's pass (shared/duties.py). Returns how many phases it enqueued."""
+        s = self.settings
+        if fleet:
+            self._move_lagging_branches()
+        try:
+            self.workspace.compact_refs()
+            if s.push_results:
+                self.workspace.tend_origins()
+            self._retain(origins=fleet)
+        except Exception as exc:  # a slower push is no reason to stop re-dispatching
+            log.warning("packing refs or pruning expired result refs failed: %s", exc)
+        if not fleet:
+            return 0
+        enqueued = reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
+        enqueued += self._approvals()
+        self._plan_drafts()
+        return enqueued + sweep(s.database_url, self.dispatcher)
+
+    def _move_lagging_branches(self) -> None:
         s = self.settings
         for lag in lagging_branches(s.database_url):
             try:
@@ -62,17 +89,6 @@ class Reconciler:
                 self._conflict(lag.run_id, lag.head, exc)
             except Exception as exc:  # an unreachable repo must not stop the re-dispatching below
                 log.warning("run %s: result branch still behind: %s", lag.run_id, exc)
-        try:
-            self.workspace.compact_refs()
-            if s.push_results:
-                self.workspace.tend_origins()
-            self._retain()
-        except Exception as exc:  # a slower push is no reason to stop re-dispatching
-            log.warning("packing refs or pruning expired result refs failed: %s", exc)
-        enqueued = reconcile(s.database_url, self.dispatcher, s.redispatch_after_seconds)
-        enqueued += self._approvals()
-        self._plan_drafts()
-        return enqueued + sweep(s.database_url, self.dispatcher)
 
     def _plan_drafts(self) -> None:
         """Close the plan drafts whose API process died mid-call, charging what they reserved."""
@@ -100,10 +116,10 @@ class Reconciler:
             log.warning("approval webhooks: %s", exc)
         return enqueued
 
-    def _retain(self) -> None:
+    def _retain(self, origins: bool = True) -> None:
         """Bounded work per pass: prune the refs of at most `retention_batch` expired runs in their
-        origins and as many in each mirror here (workers/retention.py); pack a mirror's loose objects
-        once there are many, and keep its worktrees' reflogs from growing."""
+        origins (`origins`: the fleet's side) and as many in each mirror here (workers/retention.py);
+        pack a mirror's loose objects once there are many, and keep its worktrees' reflogs from growing."""
         s = self.settings
         for mirror in retention.mirror_dirs(s.workspace_dir):
             with flock(mirror.with_suffix(".lock"), blocking=False) as held:
@@ -113,13 +129,18 @@ class Reconciler:
         policy = retention.Policy(s.result_branch_retention_days, s.result_branch_retention_runs)
         if not policy.active:
             return
+        if origins:
+            self._prune_origins(policy)
+        for mirror in retention.mirror_dirs(s.workspace_dir):
+            retention.prune_mirror(s.database_url, mirror, s.retention_batch)
+
+    def _prune_origins(self, policy: retention.Policy) -> None:
+        s = self.settings
         pruned = retention.prune_origins(
             s.database_url, s.workspace_dir, policy, s.retention_batch, s.push_results
         )
         if pruned:
             log.info("retention: pruned the result refs of %d run(s) in their origins", len(pruned))
-        for mirror in retention.mirror_dirs(s.workspace_dir):
-            retention.prune_mirror(s.database_url, mirror, s.retention_batch)
 
     def _conflict(self, run_id: int, head: str, exc: BranchConflict) -> None:
         """The recorded head cannot reach the run's branch: retrying would never succeed, so the run
@@ -133,9 +154,12 @@ class Reconciler:
                 log.error("run %s: %s", run_id, reason)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.reconcile_interval_seconds):
+        s = self.settings
+        holder = f"{socket.gethostname()}/{os.getpid()}"
+        while not self._stop.wait(s.reconcile_interval_seconds):
             try:
-                n = self.run_once()
+                fleet = duties.claim(s.database_url, RECONCILE_DUTY, s.reconcile_interval_seconds, holder)
+                n = self.run_once(fleet)
                 if n:
                     log.info("reconciler re-dispatched %d phase(s)", n)
             except Exception as exc:  # a DB or broker outage: say so and try again next period
