@@ -49,8 +49,9 @@ def _print_rich(renderable: Any) -> None:
 
 @click.command()
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def submit(spec: Path) -> None:
-    """Submit a run described by a YAML (or JSON) file; print its id."""
+@click.option("-q", "--quiet", is_flag=True, help="Print the run id alone (RID=$(autopack submit -q FILE)).")
+def submit(spec: Path, quiet: bool) -> None:
+    """Submit a run described by a YAML (or JSON) file; print its id, state, base commit and branch."""
     body = yaml.safe_load(spec.read_text())
     repo = body.get("repo") if isinstance(body, dict) else None
     if isinstance(repo, str) and is_local(repo) and not Path(repo).is_absolute():
@@ -59,6 +60,9 @@ def submit(spec: Path) -> None:
         run = settings_client().submit(body)
     except ClientError as exc:
         fail(exc)
+    if quiet:
+        click.echo(run["id"])
+        return
     click.echo(f"run {run['id']} {run['state']} at {run['base_sha'][:12]} -> branch {run['result_branch']}")
 
 

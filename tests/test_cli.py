@@ -98,6 +98,21 @@ def test_submit_of_an_invalid_spec_names_each_bad_field_on_one_line(
     assert "{'type'" not in lines[0] and "'loc'" not in lines[0]  # not a Python repr of the body
 
 
+def test_submit_quiet_prints_the_run_id_alone_for_scripts(
+    api: ApiClient, sample_repo: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(two_phase_spec(sample_repo)))
+
+    said = invoke("submit", str(path))
+    quiet = invoke("submit", "-q", str(path))
+
+    assert said.exit_code == 0 and quiet.exit_code == 0, (said.output, quiet.output)
+    first = int(said.output.split()[1])  # "run N QUEUED at <sha> -> branch autopack/run-N"
+    assert quiet.output == f"{first + 1}\n"
+    assert api.run(first + 1)["name"] == "cli-logs"
+
+
 def test_logs_prints_each_attempts_diff_validation_output_and_failure_reason(
     api: ApiClient, sample_repo: Path
 ) -> None:
