@@ -11,10 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from api.client import ApiClient
 from api.serve import api_in_thread
+from shared.db import transaction
+from shared.models import Run
 from shared.settings import Settings
+from tests.support.scenario import wait_terminal
 from tests.test_pipeline import run_to_end, spec
 from workers.embedded import embedded_fleet
 
@@ -114,3 +118,22 @@ def test_a_run_that_fails_mid_way_has_its_branch_settled_at_the_last_recorded_he
         time.sleep(0.2)
     assert origin_refs(sample_repo, run["id"]).get(branch) == run["head_sha"]
     assert len(pushed(push_log)) >= 3
+
+
+def test_the_database_notes_where_each_push_left_the_branch(
+    client: ApiClient, sample_repo: Path, embedded_settings: Settings, push_log: Path
+) -> None:
+    """While phase 2 runs, the branch is at phase 0's commit (phase 1's push moved it there), and
+    `runs.branch_sha` says so: the note rides on phase 1's success, in the same fenced transaction."""
+    body = spec(sample_repo, *writes(2), {"command": "sleep 3 && echo 2 > src/step_2.py"})
+    run_id = client.submit(body)["id"]
+    deadline = time.monotonic() + 30
+    while (run := client.run(run_id))["phases"][2]["state"] != "EXECUTING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert run["phases"][2]["state"] == "EXECUTING", run
+    with transaction(embedded_settings.database_url) as session:
+        noted = session.scalar(select(Run.branch_sha).where(Run.id == run_id))
+    branch = origin_refs(sample_repo, run_id).get(f"refs/heads/autopack/run-{run_id}")
+    assert noted == branch == run["phases"][0]["commit_sha"] != run["head_sha"]
+    (done,) = wait_terminal(client, [run_id], timeout=60)
+    assert done["state"] == "DONE_SUCCESS"

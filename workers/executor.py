@@ -349,9 +349,8 @@ def _finish_success(
         background = job.campaign_id is not None
         enqueue_claimed(s.database_url, ctx.dispatcher, job.run_id, next_phase, background=background)
         return "complete"
-    moved = _move_branch(ctx, job, lease, sha) or moved
     # Only after the move: a finished run's branch is already where it says.
-    record.wrap_up(lease, job, moved)
+    record.wrap_up(lease, job, _move_branch(ctx, job, lease, sha))
     return "complete"
 
 

@@ -61,20 +61,24 @@ def succeed(
 ) -> int | None:
     """Record the successful attempt and the phase's completion in ONE transaction: a crash (or a
     database restart) between two separate writes made the next holder redo a recorded success.
-    When a phase follows, the same transaction claims its outbox entry and releases the lease, noting
-    `branch_sha` as `wrap_up` would (see the module docstring, 2): returns that phase, for the caller to
-    enqueue after this commit. None: this was the last phase, and the lease is still held for the
-    branch move and `wrap_up`. `auto`: the change's ruled paths were all low-risk `auto`, recorded as
-    an auto-approved approval."""
+    When a phase follows, the same transaction claims its outbox entry and releases the lease (see the
+    module docstring, 2): returns that phase, for the caller to enqueue after this commit. None: this
+    was the last phase, and the lease is still held for the branch move and `wrap_up`. `branch_sha`:
+    this attempt's push moved the run branch to the head recorded before it, noted here. `auto`: the
+    change's ruled paths were all low-risk `auto`, recorded as an auto-approved approval."""
     with transaction(lease.db_url) as session:
         lease.fence(session)
         run, phase = load(session, job.run_id, job.phase_id)
+        if branch_sha is not None and run.head_sha == branch_sha:
+            # Before `_complete` records the new head: the push moved the branch to the head recorded
+            # until now. (Noted in `give_up`, whose CASE compares with the head, it never matched.)
+            run.branch_sha = branch_sha
         _add_attempt(session, lease, job, rec, phase)
         if auto is not None:
             request(session, run, phase, auto, timeout_seconds=0, timeout_action="approve", state=AUTO)
         following = _complete(session, run, phase, sha)
         if following is not None:
-            lease.give_up(session, branch_sha)  # ours: fenced above, in this transaction
+            lease.give_up(session)  # ours: fenced above, in this transaction
     if following is not None:
         lease.released = True
     return following
