@@ -3,7 +3,8 @@
 (a) raw Celery no-op round trip and throughput; (b) per-phase orchestration overhead through a real
 API and worker; (c) workspace provisioning on a 2,100-file repository; (d) pipeline overhead of one
 builder attempt on that repository (LLM simulated, validation excluded); (e) scaling of independent
-`sleep 1` phases over 1, 2, 4 and 8 worker slots, and no-op phase throughput against (a); (f) the
+`sleep 1` phases over 1, 2, 4 and 8 worker slots, no-op phase throughput against (a), and the
+reconciler's database passes the 4-worker fleet made meanwhile; (f) the
 sandbox's cost per command (bwrap `true` against unboxed `true`); (g) the campaign A/B report over
 10,000 pairs with 10,000 bootstrap resamples; (h) creating a 500-child campaign (against single
 `POST /runs`), and an interactive run's wait while 500 campaign phases are queued; (i) the dashboard's

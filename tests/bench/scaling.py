@@ -13,14 +13,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from api.client import ApiClient
 from api.sample_repo import make_sample_repo
 from api.serve import free_port
+from shared.db import transaction
+from shared.models import FleetDuty
 from shared.settings import Settings
 from shared.states import RunState
 from tests.bench.orchestration import finished_runs, fleet_settings, new_api_key, ts
@@ -28,6 +32,7 @@ from tests.bench.overhead import Overhead, overhead
 from tests.bench.stats import Row, Summary, ms, ratio
 from tests.support.netns import wait_ready
 from tests.support.procs import AUTOPACK, Proc, api_process, settings_env, spawn
+from workers.runtime import RECONCILE_DUTY
 
 SECTION = "(e) scaling"
 CONFIGS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 2), (4, 2))
@@ -213,10 +218,39 @@ def batch(
 
 
 @dataclass(frozen=True)
+class DutyPasses:
+    """The reconciler's database passes the whole fleet made while the last shape ran (shared/duties.py)."""
+
+    passes: int
+    seconds: float
+    workers: int
+    interval: float
+
+    @property
+    def unclaimed(self) -> float:
+        """What every worker doing its own pass each interval (the code before the duty) would make."""
+        return self.workers * self.seconds / self.interval
+
+    def row(self) -> Row:
+        return Row(
+            SECTION,
+            f"  {self.workers} workers: reconciler database passes",
+            f"{self.passes} in {self.seconds:.0f} s",
+            versus=f"interval {self.interval:g} s; a pass per worker per interval: ~{self.unclaimed:.0f}",
+        )
+
+
+def duty_passes(db_url: str) -> int:
+    with transaction(db_url) as session:
+        return session.scalar(select(FleetDuty.passes).where(FleetDuty.name == RECONCILE_DUTY)) or 0
+
+
+@dataclass(frozen=True)
 class ScalingResult:
     sleeps: list[Batch]
     noop: Batch
     celery_tasks_per_second: float
+    duty: DutyPasses | None = None
 
     @property
     def noop_ratio(self) -> float:
@@ -230,6 +264,7 @@ class ScalingResult:
             "noop_over_raw_celery": self.noop_ratio,
             "target_ideal_over_makespan_at_8_slots": TARGET_EFFICIENCY,
             "target_noop_over_raw_celery": TARGET_THROUGHPUT_RATIO,
+            "reconciler_database_passes": asdict(self.duty) if self.duty else None,
             "failures": [f for b in [*self.sleeps, self.noop] for f in b.failures],
         }
 
@@ -287,7 +322,7 @@ class ScalingResult:
                 versus=f"{n.phases / n.submit_to_done:.1f} phases/s; POSTs took {n.submit_seconds:.2f} s",
             ),
         ]
-        return rows
+        return rows + ([self.duty.row()] if self.duty else [])
 
     def _target_phases(self) -> int | str:
         return next((b.phases for b in self.sleeps if b.slots == TARGET_SLOTS), "none")
@@ -326,6 +361,7 @@ def bench(
     key = new_api_key(db_url)
     sleeps: list[Batch] = []
     noop: Batch | None = None
+    duty: DutyPasses | None = None
     with api_process(settings, free_port(), logdir) as url:
         client = ApiClient(url, key)
         try:
@@ -333,6 +369,7 @@ def bench(
                 slots = processes * concurrency
                 tag = f"{processes}x{concurrency}"
                 with worker_fleet(settings, processes, concurrency, workdir / tag, logdir / tag):
+                    passes, started = duty_passes(db_url), time.monotonic()
                     warm = [single_phase_spec(repo, f"warm-{tag}-{i}", "true") for i in range(slots)]
                     wait_finished(db_url, submit_all(url, key, warm), 120)
                     n = target_phases if slots == TARGET_SLOTS else phases
@@ -347,7 +384,9 @@ def bench(
                         specs = [single_phase_spec(repo, f"noop-{i}", "true") for i in range(noop_phases)]
                         noop = batch("noop", client, url, key, db_url, specs, (processes, concurrency), 0.0)
                         say(f"    {tag}: {noop.phases} x true at {noop.phases_per_second:.1f} phases/s")
+                    seconds, interval = time.monotonic() - started, settings.reconcile_interval_seconds
+                    duty = DutyPasses(duty_passes(db_url) - passes, seconds, processes, interval)
         finally:
             client.close()
     assert noop is not None
-    return ScalingResult(sleeps, noop, celery_tasks_per_second)
+    return ScalingResult(sleeps, noop, celery_tasks_per_second, duty)
