@@ -28,13 +28,13 @@ def claim(db_url: str, name: str, period: float, holder: str) -> bool:
     due = now + timedelta(seconds=period)
     with transaction(db_url) as session:
         c = DUTIES.c
-        moved = session.execute(
+        claimed = session.execute(
             update(DUTIES)
             .where(c.name == name, c.due_at <= now)
             .values(due_at=due, passes=c.passes + 1, holder=holder[:200])
-            .returning(c.passes)
+            .returning(c.name)
         ).first()
-        if moved is not None:
+        if claimed is not None:
             return True
         return insert_unless_present(
             session, FleetDuty, {"name": name, "due_at": due, "passes": 1, "holder": holder[:200]}, ["name"]

@@ -384,8 +384,8 @@ def bench(
                         specs = [single_phase_spec(repo, f"noop-{i}", "true") for i in range(noop_phases)]
                         noop = batch("noop", client, url, key, db_url, specs, (processes, concurrency), 0.0)
                         say(f"    {tag}: {noop.phases} x true at {noop.phases_per_second:.1f} phases/s")
-                    seconds, interval = time.monotonic() - started, settings.reconcile_interval_seconds
-                    duty = DutyPasses(duty_passes(db_url) - passes, seconds, processes, interval)
+                        seconds, interval = time.monotonic() - started, settings.reconcile_interval_seconds
+                        duty = DutyPasses(duty_passes(db_url) - passes, seconds, processes, interval)
         finally:
             client.close()
     assert noop is not None
