@@ -20,13 +20,25 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ScalarSelect, func, select, update
+from sqlalchemy import (
+    BindParameter,
+    Insert,
+    Integer,
+    ScalarSelect,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared.campaigns.deltas import ab_deltas
-from shared.db import insert_unless_present
+from shared.db import insert_ignoring, insert_unless_present
 from shared.errors import NotFound
 from shared.models import Attempt, EfficiencyMetric, LlmUsageEvent, Phase, PhaseMetric, Run
 
@@ -109,7 +121,7 @@ def record_efficiency(
         "attempts": attempts,
         "wall_ms": wall_ms,
     }
-    return insert_unless_present(session, EfficiencyMetric, values, ["run_id", "phase_id", "outcome"])
+    return insert_unless_present(session, EfficiencyMetric, values, list(EFFICIENCY_KEY))
 
 
 def recount_phase_tokens(session: Session, phase_id: int) -> None:
@@ -127,10 +139,13 @@ def recount_phase_tokens(session: Session, phase_id: int) -> None:
     )
 
 
-def tokens_spent(phase_id: int) -> ScalarSelect[Any]:
+def tokens_spent(phase_id: int | BindParameter[int]) -> ScalarSelect[Any]:
     """The phase's exact tokens, summed by the database from its usage rows; NULL when it made no call."""
     both = func.coalesce(LlmUsageEvent.input_tokens, 0) + func.coalesce(LlmUsageEvent.output_tokens, 0)
     return select(func.sum(both)).where(LlmUsageEvent.phase_id == phase_id).scalar_subquery()
+
+
+EFFICIENCY_KEY = ("run_id", "phase_id", "outcome")
 
 
 def record_phase_efficiency(
@@ -139,18 +154,29 @@ def record_phase_efficiency(
     """`record_efficiency` with the figures summed by the database in the INSERT itself (one statement):
     tokens spent from the usage rows, context tokens avoided and attempts from the attempt rows. A
     builder that selected no context (script, replay) leaves `estimated_tokens_omitted` out, so an
-    avoided figure is NULL unless some attempt knew one (an LLM attempt that left nothing out says 0)."""
-    attempts = Attempt.phase_id == phase_id
+    avoided figure is NULL unless some attempt knew one (an LLM attempt that left nothing out says 0).
+    True when this one inserted."""
+    stmt = _phase_efficiency_insert(session.get_bind().dialect.name)
+    params = {"e_run": run_id, "e_phase": phase_id, "e_outcome": outcome, "e_wall": wall_ms}
+    return session.execute(stmt, params).first() is not None
+
+
+@lru_cache(maxsize=4)
+def _phase_efficiency_insert(dialect: str) -> Insert:
+    """Built once per dialect, its figures' subqueries bound to the phase: every terminal phase runs it."""
+    phase = bindparam("e_phase", type_=Integer)
+    attempts = Attempt.phase_id == phase
     omitted = Attempt.context["estimated_tokens_omitted"].as_integer()
-    return record_efficiency(
-        session,
-        run_id,
-        phase_id,
-        outcome,
-        tokens_spent=tokens_spent(phase_id),
+    table = EfficiencyMetric.__table__
+    assert isinstance(table, Table)
+    return insert_ignoring(dialect, table, EFFICIENCY_KEY).values(
+        run_id=bindparam("e_run", type_=Integer),
+        phase_id=phase,
+        outcome=bindparam("e_outcome", type_=String),
+        tokens_spent=tokens_spent(phase),
         tokens_avoided_context=select(func.sum(omitted)).where(attempts).scalar_subquery(),
         attempts=select(func.count()).where(attempts).scalar_subquery(),
-        wall_ms=wall_ms,
+        wall_ms=bindparam("e_wall", type_=Integer),
     )
 
 

@@ -22,9 +22,9 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -75,12 +75,7 @@ def lookup(
     try:
         with transaction(url) as session:
             # One statement: counting the hit returns the rows (a SELECT then the UPDATE was two).
-            served = session.execute(
-                update(ValidationResult)
-                .where(ValidationResult.key.in_(keys))
-                .values(hits=ValidationResult.hits + 1)
-                .returning(ValidationResult.key, ValidationResult.result)
-            )
+            served = session.execute(_SERVE, {"keys": keys})
             rows: dict[str, dict[str, Any]] = {key: result for key, result in served}
             if len(rows) < len(set(keys)):
                 raise _NotServed  # rolls the counts back: a partial hit serves nothing
@@ -93,6 +88,17 @@ def lookup(
         log.warning("validation cache lookup failed, running the commands: %s", exc)
         return None
     return results
+
+
+_RESULTS = cast(Table, ValidationResult.__table__)
+_SERVE = (
+    update(_RESULTS)
+    .where(_RESULTS.c.key.in_(bindparam("keys", expanding=True)))
+    .values(hits=_RESULTS.c.hits + 1)
+    .returning(_RESULTS.c.key, _RESULTS.c.result)
+)
+"""A Core UPDATE built once and executed with the keys (see workers/lease.py, `RUNS`): every phase's
+baseline asks."""
 
 
 def record(url: str, tree_sha: str, fingerprint: str, entries: Sequence[Entry]) -> int:

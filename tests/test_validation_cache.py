@@ -269,7 +269,7 @@ def test_a_recorded_failure_found_for_a_change_is_run_again_and_not_counted_as_a
     assert executions(log) == 2 + 1
     base = git_tree(sample_repo, "main")
     with transaction(settings.database_url) as session:
-        hits = dict(session.execute(select(ValidationResult.tree_sha, ValidationResult.hits)).tuples().all())
+        hits = dict(session.execute(select(ValidationResult.tree_sha, ValidationResult.hits)).all())
     assert len(hits) == 2 and hits.pop(base) == 1  # the baseline served once
     assert list(hits.values()) == [0]  # the failure found for the change served nothing
 

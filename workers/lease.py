@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, case, or_, update
+from sqlalchemy import Table, and_, bindparam, case, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -33,7 +33,35 @@ log = logging.getLogger(__name__)
 RUNS = cast(Table, Run.__table__)
 """The lease's statements are Core UPDATEs of the table: as ORM-enabled UPDATEs each cost ~0.2 ms more
 CPU (evaluating which loaded objects to synchronize) on a path every phase takes three to five times.
-Core skips the ORM's autoflush, so `give_up` flushes first (its CASE reads the flushed `head_sha`)."""
+Core skips the ORM's autoflush, so `give_up` flushes first (its CASE reads the flushed `head_sha`).
+They are built once, below, and executed with parameters: building and cache-keying a statement per
+call cost ~0.2 ms more (0.35 against 0.13 ms of CPU for the fence)."""
+_C = RUNS.c
+_OURS = and_(
+    _C.id == bindparam("l_run"),
+    _C.lease_epoch == bindparam("l_epoch"),
+    _C.lease_owner == bindparam("l_owner"),
+)
+_UNTIL = bindparam("l_until", type_=_C.lease_expires_at.type)
+_BRANCH = bindparam("l_branch", type_=_C.branch_sha.type)
+BRANCH_NOTE = case((_C.head_sha == _BRANCH, _BRANCH), else_=_C.branch_sha)
+"""`branch_sha` becomes `l_branch` when that is the recorded head (an UPDATE's expressions read the
+row as it was before it), else it stays; a NULL `l_branch` changes nothing."""
+_FENCE = update(RUNS).where(_OURS).values(lease_expires_at=_UNTIL).returning(_C.cancel_requested)
+_FENCE_HEAD = _FENCE.values(head_sha=bindparam("l_head", type_=_C.head_sha.type), branch_sha=BRANCH_NOTE)
+_RELEASE = update(RUNS).where(_OURS).values(lease_owner=None, lease_expires_at=None, branch_sha=BRANCH_NOTE)
+_GRANT = (
+    update(RUNS)
+    .where(
+        _C.id == bindparam("l_run"),
+        _C.state.in_([RunState.QUEUED, RunState.RUNNING]),
+        or_(
+            _C.lease_owner.is_(None), _C.lease_expires_at < bindparam("l_now", type_=_C.lease_expires_at.type)
+        ),
+    )
+    .values(lease_owner=bindparam("l_owner"), lease_expires_at=_UNTIL, lease_epoch=_C.lease_epoch + 1)
+    .returning(_C.lease_epoch)
+)
 
 
 @dataclass
@@ -49,17 +77,19 @@ class Lease:
     released: bool = False
     """Set once a transaction gave the lease up (`give_up`); `release` is then a no-op."""
 
-    def fence(self, session: Session) -> None:
+    def fence(self, session: Session, head: str | None = None, branch: str | None = None) -> None:
         """Inside a write transaction: prove we still hold the lease (and renew it) or raise LeaseLost.
+        `head`: record it as the run's head in the same statement, and `branch` as where the run branch
+        now points when that was the head until now (the CASE reads the row as it was).
 
         The UPDATE takes the run row's write lock, so a takeover cannot slip in before our commit.
         """
-        cancel = session.execute(
-            update(RUNS)
-            .where(self._ours())
-            .values(lease_expires_at=utcnow() + timedelta(seconds=self.ttl))
-            .returning(RUNS.c.cancel_requested)
-        ).scalar_one_or_none()
+        params = self._ours() | {"l_until": utcnow() + timedelta(seconds=self.ttl)}
+        if head is None:
+            cancel = session.execute(_FENCE, params).scalar_one_or_none()
+        else:
+            params |= {"l_head": head, "l_branch": branch}
+            cancel = session.execute(_FENCE_HEAD, params).scalar_one_or_none()
         if cancel is None:
             self.lost.set()
             raise LeaseLost(f"run {self.run_id}: lease epoch {self.epoch} is no longer ours")
@@ -70,19 +100,16 @@ class Lease:
         release commits atomically with what else the transaction writes; False if it was lost.
         `branch_sha`: note, in the same statement, that the run branch now points there (when that is
         still the recorded head). The caller sets `released` once the transaction committed."""
-        values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
-        if branch_sha is not None:
-            values["branch_sha"] = case((RUNS.c.head_sha == branch_sha, branch_sha), else_=RUNS.c.branch_sha)
         session.flush()
-        res = session.execute(update(RUNS).where(self._ours()).values(values))
+        res = session.execute(_RELEASE, self._ours() | {"l_branch": branch_sha})
         if res.rowcount != 1:  # type: ignore[attr-defined]
             self.lost.set()
             return False
         return True
 
-    def _ours(self) -> ColumnElement[bool]:
-        c = RUNS.c
-        return and_(c.id == self.run_id, c.lease_epoch == self.epoch, c.lease_owner == self.owner)
+    def _ours(self) -> dict[str, Any]:
+        """The parameters of `_OURS`."""
+        return {"l_run": self.run_id, "l_epoch": self.epoch, "l_owner": self.owner}
 
     def renew(self) -> bool:
         if self.released:  # given up in a transaction while the heartbeat was still running
@@ -119,19 +146,8 @@ def grant(session: Session, db_url: str, run_id: int, owner: str, ttl: float) ->
     """`acquire` inside the caller's transaction: the UPDATE holds the run row's write lock until it
     commits, so whatever the caller writes next in it is written under the new epoch."""
     now = utcnow()
-    c = RUNS.c
-    epoch = session.execute(
-        update(RUNS)
-        .where(
-            c.id == run_id,
-            c.state.in_([RunState.QUEUED, RunState.RUNNING]),
-            or_(c.lease_owner.is_(None), c.lease_expires_at < now),
-        )
-        .values(
-            lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl), lease_epoch=c.lease_epoch + 1
-        )
-        .returning(c.lease_epoch)
-    ).scalar_one_or_none()
+    params = {"l_run": run_id, "l_owner": owner, "l_now": now, "l_until": now + timedelta(seconds=ttl)}
+    epoch = session.execute(_GRANT, params).scalar_one_or_none()
     return None if epoch is None else Lease(db_url, run_id, owner, epoch, ttl)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from shared.approvals.store import Decision
@@ -68,6 +68,10 @@ class AttemptRecord:
 def load(session: Session, run_id: int, phase_id: int) -> tuple[Run, Phase]:
     """The run and the phase, in one SELECT (the run joined to its phases): the phase comes out of
     `run.phases`, which every caller needs anyway. A get and the lazy load of `phases` were two."""
-    run = session.scalars(select(Run).where(Run.id == run_id).options(joinedload(Run.phases))).unique().one()
+    run = session.scalars(_LOAD, {"j_run": run_id}).unique().one()
     phase = next(p for p in run.phases if p.id == phase_id)
     return run, phase
+
+
+_LOAD = select(Run).where(Run.id == bindparam("j_run")).options(joinedload(Run.phases))
+"""Built once (see workers/lease.py, `RUNS`): every delivery loads with it at least once."""

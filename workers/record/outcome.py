@@ -5,14 +5,15 @@ same transaction (see the package docstring for the merged ones)."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.approvals.store import Requested, request
 from shared.approvals.webhook import enqueue as enqueue_webhook
 from shared.db import engine_for, insert_unless_present, transaction
+from shared.errors import InvalidTransition
 from shared.models import Attempt, EscalationEvent, Phase, Run, utcnow
 from shared.runs import finish_cancelled, finish_if_done, move_phase, move_run
 from shared.settings import Settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from workers.recovery import Recovery
 
 AUTO = ApprovalState.AUTO_APPROVED
+PHASES = cast(Table, Phase.__table__)
 
 
 def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
@@ -34,17 +36,14 @@ def attempt(lease: Lease, job: PhaseJob, rec: AttemptRecord) -> None:
 
 
 def _add_attempt(
-    session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord, phase: Phase | None = None
+    session: Session, lease: Lease, job: PhaseJob, rec: AttemptRecord, *, counted: bool = False
 ) -> None:
-    """`phase`: the phase when the caller loaded it, so the count goes out with its other changes."""
+    """`counted`: the caller sets the phase's `attempts_used` itself, with its other changes."""
     row = {"run_id": job.run_id, "phase_id": job.phase_id, "worker": lease.owner, "lease_epoch": lease.epoch}
     if not insert_unless_present(session, Attempt, {**row, **asdict(rec)}, KEY):
         return  # recorded already (a redelivery after the commit): the first record stands
-    if phase is not None:
-        phase.attempts_used = rec.number
-        return
-    # A plain UPDATE: loading the phase to set one column cost a SELECT more.
-    session.execute(update(Phase).where(Phase.id == job.phase_id).values(attempts_used=rec.number))
+    if not counted:  # a plain UPDATE: loading the phase to set one column cost a SELECT more
+        session.execute(update(PHASES).where(PHASES.c.id == job.phase_id).values(attempts_used=rec.number))
 
 
 KEY = ["phase_id", "number"]
@@ -65,18 +64,20 @@ def succeed(
     module docstring, 2): returns that phase, for the caller to enqueue after this commit. None: this
     was the last phase, and the lease is still held for the branch move and `wrap_up`. `branch_sha`:
     this attempt's push moved the run branch to the head recorded before it, noted here. `auto`: the
-    change's ruled paths were all low-risk `auto`, recorded as an auto-approved approval."""
+    change's ruled paths were all low-risk `auto`, recorded as an auto-approved approval.
+
+    Core statements, no load: the fence also records the new head (and the branch note, whose CASE
+    reads the head as it was), then the attempt, the phase's completion, its efficiency row and the
+    next phase's claim. Loading the run and its phases to change them through the ORM cost a SELECT,
+    two UPDATEs more and ~2 ms of Python on every phase."""
     with transaction(lease.db_url) as session:
-        lease.fence(session)
-        run, phase = load(session, job.run_id, job.phase_id)
-        if branch_sha is not None and run.head_sha == branch_sha:
-            # Before `_complete` records the new head: the push moved the branch to the head recorded
-            # until now. (Noted in `give_up`, whose CASE compares with the head, it never matched.)
-            run.branch_sha = branch_sha
-        _add_attempt(session, lease, job, rec, phase)
+        lease.fence(session, head=sha, branch=branch_sha)
         if auto is not None:
+            run, phase = load(session, job.run_id, job.phase_id)
             request(session, run, phase, auto, timeout_seconds=0, timeout_action="approve", state=AUTO)
-        following = _complete(session, run, phase, sha)
+            session.flush()
+        _add_attempt(session, lease, job, rec, counted=True)
+        following = _complete(session, job, rec.number, sha)
         if following is not None:
             lease.give_up(session)  # ours: fenced above, in this transaction
     if following is not None:
@@ -105,19 +106,40 @@ def pause(lease: Lease, job: PhaseJob, req: Requested, settings: Settings) -> in
     return approval_id
 
 
-def _complete(session: Session, run: Run, phase: Phase, sha: str) -> int | None:
-    move_phase(phase, PhaseState.COMPLETE)
-    phase.commit_sha = sha
-    phase.failure_reason = None  # a hand-back reason is history once the phase completes
-    phase.finished_at = utcnow()
-    run.head_sha = sha
-    _efficiency(session, run.id, phase, "COMPLETE")
-    following = [p for p in run.phases if p.index > phase.index]
-    if following:
-        following[0].dispatched_at = utcnow()  # the outbox claim: sent once this commits
-        return following[0].id
-    # The last phase: the run ends DONE_SUCCESS in `wrap_up`, once its branch has moved.
-    return None
+def _complete(session: Session, job: PhaseJob, attempts: int, sha: str) -> int | None:
+    """The phase COMPLETE at `sha`, its efficiency row, and the next phase's outbox claim (its id);
+    None when this was the last phase: the run ends DONE_SUCCESS in `wrap_up`, once its branch moved.
+    Only an EXECUTING phase completes (the state machine's one way into COMPLETE)."""
+    now = utcnow()
+    params = {"p_id": job.phase_id, "p_attempts": attempts, "p_sha": sha, "p_now": now}
+    started = session.execute(_COMPLETE, params).first()
+    if started is None:
+        state = session.scalar(select(PHASES.c.state).where(PHASES.c.id == job.phase_id))
+        raise InvalidTransition(f"phase cannot go from {state} to {PhaseState.COMPLETE}")
+    wall = int((now - started[0]).total_seconds() * 1000) if started[0] else None
+    record_phase_efficiency(session, job.run_id, job.phase_id, "COMPLETE", wall)
+    claim = {"p_run": job.run_id, "p_index": job.phase_index, "p_now": now}
+    return session.execute(_CLAIM_NEXT, claim).scalar_one_or_none()  # sent once this commits
+
+
+_P = PHASES.c
+_NOW = bindparam("p_now", type_=_P.finished_at.type)
+_COMPLETE = (
+    update(PHASES)
+    .where(_P.id == bindparam("p_id"), _P.state == PhaseState.EXECUTING)
+    .values(state=PhaseState.COMPLETE, attempts_used=bindparam("p_attempts"), finished_at=_NOW)
+    .values(commit_sha=bindparam("p_sha"), failure_reason=None)  # a hand-back's reason is history now
+    .returning(_P.started_at)
+)
+_NEXT = (
+    select(_P.id)
+    .where(_P.run_id == bindparam("p_run"), _P.index > bindparam("p_index"))
+    .order_by(_P.index)
+    .limit(1)
+    .scalar_subquery()
+)
+_CLAIM_NEXT = update(PHASES).where(_P.id == _NEXT).values(dispatched_at=_NOW).returning(_P.id)
+"""The next phase's outbox claim. These statements are built once (see workers/lease.py, `RUNS`)."""
 
 
 def wrap_up(lease: Lease, job: PhaseJob, branch_sha: str | None) -> None:
