@@ -4,6 +4,7 @@ children to "other processes", and the wrappers are gone once the phase ends."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import shared.git
@@ -32,3 +33,32 @@ def test_verb_skips_options_and_their_values() -> None:
     assert verb(["git", "-c", "a=b", "--git-dir", "/x", "update-ref", "--stdin"]) == "update-ref"
     assert verb(["/usr/lib/git-core/git-receive-pack", "/repo"]) == "receive-pack"
     assert verb(["git", "--version"]) == "?"
+
+
+def test_the_reaper_waits_for_an_adopted_bwrap_orphan_and_leaves_other_children(tmp_path: Path) -> None:
+    """In a process of its own (a subreaper adopts every orphan below it): a `bwrap` orphaned by its
+    shell is reaped, with its CPU then in RUSAGE_CHILDREN; a `sleep` child of its own is left alone."""
+    fake = tmp_path / "bwrap"
+    fake.write_bytes(Path("/bin/sh").read_bytes())
+    fake.chmod(0o755)
+    script = (
+        "import os, resource, subprocess, sys, time\n"
+        "from tests.bench.reaping import adopt_orphans, reap_orphans\n"
+        "adopt_orphans()\n"
+        "mine = subprocess.Popen(['sleep', '5'])\n"
+        f"subprocess.run(['sh', '-c', '{fake} -c \"i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done\" &'])\n"
+        "before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime\n"
+        "reaped = reap_orphans()\n"
+        "gained = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before\n"
+        "print(reaped, gained > 0, mine.poll() is None)\n"
+        "mine.kill()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "True"]
