@@ -21,6 +21,7 @@ takes the same lock files git does). A commit killed half-way leaves at most unr
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -97,16 +98,48 @@ def commit_index(worktree: Path, message: str, name: str, email: str) -> str:
 
     What `git commit --no-verify --allow-empty -m message` makes, without its two processes: the
     message cleaned up as `-m` cleans it, author and committer now in the local timezone, no hooks,
-    no signing, no reflog (a slot's record keeps none either)."""
+    no signing, no reflog (a slot's record keeps none either). A detached HEAD (every pool slot's)
+    moves by `move_detached_head`; a branch through libgit2."""
     try:
         repo = pygit2.Repository(str(worktree))
         signature = pygit2.Signature(name, email)
         tree = repo.index.write_tree()
         parent = repo.head.target
-        oid = repo.create_commit("HEAD", signature, signature, cleaned(message), tree, [parent])
+        if not repo.head_is_detached:
+            oid = repo.create_commit("HEAD", signature, signature, cleaned(message), tree, [parent])
+            return str(oid)
+        oid = repo.create_commit(None, signature, signature, cleaned(message), tree, [parent])
     except (KeyError, ValueError, OSError, pygit2.GitError) as exc:
         raise GitError(f"commit in {worktree}: {exc}") from exc
+    move_detached_head(Path(repo.path), str(parent), str(oid))
     return str(oid)
+
+
+def move_detached_head(git_dir: Path, old: str, new: str) -> None:
+    """Point the detached HEAD of `git_dir` (a worktree's record, or a repository's git dir) from `old`
+    to `new` as git does: create `HEAD.lock` exclusively, write the SHA, check HEAD is still `old`,
+    rename the lock over HEAD. libgit2's own ref write first checks the new name against every ref of
+    the repository (packed ones included) for a directory/file clash: 6.4 ms with a mirror's 20,000
+    refs against 0.2 ms for the commit itself, the per-phase CPU that grew with history (bench (l))."""
+    lock, head = git_dir / "HEAD.lock", git_dir / "HEAD"
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError as exc:
+        raise GitError(f"cannot lock ref 'HEAD' in {git_dir}: {lock} exists") from exc
+    except OSError as exc:
+        raise GitError(f"commit in {git_dir}: cannot create {lock}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{new}\n")
+        current = head.read_text().strip()
+        if current != old:
+            raise GitError(f"commit in {git_dir}: HEAD moved from {old} to {current} meanwhile")
+        os.replace(lock, head)
+    except BaseException as exc:
+        lock.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise GitError(f"commit in {git_dir}: cannot write HEAD: {exc}") from exc
+        raise
 
 
 def set_refs(git_dir: Path, targets: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from shared.git_native import (
     head_of,
     head_tree_of,
     index_tree,
+    move_detached_head,
     resolve_local,
     set_refs,
 )
@@ -111,6 +112,28 @@ def test_a_native_commit_is_the_index_on_the_detached_head_of_a_linked_worktree(
     assert _git(mirror, "rev-parse", "HEAD") == _git(repo, "rev-parse", "main")  # the mirror's did not move
     record = Path(_git(slot, "rev-parse", "--absolute-git-dir"))
     assert not (record / "logs").exists()  # a slot keeps no reflog to grow phase after phase
+
+
+def test_a_detached_head_moves_under_git_s_lock_and_not_past_a_holder_or_a_move(
+    repo: Path, tmp_path: Path
+) -> None:
+    slot = tmp_path / "slot"
+    _git(repo, "worktree", "add", "--quiet", "--detach", str(slot), "main")
+    record = Path(_git(slot, "rev-parse", "--absolute-git-dir"))
+    before = _git(slot, "rev-parse", "HEAD")
+    (record / "HEAD.lock").write_text("held\n")  # a git of someone else's, mid-write
+    with pytest.raises(GitError, match="cannot lock ref 'HEAD'"):
+        commit_index(slot, "m", "A", "a@x")
+    assert _git(slot, "rev-parse", "HEAD") == before
+    assert (record / "HEAD.lock").read_text() == "held\n"  # not ours to drop
+    (record / "HEAD.lock").unlink()
+    side = _git(repo, "rev-parse", "side")
+    with pytest.raises(GitError, match="HEAD moved"):
+        move_detached_head(record, side, before)  # HEAD is at `before`, not `side`
+    assert not (record / "HEAD.lock").exists() and _git(slot, "rev-parse", "HEAD") == before
+    sha = commit_index(slot, "m", "A", "a@x")
+    assert _git(slot, "rev-parse", "HEAD") == sha and _git(slot, "rev-parse", "HEAD^") == before
+    assert (record / "HEAD").read_text() == f"{sha}\n" and not (record / "HEAD.lock").exists()
 
 
 def test_a_native_commit_of_an_unchanged_index_is_an_empty_commit(repo: Path, tmp_path: Path) -> None:
