@@ -41,12 +41,22 @@ def test_the_reaper_waits_for_an_adopted_bwrap_orphan_and_leaves_other_children(
     fake = tmp_path / "bwrap"
     fake.write_bytes(Path("/bin/sh").read_bytes())
     fake.chmod(0o755)
+    loop = tmp_path / "loop.sh"
+    loop.write_text("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done\n")
     script = (
         "import os, resource, subprocess, sys, time\n"
-        "from tests.bench.reaping import adopt_orphans, reap_orphans\n"
+        "from tests.bench.reaping import _children, adopt_orphans, reap_orphans\n"
         "adopt_orphans()\n"
         "mine = subprocess.Popen(['sleep', '5'])\n"
-        f"subprocess.run(['sh', '-c', '{fake} -c \"i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done\" &'])\n"
+        f"subprocess.run(['sh', '-c', '{fake} {loop} &'])\n"
+        "def named(pid):\n"
+        "    try:\n"
+        "        return open(f'/proc/{pid}/comm').read().strip()\n"
+        "    except OSError:\n"
+        "        return ''\n"
+        "deadline = time.monotonic() + 20\n"  # the orphan may not have exec'd yet when its shell exits
+        "while 'bwrap' not in [named(pid) for pid in _children()] and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
         "before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime\n"
         "reaped = reap_orphans()\n"
         "gained = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before\n"
