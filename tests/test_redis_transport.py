@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+import redis
 from kombu import Connection, Exchange, Queue
 
 from shared.settings import Settings
@@ -66,3 +67,34 @@ def test_the_fleet_uses_this_transport_for_redis_and_the_memory_one_embedded(
         assert isinstance(conn.transport, redis_transport.Transport)
     with create_app(embedded_settings).connection_for_write() as conn:
         assert type(conn.transport).__module__ == "workers.memory_transport"
+
+
+def test_a_channel_publishes_through_one_client_and_a_new_one_after_its_pool_is_dropped(
+    redis_url: str,
+) -> None:
+    """kombu built a `redis.Redis` per publish; counted here on the class, across 20 publishes, which
+    must all arrive. A dropped pool (a lost connection) gets a client on the new pool."""
+    name = f"one-client-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name), routing_key=name)
+    built: list[object] = []
+    real_init = redis.Redis.__init__
+
+    def counting_init(self: redis.Redis, *args: object, **kwargs: object) -> None:
+        built.append(self)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with Connection(redis_url, transport=redis_transport.PATH) as conn:
+        producer = conn.Producer()
+        producer.publish({"n": 0}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(redis.Redis, "__init__", counting_init)
+            for n in range(1, 21):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key=queue.routing_key)
+            assert len(built) == 0  # the client of the first publish served all twenty
+            producer.channel._disconnect_pools()
+            producer.publish({"n": 21}, exchange=queue.exchange, routing_key=queue.routing_key)
+            assert len(built) == 1 and built[0].connection_pool is producer.channel.pool  # type: ignore[attr-defined]
+        received = []
+        while (message := queue.bind(conn.channel()).get(no_ack=True)) is not None:
+            received.append(message.payload["n"])
+    assert sorted(received) == list(range(22))
