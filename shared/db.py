@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import ClauseElement, Engine, Insert, Table, create_engine, event, literal_column, text
+from sqlalchemy import Engine, Insert, Table, create_engine, event, literal_column, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -211,13 +211,10 @@ def insert_unless_present(
     """INSERT ... ON CONFLICT (keys) DO NOTHING, on Postgres and SQLite; True when this one inserted.
     A Core insert of the model's table (`values` name its columns): the ORM-enabled form went through
     the bulk-persistence layer, ~0.5 ms of Python for an attempt's 20-odd columns, for nothing it needs.
-    Plain values travel as the execution's parameters of a statement built once (`insert_ignoring`);
-    a value that is itself SQL (a scalar subquery) is written into a copy of it."""
+    The values travel as the execution's parameters of a statement built once (`insert_ignoring`)."""
     table = model.__table__
     assert isinstance(table, Table)
     stmt = insert_ignoring(session.get_bind().dialect.name, table, tuple(keys))
-    if any(isinstance(value, ClauseElement) for value in values.values()):
-        return session.execute(stmt.values(**values)).first() is not None
     return session.execute(stmt, values).first() is not None
 
 

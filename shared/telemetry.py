@@ -48,7 +48,6 @@ DOCTOR_FALLBACK_TOKENS = 2500
 RUN_SAMPLE_MIN = 3
 GLOBAL_SAMPLE_SIZE = 100
 USAGE_FIGURES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-Figure = int | ScalarSelect[Any]
 """An efficiency figure: a value, or a scalar subquery the INSERT evaluates."""
 AB_NOTE = "the campaign pairs this run is a side of (B - A once both ended); a run in no campaign has none"
 
@@ -99,31 +98,6 @@ def record_usage(
     return session.scalars(select(LlmUsageEvent).where(LlmUsageEvent.call_key == call_key)).one()
 
 
-def record_efficiency(
-    session: Session,
-    run_id: int,
-    phase_id: int,
-    outcome: str,
-    *,
-    tokens_spent: Figure | None,
-    tokens_avoided_context: Figure | None,
-    attempts: Figure,
-    wall_ms: int | None,
-) -> bool:
-    """Store the efficiency row of (run, phase, outcome): the first record wins (True), a later one
-    changes nothing (False). A figure may be a scalar subquery, evaluated in the INSERT."""
-    values = {
-        "run_id": run_id,
-        "phase_id": phase_id,
-        "outcome": outcome,
-        "tokens_spent": tokens_spent,
-        "tokens_avoided_context": tokens_avoided_context,
-        "attempts": attempts,
-        "wall_ms": wall_ms,
-    }
-    return insert_unless_present(session, EfficiencyMetric, values, list(EFFICIENCY_KEY))
-
-
 def recount_phase_tokens(session: Session, phase_id: int) -> None:
     """Set the phase's efficiency row to the sum of its usage rows, for a call recorded late: its
     holder was fenced off (frozen, then taken over) and may have written its usage row after another
@@ -151,7 +125,8 @@ EFFICIENCY_KEY = ("run_id", "phase_id", "outcome")
 def record_phase_efficiency(
     session: Session, run_id: int, phase_id: int, outcome: str, wall_ms: int | None
 ) -> bool:
-    """`record_efficiency` with the figures summed by the database in the INSERT itself (one statement):
+    """Store the phase's efficiency row for `outcome`: the first record wins (True), a later one changes
+    nothing (False). The figures are summed by the database in the INSERT itself (one statement):
     tokens spent from the usage rows, context tokens avoided and attempts from the attempt rows. A
     builder that selected no context (script, replay) leaves `estimated_tokens_omitted` out, so an
     avoided figure is NULL unless some attempt knew one (an LLM attempt that left nothing out says 0).

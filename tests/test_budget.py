@@ -28,7 +28,7 @@ from shared.models import EfficiencyMetric, LlmUsageEvent, Run, utcnow
 from shared.outbox import reconcile
 from shared.runs import create_run
 from shared.specs import RunSpec
-from shared.telemetry import record_efficiency, record_usage
+from shared.telemetry import record_phase_efficiency, record_usage
 from tests.support.simulator import MessagesSimulator, Scripted
 from tests.test_outbox import RecordingDispatcher
 from workers.lease import Lease, acquire
@@ -248,10 +248,7 @@ def test_a_call_recorded_after_another_holder_ended_the_phase_is_counted_in_its_
                 output_tokens=10, cache_read_tokens=None, cache_write_tokens=None, latency_ms=1,
                 request_id=None, cost_usd=None,
             )  # fmt: skip
-            record_efficiency(
-                session, run_id, 1, "COMPLETE", tokens_spent=60, tokens_avoided_context=None,
-                attempts=1, wall_ms=1,
-            )  # fmt: skip
+            record_phase_efficiency(session, run_id, 1, "COMPLETE", 1)  # sums the 60 recorded so far
         frozen.join(10)
     with transaction(db_url) as session:
         spent = session.scalar(select(EfficiencyMetric.tokens_spent).where(EfficiencyMetric.phase_id == 1))

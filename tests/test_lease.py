@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from api.sample_repo import sample_spec
 from shared.db import transaction
-from shared.errors import LeaseLost
+from shared.errors import InvalidTransition, LeaseLost
 from shared.models import Attempt, Phase, Run, utcnow
 from shared.runs import create_run
 from shared.specs import RunSpec
@@ -72,6 +72,16 @@ def attempt_record(number: int, sha: str | None = None) -> AttemptRecord:
         validation_output="ok",
         commit_sha=sha,
     )
+
+
+def started(db_url: str, repo: Path) -> tuple[int, list[int], Lease, PhaseJob]:
+    """A new run whose first phase `worker-a` has started under a fresh lease."""
+    run_id, phase_ids = make_run(db_url, repo)
+    lease = acquire(db_url, run_id, "worker-a", ttl=30)
+    assert lease is not None
+    job = record.start(lease, phase_ids[0], max_deliveries=3)
+    assert isinstance(job, PhaseJob)
+    return run_id, phase_ids, lease, job
 
 
 def wait_past(lease: Lease) -> None:
@@ -278,11 +288,7 @@ def test_start_marks_the_phase_executing_and_the_run_running(db_url: str, sample
 def test_complete_with_a_live_lease_moves_head_claims_the_next_phase_and_releases_the_lease(
     db_url: str, sample_repo: Path
 ) -> None:
-    run_id, phase_ids = make_run(db_url, sample_repo)
-    lease = acquire(db_url, run_id, "worker-a", ttl=30)
-    assert lease is not None
-    job = record.start(lease, phase_ids[0], max_deliveries=3)
-    assert isinstance(job, PhaseJob)
+    run_id, phase_ids, lease, job = started(db_url, sample_repo)
     with transaction(db_url) as session:
         nxt = session.get(Phase, phase_ids[1])
         assert nxt is not None
@@ -299,3 +305,25 @@ def test_complete_with_a_live_lease_moves_head_claims_the_next_phase_and_release
     assert claimed is not None and claimed.replace(tzinfo=None) >= before.replace(tzinfo=None)
     assert rows["attempts"] == 1  # the successful attempt landed in the same transaction
     assert rows["run"]["lease_owner"] is None and lease.released  # released in that transaction too
+
+
+def test_a_success_for_a_phase_that_is_not_executing_is_refused_and_writes_nothing(
+    db_url: str, sample_repo: Path
+) -> None:
+    """The completion is one UPDATE `WHERE state = 'EXECUTING'`: a phase moved meanwhile (here handed
+    back to QUEUED) makes it match nothing, and the whole transaction goes, the head the fence wrote
+    and the attempt included."""
+    run_id, phase_ids, lease, job = started(db_url, sample_repo)
+    with transaction(db_url) as session:
+        phase = session.get(Phase, phase_ids[0])
+        assert phase is not None
+        phase.state = PhaseState.QUEUED
+    before = snapshot(db_url, run_id)
+
+    with pytest.raises(InvalidTransition, match="phase cannot go from QUEUED to COMPLETE"):
+        record.succeed(lease, job, attempt_record(1, "d" * 40), "d" * 40)
+
+    after = snapshot(db_url, run_id)
+    assert after["run"]["head_sha"] == before["run"]["head_sha"] != "d" * 40
+    assert after["phases"] == before["phases"] and after["attempts"] == 0
+    assert after["run"]["lease_owner"] == "worker-a" and not lease.released

@@ -44,12 +44,12 @@ _OURS = and_(
 )
 _UNTIL = bindparam("l_until", type_=_C.lease_expires_at.type)
 _BRANCH = bindparam("l_branch", type_=_C.branch_sha.type)
-BRANCH_NOTE = case((_C.head_sha == _BRANCH, _BRANCH), else_=_C.branch_sha)
+_BRANCH_NOTE = case((_C.head_sha == _BRANCH, _BRANCH), else_=_C.branch_sha)
 """`branch_sha` becomes `l_branch` when that is the recorded head (an UPDATE's expressions read the
 row as it was before it), else it stays; a NULL `l_branch` changes nothing."""
 _FENCE = update(RUNS).where(_OURS).values(lease_expires_at=_UNTIL).returning(_C.cancel_requested)
-_FENCE_HEAD = _FENCE.values(head_sha=bindparam("l_head", type_=_C.head_sha.type), branch_sha=BRANCH_NOTE)
-_RELEASE = update(RUNS).where(_OURS).values(lease_owner=None, lease_expires_at=None, branch_sha=BRANCH_NOTE)
+_FENCE_HEAD = _FENCE.values(head_sha=bindparam("l_head", type_=_C.head_sha.type), branch_sha=_BRANCH_NOTE)
+_RELEASE = update(RUNS).where(_OURS).values(lease_owner=None, lease_expires_at=None, branch_sha=_BRANCH_NOTE)
 _GRANT = (
     update(RUNS)
     .where(
