@@ -16,7 +16,7 @@ from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
 from shared.keys import Caller, owned_by
 from shared.models import Attempt, Phase, Run, utcnow
-from shared.specs import RunSpec
+from shared.specs import RunSpec, spec_hash_of
 from shared.states import (
     PHASE_TERMINAL,
     FailureKind,
@@ -49,14 +49,18 @@ class StoredRun:
 _RUNS, _PHASES = Run.metadata.tables[Run.__tablename__], Phase.metadata.tables[Phase.__tablename__]
 _NO_RUN_VALUES = {c.key: None for c in _RUNS.c}
 _NO_PHASE_VALUES = {c.key: None for c in _PHASES.c}
+# Built once: a statement made per call costs its construction and cache-key walk every `POST /runs`.
+_INSERT_RUN = insert(_RUNS).returning(_RUNS.c.id)
+_INSERT_PHASES = insert(_PHASES).returning(_PHASES.c.id, sort_by_parameter_order=True)
 
 
 def new_run_columns(spec: RunSpec) -> dict[str, Any]:
     """The columns every new run takes from its spec, whoever creates it (`POST /runs`, a campaign)."""
+    body = spec.model_dump(mode="json")  # once: the hash, the config and the phases' specs are its parts
     return {
-        "spec": spec.model_dump(mode="json"),
-        "spec_hash": spec.spec_hash(),
-        "config": spec.config.model_dump(mode="json"),
+        "spec": body,
+        "spec_hash": spec_hash_of(body),
+        "config": dict(body["config"]),
         "state": RunState.QUEUED,
         "lease_epoch": 0,
         "cancel_requested": False,
@@ -86,15 +90,16 @@ def create_run(
         raise InvalidSpec(field, f"cannot resolve {spec.base_ref!r} in {spec.repo}: {exc}") from exc
     repo = str(Path(spec.repo).resolve()) if is_local(spec.repo) else spec.repo
     conn = session.connection()
+    columns = new_run_columns(spec)
     stored = conn.execute(
-        insert(_RUNS).returning(_RUNS.c.id),
+        _INSERT_RUN,
         {
             "name": spec.name,
             "repo": repo,
             "base_ref": spec.base_ref,
             "base_sha": base_sha,
             "head_sha": base_sha,
-            **new_run_columns(spec),
+            **columns,
             "owner": owner,
             "campaign_id": campaign_id,
             "parent_run_id": parent_run_id,
@@ -111,13 +116,13 @@ def create_run(
             "run_id": run_id,
             "index": i,
             "name": p.name,
-            "spec": p.model_dump(mode="json"),
+            "spec": body,
             "state": PhaseState.QUEUED,
             "dispatched_at": claimed_at if i == 0 else None,
         }
-        for i, p in enumerate(spec.phases)
+        for i, (p, body) in enumerate(zip(spec.phases, columns["spec"]["phases"], strict=True))
     ]
-    inserted = conn.execute(insert(_PHASES).returning(_PHASES.c.id, sort_by_parameter_order=True), rows)
+    inserted = conn.execute(_INSERT_PHASES, rows)
     ids = inserted.scalars().all()
     written_phases = inserted.last_inserted_params()  # one phase: executed as one row, not a list
     if not isinstance(written_phases, list):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -185,8 +185,12 @@ class RunSpec(BaseModel):
 
     def spec_hash(self) -> str:
         """Identity of what the run asks for (not how), for pairing replayed runs."""
-        body = self.model_dump(mode="json", exclude={"config", "name"})
-        for phase in body["phases"]:
-            if not phase["network"]:  # runs submitted before the field existed keep their hash
-                del phase["network"]
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return spec_hash_of(self.model_dump(mode="json"))
+
+
+def spec_hash_of(dumped: dict[str, Any]) -> str:
+    """`RunSpec.spec_hash` of a spec already dumped in JSON mode (`POST /runs` dumps it once)."""
+    body = {key: value for key, value in dumped.items() if key not in ("config", "name")}
+    # Runs submitted before `network` existed keep their hash.
+    body["phases"] = [{k: v for k, v in p.items() if k != "network" or v} for p in dumped["phases"]]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
