@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
+from celery import Celery
 from pydantic import SecretStr
 
 from api.client import ApiClient
@@ -22,7 +25,8 @@ from shared.keys import create_key
 from shared.settings import Settings
 from tests.support.procs import AUTOPACK, api_process, flower_process, settings_env, worker_process
 from tests.support.scenario import submit_runs, wait_terminal
-from workers.celery_app import PHASE_TASK
+from workers.celery_app import PHASE_TASK, CeleryDispatcher, queue_keys
+from workers.celery_app import create_app as create_celery
 
 pytestmark = pytest.mark.fleet
 
@@ -134,3 +138,55 @@ def test_flower_gets_the_credential_bind_address_and_url_prefix_as_options(fleet
     assert argv[0] == "flower"
     assert {"--port=5566", "--address=0.0.0.0", "--basic_auth=a:1,b:2", "--url_prefix=flower"} <= set(argv)
     assert not any(a.startswith("--url_prefix") for a in flower_argv(settings, 5566, "127.0.0.1", None))
+
+
+def events_around(settings: Settings, phases: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], set[Any]]:
+    """Every Celery event published while `phases` are enqueued through the dispatcher, between a marker
+    event the receiver has seen (it is subscribed) and one sent after them (every earlier publish has
+    arrived), and what then waits in the queue. A queue of this test's own, emptied afterwards."""
+    settings = settings.model_copy(update={"queue_name": f"sent-events-{time.monotonic_ns()}"})
+    app = create_celery(settings)
+    seen: list[dict[str, Any]] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+        thread = threading.Thread(
+            target=receiver.capture, kwargs={"limit": None, "timeout": 30, "wakeup": False}
+        )
+        thread.start()
+        try:
+            # Redis fanout is pub/sub: an event published before the subscription is lost, not queued.
+            until_seen(app, seen, "autopack-ready")
+            del seen[:]
+            dispatcher = CeleryDispatcher(app)
+            for run_id, phase_id in phases:
+                dispatcher.enqueue(run_id, phase_id)
+            until_seen(app, seen, "autopack-after")
+            waiting = dispatcher.waiting()
+        finally:
+            receiver.should_stop = True
+            thread.join(timeout=10)
+            redis.Redis.from_url(settings.broker_url).delete(*queue_keys(settings.queue_name))
+    return seen, set(waiting or ())
+
+
+def until_seen(app: Celery, seen: list[dict[str, Any]], kind: str) -> None:
+    def sent_and_seen() -> bool:
+        with app.events.default_dispatcher() as dispatcher:
+            dispatcher.send(kind)
+        time.sleep(0.05)
+        return any(event["type"] == kind for event in seen)
+
+    wait_for(sent_and_seen, 10, f"the {kind} event")
+
+
+def test_queued_tasks_send_no_task_sent_event_unless_flower_asks_for_them(fleet_settings: Settings) -> None:
+    phases = [(900_001, 900_011), (900_002, 900_012), (900_003, 900_013)]
+    quiet, waiting = events_around(fleet_settings, phases)
+    assert waiting == set(phases)  # the tasks were published...
+    assert not [e for e in quiet if e["type"] == "task-sent"]  # ...without their second publish
+
+    loud, waiting = events_around(fleet_settings.model_copy(update={"flower_sent_events": True}), phases)
+    assert waiting == set(phases)
+    sent = [e for e in loud if e["type"] == "task-sent"]
+    assert sorted(ast.literal_eval(e["args"]) for e in sent) == [list(p) for p in phases]
+    assert {e["name"] for e in sent} == {PHASE_TASK}

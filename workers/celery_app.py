@@ -66,7 +66,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.soft_shutdown_seconds,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": settings.flower_sent_events,
         "worker_hijack_root_logger": False,
         "result_backend": None,
     }

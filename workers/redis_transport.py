@@ -43,9 +43,9 @@ class Channel(redis.Channel):
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         """One synchronous client per channel and pool. kombu builds a new `redis.Redis` for every
-        publish (`conn_or_acquire`), and its constructor is most of a publish's CPU: two of them for
-        every run `POST /runs` enqueues (the task and its task-sent event). A client is a thin handle on
-        the channel's pool (each command checks a connection out of it), so sharing one is safe."""
+        publish (`conn_or_acquire`), and its constructor is most of a publish's CPU (the task's, and
+        its task-sent event's when Flower asks for those). A client is a thin handle on the channel's
+        pool (each command checks a connection out of it), so sharing one is safe."""
         if asynchronous:
             return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         pool = self.pool
