@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import tempfile
 import time
@@ -39,7 +40,7 @@ from tests.bench.cpu_split import CpuSplit, verb
 from tests.bench.history_gen import add_db_history, add_git_history, git_out, libpq, noop_spec
 from tests.bench.origin_cpu import OriginMeter
 from tests.bench.reaping import adopt_orphans, reap_orphans
-from tests.bench.stats import Row, Summary, ratio, times
+from tests.bench.stats import Row, Summary, ms, ratio, times
 from workers import retention
 from workers.executor import WorkerContext, execute_phase
 from workers.runtime import Reconciler
@@ -254,10 +255,14 @@ def fetch_samples(ctx: WorkerContext, repo: Path, history: int) -> list[float]:
 class HistoryResult:
     legacy: bool
     levels: list[Level]
+    spawn_ms: float = 0.0
+    """The machine's price of a process, measured in the same run: CPU of one `true` spawned and
+    reaped (parent and child). A no-op phase spawns several; this differs twofold between machines."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "legacy": self.legacy,
+            "spawn_cpu_ms": self.spawn_ms,
             "levels": [
                 {
                     "history": lv.history,
@@ -279,7 +284,7 @@ class HistoryResult:
         label = " (legacy: every ref)" if self.legacy else ""
         first = self.levels[0] if self.levels else Level(0)
         fresh, fresh_own = (Summary.of(x).median_ms for x in (first.cpu, first.worker_cpu))
-        rows: list[Row] = []
+        rows = [Row(SECTION + label, "machine: one `true` spawned, CPU (parent + child)", ms(self.spawn_ms))]
         for lv in self.levels:
             cpu, own = Summary.of(lv.cpu), Summary.of(lv.worker_cpu)
             grow, grow_own = times(ratio(cpu.median_ms, fresh)), times(ratio(own.median_ms, fresh_own))
@@ -308,7 +313,7 @@ def bench(db_url: str, workdir: Path, *, legacy: bool = False, **kwargs: Any) ->
 
 
 def replace_legacy(result: HistoryResult) -> HistoryResult:
-    return HistoryResult(True, result.levels)
+    return HistoryResult(True, result.levels, result.spawn_ms)
 
 
 def bench_levels(
@@ -329,9 +334,20 @@ def bench_levels(
     ctx = WorkerContext.build(bench_settings(db_url, workdir / "workspace"), NullDispatcher())
     adopt_orphans()
     with OriginMeter(workdir).installed() as meter:
+        spawn = spawn_cpu_ms()
         return HistoryResult(
-            False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say)
+            False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say), spawn
         )
+
+
+def spawn_cpu_ms(samples: int = 50) -> float:
+    """Median CPU of spawning and reaping `true`, as `cpu_seconds` counts a phase's processes."""
+    cpu = []
+    for _ in range(samples):
+        before = cpu_seconds()
+        subprocess.run(["true"], check=True)
+        cpu.append((cpu_seconds() - before) * 1000)
+    return statistics.median(cpu)
 
 
 def _levels(
