@@ -11,6 +11,8 @@ Python figure is `RUSAGE_SELF` (libgit2, psycopg and SQLAlchemy work included).
 from __future__ import annotations
 
 import resource
+import statistics
+import subprocess
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -94,3 +96,20 @@ class CpuSplit:
         out = {PYTHON: self._self, **self.seconds, OTHER: max(self._children - seen, 0.0)}
         per = {k: v * 1000 / self.phases for k, v in out.items()}
         return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def cpu_seconds() -> float:
+    """This process's CPU and its children's, boxes included (tests/bench/reaping.py)."""
+    reap_orphans()
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def spawn_cpu_ms(samples: int = 50) -> float:
+    """Median CPU of spawning and reaping `true`, as `cpu_seconds` counts a phase's processes."""
+    cpu = []
+    for _ in range(samples):
+        before = cpu_seconds()
+        subprocess.run(["true"], check=True)
+        cpu.append((cpu_seconds() - before) * 1000)
+    return statistics.median(cpu)

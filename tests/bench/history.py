@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import statistics
 import subprocess
 import tempfile
 import time
@@ -36,10 +34,10 @@ from shared.db import transaction
 from shared.runs import create_run
 from shared.settings import Settings
 from tests.bench import history_fresh
-from tests.bench.cpu_split import CpuSplit, verb
+from tests.bench.cpu_split import CpuSplit, cpu_seconds, spawn_cpu_ms, verb
 from tests.bench.history_gen import add_db_history, add_git_history, git_out, libpq, noop_spec
 from tests.bench.origin_cpu import OriginMeter
-from tests.bench.reaping import adopt_orphans, reap_orphans
+from tests.bench.reaping import adopt_orphans
 from tests.bench.stats import Row, Summary, ms, ratio, times
 from workers import retention
 from workers.executor import WorkerContext, execute_phase
@@ -116,13 +114,6 @@ def next_run_id(db_url: str) -> int:
     with psycopg.connect(libpq(db_url)) as conn:
         row = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()
     return int(row[0]) if row else 1
-
-
-def cpu_seconds() -> float:
-    """This process's CPU and its children's, boxes included (tests/bench/reaping.py)."""
-    reap_orphans()
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
@@ -338,16 +329,6 @@ def bench_levels(
         return HistoryResult(
             False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say), spawn
         )
-
-
-def spawn_cpu_ms(samples: int = 50) -> float:
-    """Median CPU of spawning and reaping `true`, as `cpu_seconds` counts a phase's processes."""
-    cpu = []
-    for _ in range(samples):
-        before = cpu_seconds()
-        subprocess.run(["true"], check=True)
-        cpu.append((cpu_seconds() - before) * 1000)
-    return statistics.median(cpu)
 
 
 def _levels(
