@@ -4,12 +4,15 @@ runs (the issue's conditions). Same run as (a) when both are chosen; the compari
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from api.client import ApiClient
 from api.sample_repo import make_sample_repo
@@ -31,6 +34,9 @@ class SubmitResult:
     concurrent: Summary
     submitted: int
     seconds: float
+    api_cpu_seconds: float
+    """CPU the API's processes spent during the concurrent submissions: its own cost per request, which
+    the rate mixes with whatever else the machine runs (the worker, Postgres, the clients)."""
 
     @property
     def rate(self) -> float:
@@ -45,7 +51,12 @@ class SubmitResult:
             "submitted": self.submitted,
             "seconds": self.seconds,
             "runs_per_second": self.rate,
+            "api_cpu_ms_per_request": self.api_cpu_ms,
         }
+
+    @property
+    def api_cpu_ms(self) -> float:
+        return self.api_cpu_seconds * 1000 / max(self.submitted, 1)
 
     def rows(self) -> list[Row]:
         where = f"{self.api_workers} API process{'es' if self.api_workers > 1 else ''}"
@@ -64,6 +75,7 @@ class SubmitResult:
                 n=str(self.submitted),
                 versus=f"target >= {TARGET_RATE:.0f} /s",
             ),
+            Row(SECTION, f"API CPU per request, {CLIENTS} clients, {where}", f"{self.api_cpu_ms:.2f} ms"),
         ]
 
 
@@ -80,13 +92,27 @@ def bench(
             for i in range(10):  # warm-up: connections, the repository's first resolution
                 f.client.submit(noop_spec(repo, i, 3))
             seq = Summary.of([timed(f.client.submit, noop_spec(repo, 100 + i, 3)) for i in range(runs)])
+            cpu = api_cpu_seconds()
             latencies, seconds = _concurrent(f.client, repo, runs * 2)
+            cpu = api_cpu_seconds() - cpu
         say(
             f"    {processes} API process(es): one client median {seq.median_ms:.1f} ms, "
             f"{len(latencies) / seconds:.0f} /s with {CLIENTS} clients"
         )
-        out.append(SubmitResult(processes, seq, Summary.of(latencies), len(latencies), seconds))
+        out.append(SubmitResult(processes, seq, Summary.of(latencies), len(latencies), seconds, cpu))
     return out
+
+
+def api_cpu_seconds() -> float:
+    """CPU so far of the `autopack api` this process started, its uvicorn worker processes included."""
+    total = 0.0
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if "api" in child.cmdline()[2:3]:  # [python, autopack, api, --port, N]
+                for proc in [child, *child.children(recursive=True)]:
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 def _concurrent(client: ApiClient, repo: Path, total: int) -> tuple[list[float], float]:
