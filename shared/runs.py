@@ -115,12 +115,12 @@ def create_run(
         {
             "run_id": run_id,
             "index": i,
-            "name": p.name,
-            "spec": body,
+            "name": dumped["name"],
+            "spec": dumped,
             "state": PhaseState.QUEUED,
             "dispatched_at": claimed_at if i == 0 else None,
         }
-        for i, (p, body) in enumerate(zip(spec.phases, columns["spec"]["phases"], strict=True))
+        for i, dumped in enumerate(columns["spec"]["phases"])
     ]
     inserted = conn.execute(_INSERT_PHASES, rows)
     ids = inserted.scalars().all()

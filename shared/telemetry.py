@@ -48,7 +48,7 @@ DOCTOR_FALLBACK_TOKENS = 2500
 RUN_SAMPLE_MIN = 3
 GLOBAL_SAMPLE_SIZE = 100
 USAGE_FIGURES = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-"""An efficiency figure: a value, or a scalar subquery the INSERT evaluates."""
+"""The token counts of a usage row, as the provider reported them."""
 AB_NOTE = "the campaign pairs this run is a side of (B - A once both ended); a run in no campaign has none"
 
 
