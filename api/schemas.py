@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.campaigns.progress import CampaignProgress
 from shared.models import Attempt, Phase, Run, result_branch
-from shared.runs import StoredRun
+from shared.run_insert import StoredRun
 
 MAX_ID = 2**31 - 1
 """Ids are 32-bit integers in the database; a bigger one is a 422, never a driver error."""
@@ -124,7 +124,7 @@ class PhaseOut(BaseModel):
 
     @classmethod
     def stored(cls, values: dict[str, Any]) -> PhaseOut:
-        """A phase just stored, from the values written (`shared.runs.StoredRun`)."""
+        """A phase just stored, from the values written (`shared.run_insert.StoredRun`)."""
         return cls(
             id=values["id"],
             index=values["index"],

@@ -46,8 +46,8 @@ def resolve_local(path: Path, ref: str) -> str:
         repo = pygit2.Repository(found)
     except pygit2.GitError as exc:
         raise GitError(f"cannot open the git repository at {found}: {exc}") from exc
-    tops = {Path(p).resolve() for p in (repo.workdir, repo.path) if p}
-    if path.resolve() not in tops:
+    here = os.stat(path)  # the same directory by identity: cheaper than resolving three paths
+    if not any(os.path.samestat(here, os.stat(top)) for top in (repo.workdir, repo.path) if top):
         top = Path(repo.workdir or repo.path)
         raise GitError(f"{path} is a folder inside the git repository at {top}: name that repository")
     try:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
 from shared.approvals.store import cancel_pending
@@ -16,6 +15,7 @@ from shared.errors import GitError, InvalidSpec, NotFound
 from shared.git import is_local, resolve_ref
 from shared.keys import Caller, owned_by
 from shared.models import Attempt, Phase, Run, utcnow
+from shared.run_insert import StoredRun, insert_run
 from shared.specs import RunSpec, spec_hash_of
 from shared.states import (
     PHASE_TERMINAL,
@@ -28,30 +28,6 @@ from shared.states import (
 
 log = logging.getLogger(__name__)
 Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
-
-
-@dataclass(frozen=True)
-class StoredRun:
-    """A run as `create_run` stored it: every column's value as written, and its phases' in index order."""
-
-    values: dict[str, Any]
-    phase_values: list[dict[str, Any]]
-
-    @property
-    def id(self) -> int:
-        return int(self.values["id"])
-
-    @property
-    def phase_ids(self) -> list[int]:
-        return [int(p["id"]) for p in self.phase_values]
-
-
-_RUNS, _PHASES = Run.metadata.tables[Run.__tablename__], Phase.metadata.tables[Phase.__tablename__]
-_NO_RUN_VALUES = {c.key: None for c in _RUNS.c}
-_NO_PHASE_VALUES = {c.key: None for c in _PHASES.c}
-# Built once: a statement made per call costs its construction and cache-key walk every `POST /runs`.
-_INSERT_RUN = insert(_RUNS).returning(_RUNS.c.id)
-_INSERT_PHASES = insert(_PHASES).returning(_PHASES.c.id, sort_by_parameter_order=True)
 
 
 def new_run_columns(spec: RunSpec) -> dict[str, Any]:
@@ -81,57 +57,44 @@ def create_run(
     `claim_first`: the first phase's outbox entry is won in this transaction (shared/outbox.py), as
     `claim` would win it, without its UPDATE; the caller sends it with `enqueue_claimed` after commit.
 
-    Two Core INSERTs, the phases' in one statement, and no ORM objects: the unit of work cost more CPU
-    than everything else `POST /runs` does in Python. Whoever needs the `Run` loads it by id."""
+    No ORM objects (shared/run_insert.py): the unit of work cost more CPU than everything else
+    `POST /runs` does in Python. Whoever needs the `Run` loads it by id."""
     try:
         base_sha = resolve_ref(spec.repo, spec.base_ref)
     except GitError as exc:
         field = "repo" if "does not exist" in str(exc) or "repository" in str(exc) else "base_ref"
         raise InvalidSpec(field, f"cannot resolve {spec.base_ref!r} in {spec.repo}: {exc}") from exc
-    repo = str(Path(spec.repo).resolve()) if is_local(spec.repo) else spec.repo
-    conn = session.connection()
+    repo = os.path.realpath(spec.repo) if is_local(spec.repo) else spec.repo
     columns = new_run_columns(spec)
-    stored = conn.execute(
-        _INSERT_RUN,
-        {
-            "name": spec.name,
-            "repo": repo,
-            "base_ref": spec.base_ref,
-            "base_sha": base_sha,
-            "head_sha": base_sha,
-            **columns,
-            "owner": owner,
-            "campaign_id": campaign_id,
-            "parent_run_id": parent_run_id,
-        },
-    )
-    run_id = stored.scalar_one()
-    # The parameters as executed include the columns' defaults (created_at, ...); unlisted columns are NULL.
-    written = stored.last_inserted_params()
-    assert not isinstance(written, list)  # one row
-    values = _NO_RUN_VALUES | dict(written) | {"id": run_id}
+    run = {
+        "name": spec.name,
+        "repo": repo,
+        "base_ref": spec.base_ref,
+        "base_sha": base_sha,
+        "head_sha": base_sha,
+        **columns,
+        "owner": owner,
+        "campaign_id": campaign_id,
+        "parent_run_id": parent_run_id,
+    }
     claimed_at = utcnow() if claim_first else None
-    rows = [
-        {
-            "run_id": run_id,
-            "index": i,
-            "name": dumped["name"],
-            "spec": dumped,
-            "state": PhaseState.QUEUED,
-            "dispatched_at": claimed_at if i == 0 else None,
-        }
-        for i, dumped in enumerate(columns["spec"]["phases"])
-    ]
-    inserted = conn.execute(_INSERT_PHASES, rows)
-    ids = inserted.scalars().all()
-    written_phases = inserted.last_inserted_params()  # one phase: executed as one row, not a list
-    if not isinstance(written_phases, list):
-        written_phases = [written_phases]
     phases = [
-        _NO_PHASE_VALUES | dict(params) | {"id": phase_id}
-        for params, phase_id in zip(written_phases, ids, strict=True)
+        {"name": dumped["name"], "spec": dumped, "state": PhaseState.QUEUED, "dispatched_at": None}
+        for dumped in columns["spec"]["phases"]
     ]
-    return StoredRun(values, phases)
+    phases[0]["dispatched_at"] = claimed_at
+    return insert_run(session.connection(), run, phases)
+
+
+def submit(session: Session, spec: RunSpec, *, owner: str | None) -> StoredRun:
+    """`create_run` with its first phase claimed, committed on its own. On Postgres that is one
+    statement in autocommit (shared/run_insert.py): 1 round trip where BEGIN, INSERT, INSERT, COMMIT
+    were 4. The caller must not have used the session yet."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    stored = create_run(session, spec, owner=owner, claim_first=True)
+    session.commit()
+    return stored
 
 
 def visible_to(query: Q, caller: Caller | None) -> Q:

@@ -1,5 +1,6 @@
-"""`create_run` stores a run and its phases with two Core INSERTs: the rows must be exactly what the ORM's
-unit of work wrote before, and `POST /runs`'s body (built from the values written) what a read back says."""
+"""`create_run` stores a run and its phases without the ORM (one statement on Postgres, two INSERTs on
+SQLite): the rows must be exactly what the ORM's unit of work wrote before, and `POST /runs`'s body (built
+from the values written) what a read back says. `submit` commits it on its own, in autocommit on Postgres."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.sample_repo import sample_spec
 from api.schemas import RunOut
-from shared.db import transaction
+from shared.db import engine_for, session_factory, transaction
 from shared.errors import InvalidSpec
 from shared.git import resolve_ref
 from shared.models import Phase, Run, utcnow
-from shared.runs import create_run, get_run
+from shared.runs import create_run, get_run, submit
 from shared.specs import RunSpec
 from shared.states import PhaseState, RunState
 
@@ -140,3 +142,39 @@ def test_an_unknown_ref_stores_nothing(db_url: str, sample_repo: Path) -> None:
     with transaction(db_url) as session:
         assert session.scalars(select(Run.id)).all() == []
         assert session.scalars(select(Phase.id)).all() == []
+
+
+def test_a_submitted_run_is_committed_with_its_first_phase_claimed(db_url: str, sample_repo: Path) -> None:
+    with session_factory(db_url)() as session:
+        stored = submit(session, spec_of(sample_repo, 3), owner="ada")
+        assert not session.in_transaction()
+    run, phases = rows(db_url, stored.id)  # another session: it sees only what was committed
+    assert run == stored.values and phases == stored.phase_values
+    assert [p["dispatched_at"] is not None for p in phases] == [True, False, False]
+
+
+REFUSE_FOURTH_PHASE = """
+CREATE FUNCTION refuse_phase() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'refused phase %', NEW.index; END $$;
+CREATE TRIGGER refuse_phase BEFORE INSERT ON phases FOR EACH ROW WHEN (NEW.index = 3)
+EXECUTE FUNCTION refuse_phase();
+"""
+
+
+def test_a_phase_the_database_refuses_takes_its_autocommitted_run_with_it(pg: str, sample_repo: Path) -> None:
+    """`submit` writes without a transaction of its own on Postgres: the run and its phases must be
+    one statement, so a refusal of the last phase (the database's own, by a trigger) leaves no run."""
+    with engine_for(pg).begin() as conn:
+        conn.execute(text(REFUSE_FOURTH_PHASE))
+    try:
+        with session_factory(pg)() as session, pytest.raises(DBAPIError, match="refused phase 3"):
+            submit(session, spec_of(sample_repo, 4), owner="ada")
+        with session_factory(pg)() as session:
+            assert session.scalar(select(func.count()).select_from(Run)) == 0
+            assert session.scalar(select(func.count()).select_from(Phase)) == 0
+        with session_factory(pg)() as session:
+            ok = submit(session, spec_of(sample_repo, 3), owner="ada")  # three phases pass the trigger
+        assert len(rows(pg, ok.id)[1]) == 3
+    finally:
+        with engine_for(pg).begin() as conn:
+            conn.execute(text("DROP TRIGGER refuse_phase ON phases; DROP FUNCTION refuse_phase()"))

@@ -27,9 +27,7 @@ def submit_run(
     later: BackgroundTasks,
 ) -> RunOut:
     admit(spec, settings)
-    run = runs.create_run(session, spec, owner=caller.owner, claim_first=True)
-    out = RunOut.stored(run)  # every field is what was written: reading it back is 3 round trips
-    session.commit()
+    out = RunOut.stored(runs.submit(session, spec, owner=caller.owner))  # from the values written
     # After the response: a slow or dead broker must not hold the client. The claim committed with the
     # run, so a broker refusal puts it back to pending, and a process dead before sending leaves it to
     # the reconciler's stale redispatch, as a worker's claim in `record.succeed` is.
