@@ -13,6 +13,7 @@ executemany."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, bindparam, case, column, func, insert, select, true
@@ -59,13 +60,22 @@ def _defaults(table: Table) -> dict[str, Any]:
     return values
 
 
-def insert_run(conn: Connection, run: dict[str, Any], phases: list[dict[str, Any]]) -> StoredRun:
-    """Store `run` (columns over their defaults) and its `phases`, in order; the first phase's
-    `dispatched_at` is the only one that may be set."""
+def insert_run(
+    conn: Connection,
+    run: dict[str, Any],
+    phase_specs: list[dict[str, Any]],
+    first_dispatched_at: datetime | None,
+) -> StoredRun:
+    """Store `run` (columns over their defaults) and a phase per dumped phase spec, in order, every
+    other phase column at its default; only the first phase may be claimed (`first_dispatched_at`)."""
     values = _defaults(_RUNS) | run
     del values["id"]
     same = {k: v for k, v in _defaults(_PHASES).items() if k not in _FROM_SPEC}
-    rows = [same | {"index": i, **p} for i, p in enumerate(phases)]
+    rows = [
+        same | {"index": i, "name": spec["name"], "spec": spec, "dispatched_at": None}
+        for i, spec in enumerate(phase_specs)
+    ]
+    rows[0]["dispatched_at"] = first_dispatched_at
     if conn.dialect.name == "postgresql":
         run_id, ids = _one_statement(conn, values, same, rows)
     else:

@@ -78,12 +78,7 @@ def create_run(
         "parent_run_id": parent_run_id,
     }
     claimed_at = utcnow() if claim_first else None
-    phases = [
-        {"name": dumped["name"], "spec": dumped, "state": PhaseState.QUEUED, "dispatched_at": None}
-        for dumped in columns["spec"]["phases"]
-    ]
-    phases[0]["dispatched_at"] = claimed_at
-    return insert_run(session.connection(), run, phases)
+    return insert_run(session.connection(), run, columns["spec"]["phases"], claimed_at)
 
 
 def submit(session: Session, spec: RunSpec, *, owner: str | None) -> StoredRun:
