@@ -13,6 +13,7 @@ from __future__ import annotations
 import resource
 import statistics
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,4 +113,19 @@ def spawn_cpu_ms(samples: int = 50) -> float:
         before = cpu_seconds()
         subprocess.run(["true"], check=True)
         cpu.append((cpu_seconds() - before) * 1000)
+    return statistics.median(cpu)
+
+
+LOOP = 1_000_000
+
+
+def python_cpu_ms(samples: int = 5) -> float:
+    """Median CPU of `LOOP` iterations of a plain Python loop: the machine's speed at the bytecode this
+    process runs between its processes and round trips (the no-op phase's "python" share)."""
+    cpu = []
+    for _ in range(samples):
+        before, total = time.process_time(), 0
+        for i in range(LOOP):
+            total += i
+        cpu.append((time.process_time() - before) * 1000)
     return statistics.median(cpu)

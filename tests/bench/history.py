@@ -34,7 +34,7 @@ from shared.db import transaction
 from shared.runs import create_run
 from shared.settings import Settings
 from tests.bench import history_fresh
-from tests.bench.cpu_split import CpuSplit, cpu_seconds, spawn_cpu_ms, verb
+from tests.bench.cpu_split import LOOP, CpuSplit, cpu_seconds, python_cpu_ms, spawn_cpu_ms, verb
 from tests.bench.history_gen import add_db_history, add_git_history, git_out, libpq, noop_spec
 from tests.bench.origin_cpu import OriginMeter
 from tests.bench.reaping import adopt_orphans
@@ -249,11 +249,14 @@ class HistoryResult:
     spawn_ms: float = 0.0
     """The machine's price of a process, measured in the same run: CPU of one `true` spawned and
     reaped (parent and child). A no-op phase spawns several; this differs twofold between machines."""
+    python_ms: float = 0.0
+    """The machine's Python speed, measured in the same run: CPU of `cpu_split.LOOP` loop iterations."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "legacy": self.legacy,
             "spawn_cpu_ms": self.spawn_ms,
+            "python_loop_cpu_ms": self.python_ms,
             "levels": [
                 {
                     "history": lv.history,
@@ -275,7 +278,10 @@ class HistoryResult:
         label = " (legacy: every ref)" if self.legacy else ""
         first = self.levels[0] if self.levels else Level(0)
         fresh, fresh_own = (Summary.of(x).median_ms for x in (first.cpu, first.worker_cpu))
-        rows = [Row(SECTION + label, "machine: one `true` spawned, CPU (parent + child)", ms(self.spawn_ms))]
+        rows = [
+            Row(SECTION + label, "machine: one `true` spawned, CPU (parent + child)", ms(self.spawn_ms)),
+            Row(SECTION + label, f"machine: {LOOP:,} Python loop iterations, CPU", ms(self.python_ms)),
+        ]
         for lv in self.levels:
             cpu, own = Summary.of(lv.cpu), Summary.of(lv.worker_cpu)
             grow, grow_own = times(ratio(cpu.median_ms, fresh)), times(ratio(own.median_ms, fresh_own))
@@ -304,7 +310,7 @@ def bench(db_url: str, workdir: Path, *, legacy: bool = False, **kwargs: Any) ->
 
 
 def replace_legacy(result: HistoryResult) -> HistoryResult:
-    return HistoryResult(True, result.levels, result.spawn_ms)
+    return HistoryResult(True, result.levels, result.spawn_ms, result.python_ms)
 
 
 def bench_levels(
@@ -325,9 +331,9 @@ def bench_levels(
     ctx = WorkerContext.build(bench_settings(db_url, workdir / "workspace"), NullDispatcher())
     adopt_orphans()
     with OriginMeter(workdir).installed() as meter:
-        spawn = spawn_cpu_ms()
+        spawn, python = spawn_cpu_ms(), python_cpu_ms()
         return HistoryResult(
-            False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say), spawn
+            False, _levels(ctx, repo, base_sha, workdir, levels, phases, keep_runs, meter, say), spawn, python
         )
 
 
