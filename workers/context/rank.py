@@ -52,7 +52,12 @@ def bm25_scores(query_terms: list[str], docs: dict[str, Counter[str]]) -> dict[s
     scores: dict[str, float] = {}
     for key, terms in docs.items():
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths[key] / average)
-        score = sum(idf[t] * terms[t] * (BM25_K1 + 1) / (terms[t] + norm) for t in query_terms if terms[t])
+        score = 0.0
+        for term in query_terms:
+            # `get`, not `terms[term]`: a Counter's missing key goes through a Python-level __missing__,
+            # and most query terms are missing from most documents.
+            if tf := terms.get(term, 0):
+                score += idf[term] * tf * (BM25_K1 + 1) / (tf + norm)
         scores[key] = round(score, 9)  # stable ordering regardless of float noise
     return scores
 
