@@ -32,6 +32,11 @@ def test_submit_returns_201_with_resolved_base_sha_and_queued_phases(
     assert run["result_branch"] == f"autopack/run-{run['id']}"
     assert [p["state"] for p in run["phases"]] == ["QUEUED"] * 3
     assert all(isinstance(p["id"], int) for p in run["phases"])
+    assert resp.headers["content-type"] == "application/json"
+    # The route writes its body itself (no response validation): it must be what a read answers.
+    read = client.get(f"/runs/{run['id']}").json()
+    assert [p["attempt_log"] for p in read["phases"]] == [[]] * 3  # a read lists attempts; a submit has none
+    assert run == {**read, "phases": [{**p, "attempt_log": None} for p in read["phases"]]}
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Query, status
+from fastapi import APIRouter, BackgroundTasks, Query, Response, status
 
 from api.deps import Authed, CallerDep, DispatcherDep, SessionDep, SettingsDep
 from api.schemas import MAX_ID, AttemptDetail, RunId, RunOut, RunPage, errors
@@ -17,7 +17,9 @@ from shared.states import RunState
 router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[Authed], responses=errors(401))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(400, 413))
+# Answers with a Response of its own: FastAPI validates a sync route's returned model again, in
+# another threadpool hop, and this route built its model from the values written a moment before.
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=RunOut, responses=errors(400, 413))
 def submit_run(
     spec: RunSpec,
     session: SessionDep,
@@ -25,7 +27,7 @@ def submit_run(
     dispatcher: DispatcherDep,
     caller: CallerDep,
     later: BackgroundTasks,
-) -> RunOut:
+) -> Response:
     admit(spec, settings)
     out = RunOut.stored(runs.submit(session, spec, owner=caller.owner))  # from the values written
     # After the response: a slow or dead broker must not hold the client. The claim committed with the
@@ -34,7 +36,8 @@ def submit_run(
     later.add_task(
         enqueue_claimed, settings.database_url, dispatcher, out.id, out.phases[0].id, background=False
     )
-    return out
+    body = out.model_dump_json(by_alias=True)
+    return Response(body, status.HTTP_201_CREATED, media_type="application/json", background=later)
 
 
 @router.get("/{run_id}", responses=errors(404))
