@@ -40,8 +40,9 @@ class StoredRun:
 
 
 _RUNS, _PHASES = Run.metadata.tables[Run.__tablename__], Phase.metadata.tables[Phase.__tablename__]
-_FROM_SPEC = ("id", "run_id", "index", "name", "spec", "dispatched_at")
-"""A phase's columns that differ between the run's phases (or come from the run): the rest are the same."""
+_PER_PHASE = ("id", "run_id", "index", "name", "spec", "dispatched_at")
+"""A phase's columns written per phase (or known only once the rows exist); every other column is the
+same for all of a run's phases: its default."""
 
 
 def _defaults(table: Table) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def insert_run(
     other phase column at its default; only the first phase may be claimed (`first_dispatched_at`)."""
     values = _defaults(_RUNS) | run
     del values["id"]
-    same = {k: v for k, v in _defaults(_PHASES).items() if k not in _FROM_SPEC}
+    same = {k: v for k, v in _defaults(_PHASES).items() if k not in _PER_PHASE}
     rows = [
         same | {"index": i, "name": spec["name"], "spec": spec, "dispatched_at": None}
         for i, spec in enumerate(phase_specs)
@@ -80,10 +81,7 @@ def insert_run(
         run_id, ids = _one_statement(conn, values, same, rows)
     else:
         run_id, ids = _two_statements(conn, values, rows)
-    unset = {c.key: None for c in _PHASES.c}
-    stored = [
-        unset | row | {"id": phase_id, "run_id": run_id} for row, phase_id in zip(rows, ids, strict=True)
-    ]
+    stored = [row | {"id": phase_id, "run_id": run_id} for row, phase_id in zip(rows, ids, strict=True)]
     return StoredRun(values | {"id": run_id}, stored)
 
 
@@ -121,7 +119,7 @@ def _insert_both() -> Insert:
         .table_valued(column("value", JSON), with_ordinality="ordinality")
         .render_derived("p")
     )
-    same = [c for c in _PHASES.c if c.key not in _FROM_SPEC]
+    same = [c for c in _PHASES.c if c.key not in _PER_PHASE]
     first_at = bindparam("first_dispatched_at", type_=_PHASES.c.dispatched_at.type)
     rows = select(
         new_run.c.id,
